@@ -1,0 +1,58 @@
+"""kernels/ — the fused ops every model calls, one public function each.
+
+    rms_norm(x, residual=None, eps=1e-5)      rms(x + residual), post-norm of a TRM block
+    swiglu(gate_up)                            silu(gate) * up from the packed gate_up projection
+    cross_entropy(logits, labels, kind)        per-token stablemax / softmax CE with ignore_index -100
+    attention(qkv, num_heads, cos, sin)        non-causal attention from the packed qkv projection, RoPE inside
+
+Dispatch (nanochat's override hook): Triton on CUDA tensors, the pure-PyTorch reference on CPU.
+`NANOTRM_KERNELS=torch` in the environment forces the reference everywhere; tests flip the
+module-level switch `USE_TRITON` instead. Each op's file holds, in order: the reference, the
+Triton kernel(s), the autograd.Function, the public function.
+
+Under TRITON_INTERPRET=1 (set before this package is imported) the Triton kernels also run on CPU
+tensors; the kernel tests call each file's `*_triton` function directly to exercise that path.
+"""
+import os
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+USE_TRITON = os.environ.get("NANOTRM_KERNELS", "auto") != "torch"
+
+from . import rmsnorm as _rmsnorm, swiglu as _swiglu, cross_entropy as _ce, attention as _attn  # noqa: E402
+
+
+def _triton_ok(x):
+    """Triton where it is fast (CUDA), never on CPU outside the kernel tests."""
+    return USE_TRITON and x.is_cuda
+
+
+def rms_norm(x, residual=None, eps=1e-5):
+    """y = (x + residual) * rsqrt(mean((x + residual)^2) + eps); sum in x.dtype, statistics in float32."""
+    fn = getattr(_rmsnorm, "rms_norm_triton", None)
+    if fn is not None and _triton_ok(x):
+        return fn(x, residual, eps)
+    return _rmsnorm.rms_norm_reference(x, residual, eps)
+
+
+def swiglu(gate_up):
+    """[..., 2*inter] (gate first, then up) -> silu(gate) * up, [..., inter]."""
+    fn = getattr(_swiglu, "swiglu_triton", None)
+    if fn is not None and _triton_ok(gate_up):
+        return fn(gate_up)
+    return _swiglu.swiglu_reference(gate_up)
+
+
+def cross_entropy(logits, labels, kind="stablemax", ignore_index=-100):
+    """Per-token CE, float32, shape of `labels`; 0 where labels == ignore_index. kind: stablemax | softmax."""
+    fn = getattr(_ce, "cross_entropy_triton", None)
+    if fn is not None and _triton_ok(logits):
+        return fn(logits, labels, kind, ignore_index)
+    return _ce.cross_entropy_reference(logits, labels, kind, ignore_index)
+
+
+def attention(qkv, num_heads, cos=None, sin=None):
+    """qkv [N, L, 3*H*D] packed [q heads | k heads | v heads] -> [N, L, H*D]; RoPE on q, k when cos/sin given."""
+    fn = getattr(_attn, "attention_triton", None)
+    if fn is not None and _triton_ok(qkv):
+        return fn(qkv, num_heads, cos, sin)
+    return _attn.attention_reference(qkv, num_heads, cos, sin)

@@ -1,0 +1,14 @@
+"""pytest setup: on a machine without CUDA, run the Triton kernels through the interpreter.
+
+TRITON_INTERPRET must be set before anything imports `kernels` (the @triton.jit object is chosen at
+decoration time; kernels.md §5), so it is set here, at the top of the first file pytest imports.
+"""
+import os
+import sys
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+torch.set_num_threads(2)
