@@ -1,0 +1,135 @@
+"""TRM model tests: layer facts from ../shared/spec/trm.md, ACT semantics, checkpoint conversion.
+
+Run: python -m pytest -q tests/test_trm.py   (CPU, float32, a few seconds)
+Checks against: the spec's numbers (parameter count 6,829,058 at the ARC config, init statistics, SwiGLU
+width) and the ACT rules of spec §4 written out by hand.
+"""
+import math
+
+import pytest
+import torch
+
+import trm
+
+
+def tiny_config(**kw):
+    base = dict(hidden_size=32, num_heads=2, H_cycles=2, L_cycles=2, L_layers=1, vocab_size=12, seq_len=8,
+                num_puzzle_identifiers=5, puzzle_emb_ndim=32, puzzle_emb_len=2, halt_max_steps=4,
+                forward_dtype="float32")
+    base.update(kw)
+    return trm.Config(**base)
+
+
+def tiny_batch(B=6, L=8, V=12, ids=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(2, V, (B, L), generator=g, dtype=torch.int32)
+    labels[:, -2:] = -100
+    return dict(inputs=torch.randint(0, V, (B, L), generator=g, dtype=torch.int32), labels=labels,
+                puzzle_identifiers=torch.randint(1, ids, (B,), generator=g, dtype=torch.int32))
+
+
+def test_parameter_count_matches_reference_at_arc_config():
+    model = trm.Model(trm.Config(num_puzzle_identifiers=3, forward_dtype="float32"))
+    assert sum(p.numel() for p in model.parameters()) == 6_829_058
+    assert model.puzzle_emb.weights.shape == (3, 512) and model.puzzle_emb.weights.abs().sum() == 0
+
+
+def test_swiglu_width_and_truncated_normal_std():
+    assert trm.swiglu_width(4, 512) == 1536
+    torch.manual_seed(0)
+    w = trm.trunc_normal_init_(torch.empty(400_000), std=0.5)
+    assert abs(w.std().item() - 0.5) < 0.005          # the truncated distribution has the target std
+    assert w.abs().max().item() <= 2 * 0.5 / 0.8796 + 1e-6  # clipped at 2 raw stds (2.274 target stds)
+
+
+def test_q_head_starts_silent():
+    model = trm.Model(tiny_config())
+    assert model.q_head.weight.abs().sum() == 0 and torch.all(model.q_head.bias == -5)
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(pos_encodings="learned"), dict(mlp_t=True, pos_encodings="none"),
+                                dict(puzzle_emb_len=0), dict(puzzle_emb_ndim=0)])
+def test_forward_shapes_and_backward(kw):
+    model = trm.Model(tiny_config(**kw))
+    batch = tiny_batch()
+    carry, loss, metrics, out = model(model.initial_carry(batch), batch)
+    assert out["logits"].shape == (6, 8, 12) and out["q_halt_logits"].shape == (6,)
+    assert out["preds"].shape == (6, 8) and carry.halted.shape == (6,)
+    loss.backward()
+    assert all(p.grad is not None for p in model.parameters())  # every weight is on the gradient path
+    if model.puzzle_emb_len:
+        assert model.puzzle_emb.local_weights.grad.abs().sum() > 0
+
+
+def test_eval_runs_exactly_halt_max_steps():
+    model = trm.Model(tiny_config(halt_max_steps=5)).eval()
+    with torch.no_grad():
+        model.q_head.bias.fill_(10.0)  # q_halt > 0 everywhere: training would halt at once, eval must not
+    batch = tiny_batch()
+    carry = model.initial_carry(batch)
+    for step in range(1, 6):
+        carry, _, metrics, _ = model(carry, batch)
+        assert bool(carry.halted.all()) == (step == 5)
+        assert metrics["count"].item() == (6 if step == 5 else 0)
+
+
+def test_training_halts_on_q_and_explores():
+    torch.manual_seed(0)
+    model = trm.Model(tiny_config(halt_max_steps=8, halt_exploration_prob=0.0)).train()
+    with torch.no_grad():
+        model.q_head.bias.copy_(torch.tensor([10.0, 0.0]))  # q_halt = 10 > 0
+    batch = tiny_batch()
+    carry, _, _, _ = model(model.initial_carry(batch), batch)
+    assert carry.halted.all()  # halts after one step when q_halt > 0 and no exploration
+    model.config.halt_exploration_prob = 1.0  # every sample gets a minimum of 2..8 steps
+    carry, _, _, _ = model(model.initial_carry(batch), batch)
+    assert not carry.halted.any()
+
+
+def test_carry_resets_only_halted_samples():
+    torch.manual_seed(0)
+    model = trm.Model(tiny_config(halt_max_steps=8)).eval()
+    a, b = tiny_batch(seed=1), tiny_batch(seed=2)
+    carry, _, _, _ = model(model.initial_carry(a), a)
+    carry.halted = torch.tensor([True, False, True, False, False, False])
+    z_H_before = carry.z_H.clone()
+    new, _, _, _ = model(carry, b)
+    h = carry.halted
+    assert torch.equal(new.current_data["inputs"][h], b["inputs"][h])     # halted rows take the new batch
+    assert torch.equal(new.current_data["inputs"][~h], a["inputs"][~h])   # running rows keep their data
+    assert torch.equal(new.steps, torch.where(h, 1, 2).int())
+    # A halted row restarts from H_init: its result equals a fresh carry's on the same row.
+    fresh, _, _, _ = model(model.initial_carry(b), b)
+    assert torch.allclose(new.z_H[h], fresh.z_H[h], atol=1e-6)
+    assert not torch.allclose(new.z_H[~h], fresh.z_H[~h], atol=1e-3) and z_H_before is not None
+
+
+def test_q_continue_target_only_in_training():
+    model = trm.Model(tiny_config(no_ACT_continue=False))
+    batch = tiny_batch()
+    _, _, metrics, out = model.train()(model.initial_carry(batch), batch)
+    assert "target_q_continue" in out and "q_continue_loss" in metrics
+    _, _, metrics, out = model.eval()(model.initial_carry(batch), batch)
+    assert "target_q_continue" not in out
+
+
+def test_loss_is_per_sample_mean_summed():
+    model = trm.Model(tiny_config(halt_max_steps=1)).eval()
+    batch = tiny_batch()
+    carry, loss, metrics, out = model(model.initial_carry(batch), batch)
+    from kernels.cross_entropy import cross_entropy_reference
+    ce = cross_entropy_reference(out["logits"], batch["labels"])
+    mask = batch["labels"] != -100
+    lm = (ce.sum(-1) / mask.sum(-1)).sum()
+    correct = ((out["preds"] == batch["labels"]) | ~mask).all(-1).float()
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(out["q_halt_logits"], correct, reduction="sum")
+    assert math.isclose(loss.item(), (lm + 0.5 * bce).item(), rel_tol=1e-5)
+
+
+def test_convert_reference_state_dict_roundtrip():
+    model = trm.Model(tiny_config())
+    sd = {"_orig_mod.model.inner." + k: v for k, v in model.state_dict().items()}
+    other = trm.Model(tiny_config())
+    other.load_state_dict(trm.convert_reference_state_dict(sd))
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, other.state_dict()[k])

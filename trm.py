@@ -1,0 +1,388 @@
+"""trm.py — the Tiny Recursive Model (Jolicoeur-Martineau, "Less is More: Recursive Reasoning with Tiny
+Networks", arXiv 2510.04871), read top to bottom as the whole model.
+
+One small network (`L_level`, L_layers post-norm blocks) is applied recursively: the latent z (`z_L`) is
+refined L_cycles times from (z, y, x), then the answer y (`z_H`) once from (y, z); H_cycles such rounds make
+one ACT step, all but the last under no_grad (paper §4, "deep recursion"). Up to halt_max_steps ACT steps
+("deep supervision") run per sample, the carry (z_H, z_L) detached between them; a Q head decides when to
+halt (paper §4.3). Every puzzle id gets a learned vector (a sparse embedding trained by sign-SGD in
+train.py) prepended to the sequence.
+
+This file computes the same function as the reference implementation (SamsungSAILMontreal/
+TinyRecursiveModels) and loads its checkpoints: the state-dict keys are the reference's with the prefixes
+`_orig_mod.` and `model.inner.` removed (`convert_reference_state_dict`). Choices where the reference is
+broken (../shared/spec/trm.md §6b): with `no_ACT_continue=False` the reference crashes in training; here
+the bootstrapped Q-continue target is computed as HRM does. The stablemax CE is written branch-safe in
+float32 (kernels/cross_entropy.py) instead of float64.
+
+The model protocol (all five models follow it; train.py and evaluate.py rely on nothing else):
+    Config                        dataclass, paper defaults; `vocab_size`, `seq_len`,
+                                  `num_puzzle_identifiers` are filled from the dataset by train.py
+    Model(config)                 nn.Module
+    model.initial_carry(batch)    -> carry (every sample halted, so the first call loads the batch)
+    model(carry, batch)           -> (carry, loss, metrics, outputs)
+        loss     scalar, summed over the local batch (train.py divides by the global batch)
+        metrics  dict of summed tensors: `count` (samples that halted this call), per-sample metrics
+                 summed over them, and `*_loss` sums
+        outputs  `logits` [B,L,V], `preds` [B,L], `q_halt_logits` [B] (optional), ...
+    carry.halted                  [B] bool
+
+Run:  python train.py --model trm --config data=toy          (CPU, minutes)
+      torchrun --standalone --nproc_per_node=8 train.py --model trm --config data=arc1
+"""
+import math
+from dataclasses import dataclass, fields, replace
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import kernels
+
+
+@dataclass
+class Config:
+    hidden_size: int = 512              # D
+    num_heads: int = 8                  # attention heads (head_dim = D / num_heads)
+    expansion: float = 4.0              # SwiGLU width factor
+    H_cycles: int = 3                   # T: answer updates per ACT step (T-1 of them without gradient)
+    L_cycles: int = 4                   # n: latent updates per answer update (6 for Sudoku)
+    L_layers: int = 2                   # blocks in the one network
+    pos_encodings: str = "rope"         # rope | learned | none
+    rope_theta: float = 10000.0         # θ of RoPE
+    rms_norm_eps: float = 1e-5
+    mlp_t: bool = False                 # TRM-MLP: attention replaced by an MLP over the sequence (Sudoku)
+    puzzle_emb_ndim: int = 512          # width of the per-puzzle embedding (0 = none)
+    puzzle_emb_len: int = 16            # P: prefix slots it occupies (0 = ceil(ndim / D))
+    halt_max_steps: int = 16            # N_sup: deep-supervision steps
+    halt_exploration_prob: float = 0.1  # ε: chance of a random minimum number of steps in training
+    no_ACT_continue: bool = True        # halt on q_halt > 0 alone (TRM); False: HRM's Q-learning target
+    loss_type: str = "stablemax"        # stablemax | softmax cross-entropy
+    vocab_size: int = 12                # V (from the dataset)
+    seq_len: int = 900                  # L (from the dataset)
+    num_puzzle_identifiers: int = 1     # rows of the puzzle-embedding table (from the dataset)
+    batch_size: int = 768               # kept for the reference's config shape; not used by the maths
+    forward_dtype: str = "auto"         # auto (bfloat16 on CUDA, float32 on CPU) | bfloat16 | float32
+
+
+# ----------------------------------------------------------------------------------------------------
+# Layers (spec §1)
+
+def trunc_normal_init_(t, std=1.0, lower=-2.0, upper=2.0):
+    """Truncated normal whose *truncated* std is `std` (JAX semantics; torch's trunc_normal_ is off)."""
+    if std == 0:
+        return t.zero_()
+    sqrt2 = math.sqrt(2)
+    a, b = math.erf(lower / sqrt2), math.erf(upper / sqrt2)
+    z = (b - a) / 2
+    pdf_u, pdf_l = math.exp(-0.5 * upper ** 2) / math.sqrt(2 * math.pi), math.exp(-0.5 * lower ** 2) / math.sqrt(2 * math.pi)
+    comp_std = std / math.sqrt(1 - (upper * pdf_u - lower * pdf_l) / z - ((pdf_u - pdf_l) / z) ** 2)
+    with torch.no_grad():
+        t.uniform_(a, b).erfinv_().mul_(sqrt2 * comp_std).clip_(lower * comp_std, upper * comp_std)
+    return t
+
+
+class CastedLinear(nn.Module):
+    """Linear with float32 master weights cast to the input dtype at use; LeCun truncated-normal init."""
+
+    def __init__(self, in_features, out_features, bias=False):
+        super().__init__()
+        self.weight = nn.Parameter(trunc_normal_init_(torch.empty(out_features, in_features), 1 / math.sqrt(in_features)))
+        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+
+    def forward(self, x):
+        return F.linear(x, self.weight.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+
+
+class CastedEmbedding(nn.Module):
+    def __init__(self, num, dim, init_std, dtype):
+        super().__init__()
+        self.embedding_weight = nn.Parameter(trunc_normal_init_(torch.empty(num, dim), init_std))
+        self.dtype = dtype
+
+    def forward(self, idx):
+        return F.embedding(idx, self.embedding_weight.to(self.dtype))
+
+
+class SparseEmbedding(nn.Module):
+    """Per-puzzle vectors kept in a buffer, not a parameter: only the batch's rows get gradients.
+
+    In training the rows of the batch are copied into `local_weights` (a leaf that requires grad);
+    train.py's sign-SGD reads `local_weights.grad` and `local_ids`, all-gathers them across ranks and
+    updates those rows of `weights` (spec §8). In eval the table is read directly."""
+
+    def __init__(self, num, dim, dtype):
+        super().__init__()
+        self.register_buffer("weights", torch.zeros(num, dim))  # zero-initialised, as the reference
+        self.dtype = dtype
+        self.local_weights, self.local_ids = None, None
+
+    def forward(self, ids):
+        if not (self.training and torch.is_grad_enabled()):
+            return self.weights[ids].to(self.dtype)
+        self.local_ids = ids
+        self.local_weights = self.weights[ids].detach().requires_grad_(True)
+        return self.local_weights.to(self.dtype)
+
+
+def rope_tables(head_dim, length, theta):
+    """cos, sin [length, head_dim] in float32, built as concat(freqs, freqs) (spec §1)."""
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+    freqs = torch.outer(torch.arange(length, dtype=torch.float32), inv_freq)
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return emb.cos(), emb.sin()
+
+
+def swiglu_width(expansion, width):
+    """inter = round(expansion * width * 2/3) rounded up to a multiple of 256 (512, 4 -> 1536)."""
+    return -(-round(expansion * width * 2 / 3) // 256) * 256
+
+
+class Attention(nn.Module):
+    def __init__(self, hidden_size, num_heads):
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv_proj = CastedLinear(hidden_size, 3 * hidden_size)  # [q heads | k heads | v heads]
+        self.o_proj = CastedLinear(hidden_size, hidden_size)
+
+    def forward(self, h, cos=None, sin=None):
+        return self.o_proj(kernels.attention(self.qkv_proj(h), self.num_heads, cos, sin))
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, hidden_size, expansion):
+        super().__init__()
+        inter = swiglu_width(expansion, hidden_size)
+        self.gate_up_proj = CastedLinear(hidden_size, 2 * inter)  # gate first, then up
+        self.down_proj = CastedLinear(inter, hidden_size)
+
+    def forward(self, x):
+        return self.down_proj(kernels.swiglu(self.gate_up_proj(x)))
+
+
+class Block(nn.Module):
+    """Post-norm block: h = rms(h + attn(h)); h = rms(h + mlp(h)). With mlp_t the attention is a SwiGLU
+    over the sequence axis (TRM paper §4.5, "less is more" for small fixed contexts such as Sudoku)."""
+
+    def __init__(self, config, total_len):
+        super().__init__()
+        self.eps = config.rms_norm_eps
+        if config.mlp_t:
+            self.mlp_t = SwiGLU(total_len, config.expansion)
+        else:
+            self.self_attn = Attention(config.hidden_size, config.num_heads)
+        self.mlp = SwiGLU(config.hidden_size, config.expansion)
+
+    def forward(self, h, cos=None, sin=None):
+        if hasattr(self, "mlp_t"):
+            mixed = self.mlp_t(h.transpose(1, 2)).transpose(1, 2)  # [B, D, L+P] -> MLP over tokens
+        else:
+            mixed = self.self_attn(h, cos, sin)
+        h = kernels.rms_norm(h, mixed, self.eps)
+        return kernels.rms_norm(h, self.mlp(h), self.eps)
+
+
+class ReasoningModule(nn.Module):
+    """net(h, injection): h + injection, then the blocks in order (spec §1)."""
+
+    def __init__(self, config, num_layers, total_len):
+        super().__init__()
+        self.layers = nn.ModuleList(Block(config, total_len) for _ in range(num_layers))
+
+    def forward(self, h, injection, cos=None, sin=None):
+        h = h + injection
+        for layer in self.layers:
+            h = layer(h, cos, sin)
+        return h
+
+
+# ----------------------------------------------------------------------------------------------------
+# Loss head (spec §5), shared by every model that predicts tokens
+
+def token_loss_and_metrics(logits, labels, halted, loss_type):
+    """Per-sample mean CE summed over the batch, and the per-sample metrics summed over halted samples.
+
+    Returns (lm_loss, seq_correct [B] bool, metrics dict). Metrics count only samples that halted this
+    call and have at least one label (the reference's `valid_metrics`)."""
+    mask = labels != -100
+    count = mask.sum(-1)
+    divisor = count.clamp_min(1).unsqueeze(-1)
+    preds = logits.argmax(-1)
+    is_correct = mask & (preds == labels)
+    seq_correct = is_correct.sum(-1) == count
+    ce = kernels.cross_entropy(logits, labels, loss_type, -100)  # [B, L] float32, 0 where ignored
+    lm_loss = (ce / divisor).sum()
+    valid = halted & (count > 0)
+    metrics = {
+        "count": valid.sum(),
+        "accuracy": torch.where(valid, (is_correct.float() / divisor).sum(-1), 0).sum(),
+        "exact_accuracy": (valid & seq_correct).sum(),
+        "lm_loss": lm_loss.detach(),
+    }
+    return lm_loss, seq_correct, metrics
+
+
+# ----------------------------------------------------------------------------------------------------
+# The model
+
+@dataclass
+class Carry:
+    z_H: torch.Tensor          # y, the answer state [B, P+L, D]
+    z_L: torch.Tensor          # z, the latent state [B, P+L, D]
+    steps: torch.Tensor        # [B] int32 ACT steps taken
+    halted: torch.Tensor       # [B] bool
+    current_data: dict         # the batch rows each sample is working on
+
+
+def resolve_dtype(name):
+    if name == "auto":
+        return torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    return {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}[name]
+
+
+class Model(nn.Module):
+    def __init__(self, config: Config):
+        super().__init__()
+        self.config = c = config
+        self.dtype = resolve_dtype(c.forward_dtype)
+        D = c.hidden_size
+        self.puzzle_emb_len = (c.puzzle_emb_len or -(-c.puzzle_emb_ndim // D)) if c.puzzle_emb_ndim > 0 else 0
+        total_len = c.seq_len + self.puzzle_emb_len
+        self.embed_scale = math.sqrt(D)
+        self.embed_tokens = CastedEmbedding(c.vocab_size, D, 1 / self.embed_scale, self.dtype)
+        self.lm_head = CastedLinear(D, c.vocab_size)
+        self.q_head = CastedLinear(D, 2, bias=True)
+        if c.puzzle_emb_ndim > 0:
+            self.puzzle_emb = SparseEmbedding(c.num_puzzle_identifiers, c.puzzle_emb_ndim, self.dtype)
+        if c.pos_encodings == "rope":
+            cos, sin = rope_tables(D // c.num_heads, total_len, c.rope_theta)
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
+        elif c.pos_encodings == "learned":
+            self.embed_pos = CastedEmbedding(total_len, D, 1 / self.embed_scale, self.dtype)
+        elif c.pos_encodings != "none":
+            raise ValueError(f"pos_encodings must be rope, learned or none, got {c.pos_encodings!r}")
+        self.build_reasoning(total_len)
+        # Initial states y0, z0: fixed random vectors (persistent buffers, truncated normal std 1).
+        self.register_buffer("H_init", trunc_normal_init_(torch.empty(D), 1.0).to(self.dtype))
+        self.register_buffer("L_init", trunc_normal_init_(torch.empty(D), 1.0).to(self.dtype))
+        # Q head starts silent: zero weights, bias -5, so early training almost never halts (spec §3).
+        with torch.no_grad():
+            self.q_head.weight.zero_()
+            self.q_head.bias.fill_(-5)
+
+    def build_reasoning(self, total_len):
+        self.L_level = ReasoningModule(self.config, self.config.L_layers, total_len)
+
+    # -- input embedding (spec §2) ------------------------------------------------------------------
+    def input_embeddings(self, inputs, puzzle_identifiers):
+        e = self.embed_tokens(inputs.long())  # [B, L, D]
+        if self.puzzle_emb_len:
+            p = self.puzzle_emb(puzzle_identifiers.long())  # [B, ndim]
+            p = F.pad(p, (0, self.puzzle_emb_len * self.config.hidden_size - p.shape[-1]))
+            e = torch.cat((p.view(-1, self.puzzle_emb_len, self.config.hidden_size), e), dim=1)
+        if self.config.pos_encodings == "learned":
+            e = 0.707106781 * (e + self.embed_pos.embedding_weight.to(self.dtype))  # keep the variance at 1
+        return self.embed_scale * e
+
+    def rope(self):
+        return (self.rope_cos, self.rope_sin) if self.config.pos_encodings == "rope" else (None, None)
+
+    # -- one ACT step of recursion (paper Fig. 3; spec §3) ------------------------------------------
+    def reason(self, z_H, z_L, x):
+        c, net, (cos, sin) = self.config, self.L_level, self.rope()
+        with torch.no_grad():  # T-1 rounds without gradient: they only move the state
+            for _ in range(c.H_cycles - 1):
+                for _ in range(c.L_cycles):
+                    z_L = net(z_L, z_H + x, cos, sin)  # z <- net(z, y + x)
+                z_H = net(z_H, z_L, cos, sin)          # y <- net(y, z)
+        for _ in range(c.L_cycles):                    # the last round carries the gradient
+            z_L = net(z_L, z_H + x, cos, sin)
+        z_H = net(z_H, z_L, cos, sin)
+        return z_H, z_L
+
+    def inner_step(self, z_H, z_L, x):
+        z_H, z_L = self.reason(z_H, z_L, x)
+        logits = self.lm_head(z_H)[:, self.puzzle_emb_len:]  # [B, L, V]
+        q = self.q_head(z_H[:, 0]).float()                   # [B, 2]: halt, continue
+        return z_H.detach(), z_L.detach(), logits, q[:, 0], q[:, 1]
+
+    # -- ACT wrapper (spec §4) ------------------------------------------------------------------------
+    def initial_carry(self, batch):
+        B = batch["inputs"].shape[0]
+        shape = (B, self.config.seq_len + self.puzzle_emb_len, self.config.hidden_size)
+        dev = batch["inputs"].device
+        return Carry(
+            z_H=torch.zeros(shape, dtype=self.dtype, device=dev), z_L=torch.zeros(shape, dtype=self.dtype, device=dev),
+            steps=torch.zeros(B, dtype=torch.int32, device=dev), halted=torch.ones(B, dtype=torch.bool, device=dev),
+            current_data={k: torch.zeros_like(v) for k, v in batch.items()})
+
+    def forward(self, carry, batch):
+        c, halted = self.config, carry.halted
+        # Halted samples restart from (y0, z0) on the new batch's rows; running samples keep theirs.
+        z_H = torch.where(halted.view(-1, 1, 1), self.H_init, carry.z_H)
+        z_L = torch.where(halted.view(-1, 1, 1), self.L_init, carry.z_L)
+        steps = torch.where(halted, 0, carry.steps)
+        data = {k: torch.where(halted.view((-1,) + (1,) * (v.ndim - 1)), batch[k], v) for k, v in carry.current_data.items()}
+
+        x = self.input_embeddings(data["inputs"], data["puzzle_identifiers"])
+        z_H, z_L, logits, q_halt, q_continue = self.inner_step(z_H, z_L, x)
+        steps = steps + 1
+        outputs = {"logits": logits, "q_halt_logits": q_halt, "q_continue_logits": q_continue}
+
+        with torch.no_grad():
+            is_last = steps >= c.halt_max_steps
+            halted = is_last
+            if self.training and c.halt_max_steps > 1:
+                halted = halted | ((q_halt > 0) if c.no_ACT_continue else (q_halt > q_continue))
+                # Exploration (paper §4.3): sometimes force a random minimum of 2..N_sup steps.
+                explore = torch.rand_like(q_halt) < c.halt_exploration_prob
+                min_halt = explore * torch.randint_like(steps, 2, c.halt_max_steps + 1)
+                halted = halted & (steps >= min_halt)
+                if not c.no_ACT_continue:  # HRM's bootstrapped Q-learning target from one more step
+                    _, _, _, next_halt, next_cont = self.inner_step(z_H, z_L, x)
+                    outputs["target_q_continue"] = torch.sigmoid(
+                        torch.where(is_last, next_halt, torch.maximum(next_halt, next_cont)))
+
+        carry = Carry(z_H, z_L, steps, halted, data)
+        loss, metrics = self.act_loss(carry, outputs)
+        outputs["preds"] = logits.argmax(-1)
+        return carry, loss, metrics, {k: v.detach() for k, v in outputs.items()}
+
+    def act_loss(self, carry, outputs):
+        """loss = lm_loss + 0.5 (q_halt_loss + q_continue_loss) (spec §5)."""
+        q_halt = outputs["q_halt_logits"]
+        lm_loss, seq_correct, metrics = token_loss_and_metrics(
+            outputs["logits"], carry.current_data["labels"], carry.halted, self.config.loss_type)
+        valid = carry.halted & (carry.current_data["labels"] != -100).any(-1)
+        q_halt_loss = F.binary_cross_entropy_with_logits(q_halt, seq_correct.to(q_halt.dtype), reduction="sum")
+        metrics["q_halt_accuracy"] = (valid & ((q_halt >= 0) == seq_correct)).sum()
+        metrics["steps"] = torch.where(valid, carry.steps, 0).sum()
+        metrics["q_halt_loss"] = q_halt_loss.detach()
+        loss = lm_loss + 0.5 * q_halt_loss
+        if "target_q_continue" in outputs:
+            q_cont_loss = F.binary_cross_entropy_with_logits(
+                outputs["q_continue_logits"], outputs["target_q_continue"], reduction="sum")
+            metrics["q_continue_loss"] = q_cont_loss.detach()
+            loss = loss + 0.5 * q_cont_loss
+        return loss, metrics
+
+
+# ----------------------------------------------------------------------------------------------------
+# Reference checkpoints (spec §7)
+
+def convert_reference_state_dict(sd):
+    """A reference state dict (model wrapped in the loss head, maybe compiled) -> keys of this Model."""
+    out = {}
+    for k, v in sd.items():
+        k = k.removeprefix("_orig_mod.").removeprefix("model.").removeprefix("inner.")
+        if "rotary_emb" in k:  # RoPE tables are rebuilt, never loaded
+            continue
+        out[k] = v
+    return out
+
+
+def config_from(cls, values):
+    """Build a config dataclass from a dict, ignoring keys it does not have (used for checkpoints)."""
+    names = {f.name for f in fields(cls)}
+    return replace(cls(), **{k: v for k, v in values.items() if k in names})
