@@ -175,10 +175,10 @@ class Block(nn.Module):
 
     def forward(self, h, cos=None, sin=None):
         if hasattr(self, "mlp_t"):
-            mixed = self.mlp_t(h.transpose(1, 2)).transpose(1, 2)  # [B, D, L+P] -> MLP over tokens
+            ht = h.transpose(1, 2)  # [B, D, L+P]: the MLP mixes tokens, and the reference norms over them too
+            h = kernels.rms_norm(ht, self.mlp_t(ht), self.eps).transpose(1, 2)
         else:
-            mixed = self.self_attn(h, cos, sin)
-        h = kernels.rms_norm(h, mixed, self.eps)
+            h = kernels.rms_norm(h, self.self_attn(h, cos, sin), self.eps)
         return kernels.rms_norm(h, self.mlp(h), self.eps)
 
 

@@ -133,3 +133,16 @@ def test_convert_reference_state_dict_roundtrip():
     other.load_state_dict(trm.convert_reference_state_dict(sd))
     for k, v in model.state_dict().items():
         assert torch.equal(v, other.state_dict()[k])
+
+
+def test_mlp_t_block_norms_over_the_token_axis():
+    """The reference norms rms(h^T + mlp_t(h^T)) over tokens, before transposing back (spec §1)."""
+    torch.manual_seed(0)
+    blk = trm.Block(tiny_config(mlp_t=True), total_len=10)
+    h = torch.randn(2, 10, 32)
+
+    def rms(x):
+        return x * torch.rsqrt(x.square().mean(-1, keepdim=True) + 1e-5)
+    ht = h.transpose(1, 2)
+    a = rms(ht + blk.mlp_t(ht)).transpose(1, 2)
+    assert torch.allclose(blk(h), rms(a + blk.mlp(a)), atol=1e-5)

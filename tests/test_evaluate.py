@@ -1,0 +1,76 @@
+"""evaluate.py tests: ARC voting, pass@K and the submission on hand-made predictions.
+
+Run: python -m pytest -q tests/test_evaluate.py   (CPU, seconds)
+Checks against: the rules of ../shared/spec/data.md §5 and §7 worked out by hand for a two-task set:
+predictions are made in augmented space, inverted, voted by (count, mean sigmoid q), scored macro.
+"""
+import json
+
+import numpy as np
+import torch
+
+import data
+import evaluate
+
+A_IN, A_OUT, A_WRONG = [[1, 2, 0], [0, 3, 4]], [[4, 3, 0], [0, 2, 1]], [[4, 4, 4], [0, 2, 1]]
+B_IN1, B_OUT1 = [[5]], [[6]]
+B_IN2, B_OUT2 = [[7, 7]], [[8, 8]]
+
+
+def augment(grid, t, cmap):
+    return data.dihedral(np.asarray(cmap, dtype=np.uint8)[np.asarray(grid, dtype=np.uint8)], t)
+
+
+def make_dataset(tmp_path):
+    cmap = [0, 2, 3, 4, 5, 6, 7, 8, 9, 1]
+    names = ["<blank>", "A", data.aug_name("A", 1, cmap), data.aug_name("A", 6, cmap), "B"]
+    tests = {"A": {"train": [{"input": A_IN, "output": A_OUT}], "test": [{"input": A_IN, "output": A_OUT}]},
+             "B": {"train": [{"input": B_IN1, "output": B_OUT1}],
+                   "test": [{"input": B_IN1, "output": B_OUT1}, {"input": B_IN2, "output": B_OUT2}]}}
+    json.dump(names, open(tmp_path / "identifiers.json", "w"))
+    json.dump(tests, open(tmp_path / "test_puzzles.json", "w"))
+    return names, cmap
+
+
+def encoded(inp, out):
+    i, o = data.encode_grid_pair(np.asarray(inp, dtype=np.uint8), np.asarray(out, dtype=np.uint8))
+    return torch.as_tensor(i.astype(np.int64)), torch.as_tensor(o.astype(np.int64))
+
+
+def test_vote_pass_at_k_and_submission(tmp_path):
+    names, cmap = make_dataset(tmp_path)
+    rows = []  # (identifier, input grid in that version's space, predicted grid in that space, q)
+    rows.append((1, A_IN, A_WRONG, 3.0))                                       # identity: wrong, confident
+    rows.append((2, augment(A_IN, 1, cmap), augment(A_OUT, 1, cmap), -1.0))  # rot90 version: right
+    rows.append((3, augment(A_IN, 6, cmap), augment(A_OUT, 6, cmap), -2.0))  # transpose version: right
+    rows.append((4, B_IN1, B_OUT1, 0.0))                                       # B test 1: right
+    rows.append((4, B_IN2, [[8, 1]], 0.0))                                     # B test 2: wrong
+    rows.append((0, B_IN2, B_OUT2, 9.0))                                       # padding row: ignored
+    inputs, preds = zip(*(encoded(i, p) for _, i, p, _ in rows))
+    voter = evaluate.ARCVoter(str(tmp_path))
+    voter.update(torch.stack(inputs), torch.tensor([r[0] for r in rows]), torch.stack(preds),
+                 torch.tensor([r[3] for r in rows]))
+    res = voter.result()
+    # A: the right grid has 2 votes against 1 (majority beats the confident wrong one) -> 1.0; B: 1 of 2 -> 0.5
+    assert res["ARC/pass@1"] == 0.75 and res["ARC/pass@2"] == 0.75
+    assert res["ARC/pass@2_micro"] == 2 / 3 and res["ARC/pass@2_strict"] == 0.5
+    sub = res["submission"]
+    assert sub["A"][0] == {"attempt_1": A_OUT, "attempt_2": A_WRONG}
+    assert len(sub["B"]) == 2 and sub["B"][1]["attempt_1"] == [[8, 1]] == sub["B"][1]["attempt_2"]
+
+
+def test_ties_broken_by_mean_q_and_missing_inputs_get_fallback(tmp_path):
+    make_dataset(tmp_path)
+    rows = [(1, A_IN, A_WRONG, 2.0), (1, A_IN, A_OUT, -2.0)]  # one vote each: higher q wins
+    inputs, preds = zip(*(encoded(i, p) for _, i, p, _ in rows))
+    voter = evaluate.ARCVoter(str(tmp_path))
+    voter.update(torch.stack(inputs), torch.tensor([1, 1]), torch.stack(preds), torch.tensor([2.0, -2.0]))
+    res = voter.result()
+    assert res["ARC/pass@1"] == 0.0 and res["ARC/pass@2"] == 0.5  # A right at rank 2; B has no prediction
+    assert res["submission"]["B"] == [{"attempt_1": [[0]], "attempt_2": [[0]]}] * 2
+
+
+def test_render_task_writes_png(tmp_path):
+    task = {"train": [{"input": A_IN, "output": A_OUT}], "test": [{"input": A_IN, "output": A_OUT}]}
+    evaluate.render_task(task, [{"attempt_1": A_OUT, "attempt_2": A_WRONG}], str(tmp_path / "t.png"), "A")
+    assert (tmp_path / "t.png").stat().st_size > 1000
