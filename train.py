@@ -313,7 +313,10 @@ def train(args):
     rank, world, device = setup_distributed()
     if tcfg.global_batch_size % world:
         raise SystemExit(f"error: global_batch_size {tcfg.global_batch_size} is not divisible by {world} ranks")
-    path = data.ensure_dataset(tcfg.data, root=tcfg.data_root) if rank == 0 else None
+    try:
+        path = data.ensure_dataset(tcfg.data, root=tcfg.data_root) if rank == 0 else None
+    except ValueError as e:  # data.DataError included: one line naming the file and the fault
+        raise SystemExit(f"error: {e}")
     if world > 1:
         box = [path]
         dist.broadcast_object_list(box)

@@ -1,0 +1,371 @@
+"""bench.py: time the kernels against eager PyTorch and torch.compile, at the real ARC shapes.
+
+    python bench.py                       # every registered benchmark
+    python bench.py rms_norm swiglu       # some of them (names: python bench.py --list)
+    python bench.py --record              # also append the table to BENCHMARKS.md (date, device, commit, command)
+    python bench.py --tokens 4096         # another token count (default: ARC's 192 x 916 = 175,872 on CUDA)
+
+Style of the Triton tutorials (style.md habit 17): `triton.testing.do_bench` (it flushes the 50 MB L2
+between calls) with quantiles [0.5, 0.2, 0.8]; every result carries an explicit byte (or FLOP) count
+written next to the benchmark, from which GB/s (TFLOP/s) and the fraction of the device's copy
+bandwidth, measured in the same run, are derived. The byte counts are the *minimum* traffic of the op
+(each input read once, each output written once), the same for every provider, so GB/s is "effective
+bandwidth": a provider that makes extra passes shows up as a lower number, not a larger count.
+Columns: median ms (20th-80th percentile), GB/s, % of copy bandwidth, ms at 85% of copy bandwidth
+(the issue's target), and speedup over torch.compile.
+
+Providers: `triton` (the kernels' `*_triton` function), `eager` (the pure-PyTorch reference) and
+`compile` (torch.compile(reference, dynamic=False), warmed up; kernels.md §2 and §4.10). Forward is
+timed on inputs without grad; forward+backward with `torch.autograd.grad` on leaf inputs, so no
+`.grad` accumulation is timed.
+
+Adding a benchmark (attention, a TRM step, ...): write `def bench_x(ctx): ... return rows` and
+decorate it with `@register("x", "one-line description")`. `ctx` gives the device, dtype, token count,
+the timer and the provider helper; each row is a `Row` with either `bytes` (memory-bound ops) or
+`flops` (matmul-bound ops) set. The table, plot and BENCHMARKS.md record pick it up unchanged.
+
+Without CUDA the GPU benchmarks are skipped; the harness still runs at a tiny shape (Triton through
+TRITON_INTERPRET=1, timed with a plain timer, no torch.compile) so a CPU machine can check it works.
+Those times mean nothing and are never recorded.
+"""
+import argparse
+import datetime
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+import torch
+
+CUDA = torch.cuda.is_available()
+if not CUDA:
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # before `kernels` is imported (kernels.md §5)
+
+import importlib  # noqa: E402
+
+_rms = importlib.import_module("kernels.rmsnorm")
+_swi = importlib.import_module("kernels.swiglu")
+_ce = importlib.import_module("kernels.cross_entropy")
+
+ARC_TOKENS = 192 * 916  # ARC batch 192 x sequence 916 (900 grid + 16 puzzle-embedding positions)
+CPU_TOKENS = 256  # interpreter: cost is per program, keep it to a handful
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+@dataclass
+class Row:
+    op: str
+    mode: str  # "fwd" | "fwd+bwd" | anything a benchmark wants
+    provider: str
+    shape: str
+    ms: float
+    ms_lo: float  # 20th percentile
+    ms_hi: float  # 80th percentile
+    bytes: float = None  # minimum bytes moved, for GB/s
+    flops: float = None  # for TFLOP/s
+
+
+class Ctx:
+    """What a benchmark needs: device, dtype, tokens, a timer and the provider list."""
+
+    def __init__(self, args):
+        self.device = "cuda" if CUDA else "cpu"
+        self.dtype = DTYPES[args.dtype]
+        self.tokens = args.tokens or (ARC_TOKENS if CUDA else CPU_TOKENS)
+        self.elt = torch.finfo(self.dtype).bits // 8
+
+    def time(self, fn):
+        """(median, p20, p80) in ms."""
+        if CUDA:
+            import triton.testing
+            fn()  # compile / autotune outside the timed region
+            return tuple(triton.testing.do_bench(fn, warmup=25, rep=100, quantiles=[0.5, 0.2, 0.8]))
+        fn()
+        ts = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            fn()
+            ts.append((time.perf_counter() - t0) * 1e3)
+        q = torch.tensor(ts).quantile(torch.tensor([0.5, 0.2, 0.8])).tolist()
+        return tuple(q)
+
+    def providers(self, triton_fn, reference):
+        """A fresh name -> callable dict (a new torch.compile object each call, so the forward-only
+        and the forward+backward graphs don't share guards). torch.compile only on CUDA: on CPU it
+        would need a C++ toolchain and minutes."""
+        p = {"triton": triton_fn, "eager": reference}
+        if CUDA:
+            p["compile"] = torch.compile(reference, dynamic=False)
+        return p
+
+    def run(self, op, shape, triton_fn, reference, make_inputs, fwd, bytes_fwd, bytes_fwdbwd):
+        """The common pattern for an element-wise op: time fwd and fwd+bwd for every provider.
+
+        make_inputs(requires_grad) -> tuple of tensors; fwd(f, inputs) -> output tensor;
+        the gradient is taken with respect to the inputs that require grad."""
+        rows = []
+        for name, f in self.providers(triton_fn, reference).items():
+            inp = make_inputs(False)
+            t = self.time(lambda: fwd(f, inp))
+            rows.append(Row(op, "fwd", name, shape, *t, bytes=bytes_fwd))
+            del inp
+        for name, f in self.providers(triton_fn, reference).items():
+            inp = make_inputs(True)
+            diff = [t for t in inp if t.requires_grad]
+            g = torch.randn_like(fwd(f, inp))  # one upstream gradient, reused every call
+            t = self.time(lambda: torch.autograd.grad(fwd(f, inp), diff, g))
+            rows.append(Row(op, "fwd+bwd", name, shape, *t, bytes=bytes_fwdbwd))
+            del inp, diff, g
+        return rows
+
+    def randn(self, *shape, requires_grad=False, mean=0.5):
+        t = (torch.randn(*shape, device=self.device) + mean).to(self.dtype)
+        return t.requires_grad_(requires_grad)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Registry: name -> (function(ctx) -> list[Row], description). Others add attention, trm_step, ...
+
+BENCHMARKS = {}
+
+
+def register(name, description):
+    def deco(fn):
+        BENCHMARKS[name] = (fn, description)
+        return fn
+    return deco
+
+
+@register("rms_norm", "post-norm rms(h + r), hidden 512 (the TRM block's two norms)")
+def bench_rms_norm(ctx):
+    T, H, e = ctx.tokens, 512, ctx.elt
+    # fwd: read h, r, write y (+ rstd 4 B/row); bwd: read dy, saved y, rstd, write dh once (dh == dr)
+    bytes_fwd = 3 * T * H * e + 4 * T
+    bytes_fwdbwd = bytes_fwd + 3 * T * H * e + 4 * T
+    return ctx.run("rms_norm(h+r)", f"[{T}, {H}]", _rms.rms_norm_triton, _rms.rms_norm_reference,
+                   lambda rg: (ctx.randn(T, H, requires_grad=rg), ctx.randn(T, H, requires_grad=rg, mean=-0.2)),
+                   lambda f, inp: f(*inp), bytes_fwd, bytes_fwdbwd)
+
+
+@register("swiglu", "silu(gate) * up from packed gate_up [T, 3072] -> [T, 1536]")
+def bench_swiglu(ctx):
+    T, I, e = ctx.tokens, 1536, ctx.elt
+    # fwd: read gate_up (2I), write c (I); bwd: read dc (I) and gate_up (2I), write d(gate_up) (2I)
+    bytes_fwd = 3 * T * I * e
+    bytes_fwdbwd = bytes_fwd + 5 * T * I * e
+    return ctx.run("swiglu", f"[{T}, {2 * I}]", _swi.swiglu_triton, _swi.swiglu_reference,
+                   lambda rg: (ctx.randn(T, 2 * I, requires_grad=rg),),
+                   lambda f, inp: f(*inp), bytes_fwd, bytes_fwdbwd)
+
+
+@register("cross_entropy", "per-token stablemax CE, vocab 12, int64 labels, 10% ignored")
+def bench_cross_entropy(ctx):
+    T, V, e = ctx.tokens, 12, ctx.elt
+    # fwd: read logits, labels (int64), write loss (fp32); bwd: read logits, labels, g (fp32), write dlogits
+    bytes_fwd = T * V * e + 8 * T + 4 * T
+    bytes_fwdbwd = bytes_fwd + 2 * T * V * e + 8 * T + 4 * T
+    labels = torch.randint(0, V, (T,), device=ctx.device)
+    labels[torch.rand(T, device=ctx.device) < 0.1] = -100
+
+    def make(rg):
+        return ((torch.randn(T, V, device=ctx.device) * 3).to(ctx.dtype).requires_grad_(rg),)
+
+    return ctx.run("stablemax CE", f"[{T}, {V}]", _ce.cross_entropy_triton, _ce.cross_entropy_reference, make,
+                   lambda f, inp: f(inp[0], labels),
+                   bytes_fwd, bytes_fwdbwd)
+
+
+@register("trm_step", "one TRM training step, ARC-AGI-1 config (batch 192, H3 L4, bf16), eager and compiled")
+def bench_trm_step(ctx):
+    """Samples/s and peak memory of a full step (forward, backward, AdamATan2) with kernels on and off.
+
+    FLOPs per step (trm.md §10): (15 forward + 5 x 2 backward) network calls x 17.4 MFLOP/token x tokens.
+    Reference on one H100, torch 2.11: 221 ms compiled (869 samples/s, 37.7 GB), 554 ms eager."""
+    import kernels
+    import train
+    import trm
+    B = 192 if CUDA else 2
+    cfg = trm.Config(num_puzzle_identifiers=1000, forward_dtype="bfloat16" if CUDA else "float32",
+                     **({} if CUDA else dict(hidden_size=64, num_heads=2, seq_len=16, H_cycles=2, L_cycles=2)))
+    L = cfg.seq_len
+    batch = {"inputs": torch.randint(2, 12, (B, L), dtype=torch.int32, device=ctx.device),
+             "labels": torch.randint(2, 12, (B, L), dtype=torch.int32, device=ctx.device),
+             "puzzle_identifiers": torch.randint(1, 1000, (B,), dtype=torch.int32, device=ctx.device)}
+    tokens = B * (L + 16)
+    flops = (15 + 5 * 2) * 17.4e6 * tokens
+    rows = []
+    for use_triton in (True, False):
+        for compiled in ((False, True) if CUDA else (False,)):
+            kernels.USE_TRITON = use_triton
+            torch.manual_seed(0)
+            model = trm.Model(cfg).to(ctx.device).train()
+            opt = train.AdamATan2(model.parameters())
+            run = torch.compile(model) if compiled else model
+            state = {"carry": model.initial_carry(batch)}
+
+            def step():
+                carry, loss, _, _ = run(state["carry"], batch)
+                (loss / B).backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                state["carry"] = carry
+            if CUDA:
+                torch.cuda.reset_peak_memory_stats()
+            t = ctx.time(step)
+            peak = torch.cuda.max_memory_allocated() / 1e9 if CUDA else 0.0
+            name = ("triton" if use_triton else "torch") + ("+compile" if compiled else "")
+            rows.append(Row("trm_step", f"{B / t[0] * 1e3:.0f} samples/s, {peak:.1f} GB", name,
+                            f"[{B}, {L + 16}]", *t, flops=flops))
+            del model, opt, run, state
+            if CUDA:
+                torch.cuda.empty_cache()
+    kernels.USE_TRITON = True
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------------
+# Copy bandwidth, table, plot, record
+
+def copy_bandwidth(ctx):
+    """GB/s of a device-to-device copy of 1 GiB (2 x bytes moved; kernels.md §1); 64 MiB on CPU."""
+    n = (1 << 30) if CUDA else (64 << 20)
+    src = torch.empty(n, dtype=torch.uint8, device=ctx.device)
+    dst = torch.empty_like(src)
+    ms = ctx.time(lambda: dst.copy_(src))[0]
+    del src, dst
+    return 2 * n / (ms * 1e-3) / 1e9
+
+
+def table(rows, copy_gbs):
+    compile_ms = {(r.op, r.mode): r.ms for r in rows if r.provider == "compile"}
+    head = ["op", "mode", "provider", "shape", "ms (p20-p80)", "GB/s", "% copy", "ms @85% copy", "vs compile"]
+    out = []
+    for r in rows:
+        gbs = r.bytes / (r.ms * 1e-3) / 1e9 if r.bytes else None
+        tfl = r.flops / (r.ms * 1e-3) / 1e12 if r.flops else None
+        c = compile_ms.get((r.op, r.mode))
+        out.append([r.op, r.mode, r.provider, r.shape, f"{r.ms:.3f} ({r.ms_lo:.3f}-{r.ms_hi:.3f})",
+                    f"{gbs:.4g}" if gbs else (f"{tfl:.0f} TFLOP/s" if tfl else "-"),
+                    f"{100 * gbs / copy_gbs:.0f}%" if gbs else "-",
+                    f"{r.bytes / (0.85 * copy_gbs * 1e9) * 1e3:.3f}" if r.bytes else "-",
+                    f"{c / r.ms:.2f}x" if c else "-"])
+    return head, out
+
+
+def markdown(head, body):
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in body])
+
+
+def plain(head, body):
+    w = [max(len(str(x)) for x in col) for col in zip(head, *body)]
+    fmt = "  ".join("{:<%d}" % n for n in w)
+    return "\n".join([fmt.format(*head), fmt.format(*["-" * n for n in w])] + [fmt.format(*r) for r in body])
+
+
+def plot(rows, copy_gbs, path, title):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: no plot")
+        return
+    rows = [r for r in rows if r.bytes]
+    groups = list(dict.fromkeys((r.op, r.mode) for r in rows))
+    provs = list(dict.fromkeys(r.provider for r in rows))
+    width = 0.8 / max(len(provs), 1)
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(groups)), 4))
+    for i, p in enumerate(provs):
+        xs, ys = [], []
+        for j, g in enumerate(groups):
+            for r in rows:
+                if (r.op, r.mode) == g and r.provider == p:
+                    xs.append(j + i * width)
+                    ys.append(r.bytes / (r.ms * 1e-3) / 1e9)
+        ax.bar(xs, ys, width, label=p)
+    ax.axhline(copy_gbs, color="k", ls="--", lw=1, label=f"device copy {copy_gbs:.0f} GB/s")
+    ax.axhline(0.85 * copy_gbs, color="gray", ls=":", lw=1, label="85% of copy (target)")
+    ax.set_xticks([j + width * (len(provs) - 1) / 2 for j in range(len(groups))])
+    ax.set_xticklabels([f"{o}\n{m}" for o, m in groups], fontsize=8)
+    ax.set_ylabel("effective GB/s (minimum bytes / median time)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"plot saved to {path}")
+
+
+def commit():
+    try:
+        git = lambda *a: subprocess.run(["git", *a], capture_output=True, text=True, check=True).stdout.strip()  # noqa: E731
+        c = git("rev-parse", "--short", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no")
+        return c + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog="benchmarks:\n" + "\n".join(f"  {k:<16}{d}" for k, (_, d) in BENCHMARKS.items()))
+    ap.add_argument("names", nargs="*", help="benchmarks to run (default: all); see the list below")
+    ap.add_argument("--list", action="store_true", help="list the benchmarks and exit")
+    ap.add_argument("--record", action="store_true", help="append the results to BENCHMARKS.md (CUDA only)")
+    ap.add_argument("--tokens", type=int, default=None,
+                    help=f"tokens per call (default {ARC_TOKENS} on CUDA, {CPU_TOKENS} on CPU)")
+    ap.add_argument("--dtype", default="bf16", choices=list(DTYPES),
+                    help="activation dtype (default bf16, as in training)")
+    ap.add_argument("--plot", default="bench_kernels.png", help="where to save the plot ('' for none)")
+    args = ap.parse_args(argv)
+    if args.list:
+        for k, (_, d) in BENCHMARKS.items():
+            print(f"{k:<16}{d}")
+        return
+    unknown = [n for n in args.names if n not in BENCHMARKS]
+    if unknown:
+        ap.error(f"unknown benchmark(s) {unknown}; known: {list(BENCHMARKS)}")
+    names = args.names or list(BENCHMARKS)
+    ctx = Ctx(args)
+    if CUDA:
+        device = torch.cuda.get_device_name()
+    else:
+        device = f"CPU ({platform.machine()}), Triton interpreter"
+        print("no CUDA: skipping GPU benchmarks; running a tiny shape on CPU to check the harness "
+              f"({ctx.tokens} tokens, Triton interpreter, plain timer, no torch.compile). These times mean nothing.")
+    copy_gbs = copy_bandwidth(ctx)
+    print(f"device: {device} | torch {torch.__version__} | copy bandwidth {copy_gbs:.0f} GB/s")
+    rows = []
+    for n in names:
+        fn, _ = BENCHMARKS[n]
+        rows += fn(ctx)
+        if CUDA:
+            torch.cuda.empty_cache()
+    head, body = table(rows, copy_gbs)
+    print(plain(head, body))
+    if args.plot:
+        plot(rows, copy_gbs, args.plot, f"{device}, {args.dtype}, {ctx.tokens} tokens")
+    if args.record:
+        if not CUDA:
+            print("--record ignored without CUDA: interpreter times are not benchmarks")
+            return
+        cmd = "python " + " ".join([os.path.basename(sys.argv[0])] + (argv if argv is not None else sys.argv[1:]))
+        record("BENCHMARKS.md", names, device, copy_gbs, head, body, cmd)
+
+
+def record(path, names, device, copy_gbs, head, body, cmd):
+    """Append one run to `path` (the end of the file, a self-describing block, so other sections stay put)."""
+    import triton
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    with open(path, "a") as f:
+        f.write(f"\n#### bench.py {' '.join(names)}: {stamp}, {device}, torch {torch.__version__}, "
+                f"triton {triton.__version__}, commit {commit()}, `{cmd}`\n\n"
+                f"Device copy bandwidth measured in the same run: {copy_gbs:.0f} GB/s.\n\n"
+                + markdown(head, body) + "\n")
+    print(f"appended to {path}")
+
+if __name__ == "__main__":
+    main()
