@@ -225,6 +225,57 @@ def bench_trm_step(ctx):
     return rows
 
 
+@register("models", "a training step of every model at its paper config (GPU): samples/s and peak memory")
+def bench_models(ctx):
+    """Forward + backward + AdamATan2 for each model (+ variants the issues ask about: PRR K=1 vs K=8,
+    deep_recursive memory-efficient vs standard). Batches carry demos for etrm. Eager, kernels on."""
+    import importlib
+    import train
+    B = 64 if CUDA else 2
+    shape = dict(seq_len=900, vocab_size=12, num_puzzle_identifiers=1000) if CUDA else \
+        dict(seq_len=16, vocab_size=12, num_puzzle_identifiers=10)
+    tiny = {} if CUDA else {"trm": dict(hidden_size=32, num_heads=2), "hrm": dict(hidden_size=32, num_heads=2),
+                            "etrm": dict(hidden_size=32, num_heads=2), "prr": dict(hidden_size=32, num_heads=2),
+                            "deep_recursive": dict(base_channels=8, latent_channels=16)}
+    variants = [("trm", {}), ("hrm", {}), ("etrm", {}), ("prr", {"num_branches": 1}), ("prr", {"num_branches": 8}),
+                ("deep_recursive", {"memory_efficient": True}), ("deep_recursive", {"memory_efficient": False})]
+    rows = []
+    for name, extra in variants:
+        mod = importlib.import_module(name)
+        cfg = mod.Config(**shape, **tiny.get(name, {}), **extra)
+        L, ids = cfg.seq_len, shape["num_puzzle_identifiers"]
+        batch = {"inputs": torch.randint(2, 12, (B, L), dtype=torch.int32, device=ctx.device),
+                 "labels": torch.randint(2, 12, (B, L), dtype=torch.int32, device=ctx.device),
+                 "puzzle_identifiers": torch.randint(1, ids, (B,), dtype=torch.int32, device=ctx.device)}
+        if getattr(mod.Model, "needs_demos", False):
+            K = 4
+            batch.update(demo_inputs=torch.randint(2, 12, (B, K, L), dtype=torch.int32, device=ctx.device),
+                         demo_labels=torch.randint(2, 12, (B, K, L), dtype=torch.int32, device=ctx.device),
+                         demo_mask=torch.ones(B, K, dtype=torch.bool, device=ctx.device))
+        torch.manual_seed(0)
+        model = mod.Model(cfg).to(ctx.device).train()
+        model.loss_scale = 1.0 / B
+        opt = train.AdamATan2(model.parameters())
+        state = {"carry": model.initial_carry(batch)}
+
+        def step():
+            carry, loss, _, _ = model(state["carry"], batch)
+            (loss / B).backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            state["carry"] = carry
+        if CUDA:
+            torch.cuda.reset_peak_memory_stats()
+        t = ctx.time(step)
+        peak = torch.cuda.max_memory_allocated() / 1e9 if CUDA else 0.0
+        label = name + "".join(f" {k}={v}" for k, v in extra.items())
+        rows.append(Row(label, f"{B / t[0] * 1e3:.0f} samples/s, {peak:.1f} GB", "eager", f"[{B}, {L}]", *t))
+        del model, opt, state
+        if CUDA:
+            torch.cuda.empty_cache()
+    return rows
+
+
 # ----------------------------------------------------------------------------------------------------
 # Copy bandwidth, table, plot, record
 

@@ -89,14 +89,15 @@ class Config:
 class CastedConv2d(nn.Conv2d):
     """3x3 / 1x1 conv, float32 master weights cast to the input dtype at use; LeCun truncated-normal init."""
 
-    def __init__(self, cin, cout, k, stride=1, zero=False):
-        super().__init__(cin, cout, k, stride=stride, padding=k // 2, bias=True)
+    def __init__(self, cin, cout, k, stride=1, zero=False, bias=True):
+        super().__init__(cin, cout, k, stride=stride, padding=k // 2, bias=bias)
         with torch.no_grad():
             trm.trunc_normal_init_(self.weight, 0.0 if zero else 1 / math.sqrt(cin * k * k))
-            self.bias.zero_()
+            if bias:
+                self.bias.zero_()
 
     def forward(self, x):
-        return self._conv_forward(x, self.weight.to(x.dtype), self.bias.to(x.dtype))
+        return self._conv_forward(x, self.weight.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
 
 
 def group_norm(x, groups):
@@ -109,7 +110,9 @@ class ResBlock(nn.Module):
     def __init__(self, ch):
         super().__init__()
         self.groups = math.gcd(8, ch)
-        self.conv1, self.conv2 = CastedConv2d(ch, ch, 3), CastedConv2d(ch, ch, 3, zero=True)
+        # No bias on conv1: the GroupNorm after it removes any per-channel constant, so its gradient is 0 up to
+        # rounding, and AdamATan2 (scale-free, atan2 ~ sign for tiny v) would turn that rounding into full steps.
+        self.conv1, self.conv2 = CastedConv2d(ch, ch, 3, bias=False), CastedConv2d(ch, ch, 3, zero=True)
 
     def forward(self, x):
         h = self.conv1(F.gelu(group_norm(x, self.groups)))

@@ -55,6 +55,7 @@ def evaluate_dataset(model, path, global_batch_size, rank=0, world=1, max_batche
                                 with_demos=getattr(type(model), "needs_demos", False))
     if voter is None and os.path.exists(os.path.join(path, "test_puzzles.json")):
         voter = ARCVoter(path)
+    oracle = None  # models with several hypotheses (prr) also vote their label-chosen best branch: an upper bound
     sums, n_batches = collections.Counter(), 0
     for _, batch, _ in loader:
         batch = {k: v.to(device) for k, v in batch.items()}
@@ -63,6 +64,9 @@ def evaluate_dataset(model, path, global_batch_size, rank=0, world=1, max_batche
         if voter is not None:
             q = out.get("q_halt_logits", torch.zeros(len(batch["inputs"]), device=device))
             voter.update(batch["inputs"], batch["puzzle_identifiers"], out["preds"], q)
+            if "oracle_preds" in out:
+                oracle = oracle or ARCVoter(path)
+                oracle.update(batch["inputs"], batch["puzzle_identifiers"], out["oracle_preds"], out["oracle_q_halt_logits"])
         n_batches += 1
         if max_batches and n_batches >= max_batches:
             break
@@ -87,6 +91,11 @@ def evaluate_dataset(model, path, global_batch_size, rank=0, world=1, max_batche
                             os.path.join(out_dir, f"task_{first}.png"), title=first)
         if not voter.accumulate:
             voter.clear()
+    if oracle is not None:  # every rank has one (same model), so the gather is collective
+        if world > 1:
+            oracle.gather(world)
+        if rank == 0:
+            result.update({k.replace("ARC/", "ARC/oracle_"): v for k, v in oracle.result().items() if k != "submission"})
     model.train(was_training)
     return result
 
@@ -203,8 +212,10 @@ def render_task(task, attempts, path, title=""):
 # ----------------------------------------------------------------------------------------------------
 # CLI
 
-def load_model(checkpoint, use_ema=True):
-    """Rebuild the model a nanoTRM checkpoint was trained with; EMA weights when present."""
+def load_model(checkpoint, use_ema=True, overrides=()):
+    """Rebuild the model a nanoTRM checkpoint was trained with; EMA weights when present.
+
+    `overrides` ("key=val") may change model keys that do not change the weights (e.g. etrm's tto_steps)."""
     import train  # the registry and the checkpoint reader live there
     ckpt = train.load_file(checkpoint)
     if not isinstance(ckpt, dict) or "model_name" not in ckpt:
@@ -212,7 +223,16 @@ def load_model(checkpoint, use_ema=True):
                          "trm.convert_reference_state_dict)")
     mod = train.model_module(ckpt["model_name"])
     from trm import config_from
-    model = mod.Model(config_from(mod.Config, ckpt["model_config"]))
+    cfg = config_from(mod.Config, ckpt["model_config"])
+    for k in getattr(mod, "INIT_ONLY_KEYS", ()):  # e.g. a decoder to start from: the weights already hold it
+        setattr(cfg, k, type(getattr(cfg, k))())
+    for pair in overrides:
+        key, _, text = pair.partition("=")
+        if key not in train.runtime_keys(ckpt["model_name"]) or not hasattr(cfg, key):
+            raise SystemExit(f"error: --config {key} cannot change at evaluation (it changes the weights' meaning); "
+                             f"allowed: {', '.join(sorted(k for k in train.runtime_keys(ckpt['model_name']) if hasattr(cfg, k)))}")
+        setattr(cfg, key, train.coerce(key, text, getattr(cfg, key), ckpt["model_name"]))
+    model = mod.Model(cfg)
     model.load_state_dict(ckpt["model"])
     if use_ema and ckpt.get("ema"):
         with torch.no_grad():
@@ -229,8 +249,10 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, default=0, help="evaluation batch (default: the run's global batch)")
     p.add_argument("--max-batches", type=int, default=0, help="stop after this many batches (0 = all)")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA copy")
+    p.add_argument("--config", nargs="*", default=[], metavar="KEY=VAL",
+                   help="model keys that do not change the weights, e.g. tto_steps=8 for etrm")
     args = p.parse_args(argv)
-    model, ckpt = load_model(args.checkpoint, use_ema=not args.no_ema)
+    model, ckpt = load_model(args.checkpoint, use_ema=not args.no_ema, overrides=args.config)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
     try:

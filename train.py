@@ -268,7 +268,8 @@ def load_file(path):
 
 
 def check_config(theirs, ours, path, model_name):
-    bad = [k for k in ours if k not in RUNTIME_KEYS and k in theirs and theirs[k] != ours[k]]
+    allowed = runtime_keys(model_name)
+    bad = [k for k in ours if k not in allowed and k in theirs and theirs[k] != ours[k]]
     if bad:
         raise SystemExit(f"error: {path} was trained with a different {model_name} config: "
                          + ", ".join(f"{k}={theirs[k]!r} (this run: {ours[k]!r})" for k in bad))
@@ -284,6 +285,11 @@ def read_checkpoint(path, model_name, model_cfg=None):
     if model_cfg is not None:
         check_config(ckpt["model_config"], dataclasses.asdict(model_cfg), path, model_name)
     return ckpt
+
+
+def runtime_keys(model_name):
+    """Config keys that may differ from a checkpoint's: ours, plus those the model file declares."""
+    return RUNTIME_KEYS | set(getattr(model_module(model_name), "RUNTIME_KEYS", ()))
 
 
 def load_weights(model, state, path):

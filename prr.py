@@ -1,0 +1,272 @@
+"""prr.py — the Parallel Recursive Reasoner: K latent hypotheses refined at once by one shared tiny core,
+judged by a learned scorer, mixed by score-weighted soft communication, trained with a Best-of-K loss.
+
+Source: T. Reddi, PRR (github REDDITARUN/PRR, 2026-02-14; no paper, no published numbers). Spec:
+../shared/spec/prr.md §2.2 (the maths as implemented) and §2.3 (its defects); issue 8.
+
+    x [B,L] --TRM embedding--> e [B,P+L,D]          (tokens + puzzle embedding in P slots, RoPE, x sqrt(D))
+    z_k(0) = b_k (+ N(0, σ²) in training)           K learned vectors broadcast over positions, [B,K,P+L,D]
+    for t in 0..T-1 (the first T - grad_steps under no_grad):
+        z_k <- core(z_k, e [+ b_k])                 one batch of B*K sequences through the shared blocks
+        s_k = scorer(z_k[:, 0])                     MLP D -> D/2 -> 1 on the first (puzzle) slot
+        if exchange after t:  w = softmax(s / temp);  z_k <- z_k + α (Σ_j w_j z_j - z_k)
+    logits_k = lm_head(z_k)[P:]                     [B,K,L,V]
+    l_k = mean stablemax CE of branch k;  loss = -τ log Σ_k exp(-l_k / τ)
+          + scorer_weight CE(s, argmin_k l_k) + diversity_weight mean_{j≠k} cos(mean_pos z_j, mean_pos z_k)
+
+There is no ACT: one forward runs the whole T-step rollout and halts every sample (the carry only holds
+`halted`). The K branches are one batch for the kernels: no Python loop over branches anywhere.
+
+The public code's two defects (spec §2.3 #1, #2), and what is done here by default [OURS]:
+  1. The "learned" branch vectors b_k never learn: they enter only at step 0, inside the no-grad phase.
+     Here b_k is also added to the injection at every step (core input z_k + e + b_k), so b_k reaches the
+     gradient window, and each branch keeps a persistent identity that communication cannot average away
+     (at eval, without noise, b_k is the only source of diversity; spec §2.3 #3).
+  2. No exchange happens inside the gradient window (exchanges after steps 1, 3, 5; the one after 7 is
+     skipped), so the "soft, differentiable communication" is neither. Here the schedule is counted from
+     the end: exchanges after steps t = T-2, T-2-c, ... >= 0 (c = comm_interval; T=8, c=2: after 0, 2, 4,
+     6). The last exchange is after step T-2, inside the gradient window whenever grad_steps >= 2, so the
+     main loss reaches the scorer through the weights w and the branches through the mixing.
+`public_schedule=True` reproduces the public code (init-only b_k, exchanges when (t+1) % c == 0 and
+t < T-1) for the ablation.
+
+Other choices [OURS]:
+- Prediction = the branch the scorer ranks first (argmax_k of the final-step scores); `q_halt_logits` is
+  its score, so evaluate.py's ARC vote uses it as the confidence unchanged. `outputs` also hold
+  `scores` [B,K], `branch_preds` [B,K,L], and `oracle_preds` [B,L] with its score `oracle_q_halt_logits`
+  [B] (the branch with the highest token accuracy against the labels: an upper bound that reads the
+  labels, for an oracle pass@K next to the scorer's).
+- Oracle metrics use the best branch against the labels (`oracle_exact_accuracy` = some branch exactly
+  right, i.e. pass@K over branches; `oracle_accuracy` = the best branch's token accuracy), so oracle >=
+  scorer always holds. The public code scores the lowest-loss branch instead, which is not an upper
+  bound. `scorer_picks_best` compares the scorer's pick with the lowest-loss branch k*, the scorer's target.
+- The soft-min and the scorer CE count only samples with at least one label (evaluation's padding rows
+  would otherwise add -τ log K each and have no k*). The scorer target stays the lowest-loss branch even
+  when none is right (spec §2.3 #7; not changed).
+- Scores, softmax weights and losses in float32 (the weights are cast to the state's dtype to mix it);
+  the state in forward_dtype.
+- Layers, embeddings and the loss kernels come from trm.py (the input embedding and RoPE methods are
+  borrowed from trm.Model, without its Q head or y0/z0 buffers, which PRR does not have).
+- The advertised "auxiliary grounding loss at intermediate steps" (spec §2.3 #4) is not implemented;
+  the public code does not have it either.
+
+Metrics (per sample, summed; train.py divides by count): accuracy / exact_accuracy (the scorer's pick,
+from trm.token_loss_and_metrics as every model reports), scorer_accuracy / scorer_exact_accuracy (the same
+numbers, named as PRR's README does; computed beside the oracle's so oracle >= scorer holds bit for bit), oracle_accuracy / oracle_exact_accuracy, scorer_picks_best, branch_accuracy_spread (best
+minus worst branch token accuracy), mean_branch_diversity (1 - mean off-diagonal cosine). Losses (summed
+over the batch, unweighted; train.py divides by the global batch): lm_loss (the soft-min), scorer_loss,
+diversity_loss. The logged `loss` is their unweighted sum, as TRM's is.
+
+Run:  python train.py --model prr --config data=toy hidden_size=64 num_heads=4 num_branches=4 num_steps=4 \
+          puzzle_emb_ndim=64 puzzle_emb_len=1 global_batch_size=32 lr=1e-3 ema=False    (CPU, minutes)
+      python train.py --model prr --config data=arc1 global_batch_size=128 ema=True     (one GPU)
+      torchrun --standalone --nproc_per_node=4 train.py --model prr --config data=arc1 global_batch_size=256
+      python train.py --model prr --config data=arc1 public_schedule=True              (the public code)
+Training defaults from the public config (spec §2.2): lr 1e-4, warm-up 2000, lr_min_ratio 1.0, wd 0.1,
+puzzle_emb_lr 1e-2; memory grows as B*K*L*D per gradient step (effective batch B*K).
+Measured on CPU [OURS]: a 2-rule toy (tests/test_prr.py) is solved in ~50 steps; on the default 8-rule toy
+the small config above reaches only ~0.2 token accuracy after 400 steps, with either schedule (0.22 ours,
+0.19 public), with K=1 (0.33) or with grad_steps=T (0.18): give it many more steps there.
+"""
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import kernels
+import trm
+
+
+@dataclass
+class Config:
+    num_branches: int = 8               # K: parallel latent hypotheses
+    num_steps: int = 8                  # T: recursion steps per forward (no ACT)
+    grad_steps: int = 2                 # last steps run with gradient (the first T - grad_steps under no_grad)
+    hidden_size: int = 256              # D
+    num_heads: int = 4                  # attention heads (head_dim = D / num_heads)
+    expansion: float = 4.0              # SwiGLU width factor (inner 768 at D=256)
+    num_layers: int = 2                 # post-norm blocks in the shared core
+    pos_encodings: str = "rope"         # rope | learned | none
+    rope_theta: float = 10000.0         # θ of RoPE
+    rms_norm_eps: float = 1e-5          # ε of RMSNorm
+    mlp_t: bool = False                 # TRM-MLP blocks (attention replaced by an MLP over the sequence)
+    puzzle_emb_ndim: int = 256          # width of the per-puzzle embedding (0 = none)
+    puzzle_emb_len: int = 16            # P: prefix slots it occupies (0 = ceil(ndim / D))
+    init_noise_std: float = 0.1         # σ: N(0, σ²) noise on the branch inits, training only
+    comm_alpha: float = 0.1             # α: pull of each branch toward the score-weighted mean
+    comm_temp: float = 1.0              # temperature of w = softmax(s / temp)
+    comm_interval: int = 2              # c: steps between exchanges (0 = never)
+    public_schedule: bool = False       # True: the public code (b_k only at step 0, no exchange under grad)
+    tau: float = 0.1                    # τ: Best-of-K soft-min temperature
+    scorer_weight: float = 0.5          # λ_s: weight of the scorer CE toward the lowest-loss branch
+    diversity_weight: float = 0.1       # λ_div: weight of the mean off-diagonal branch cosine
+    loss_type: str = "stablemax"        # stablemax | softmax cross-entropy
+    vocab_size: int = 12                # V (from the dataset)
+    seq_len: int = 900                  # L (from the dataset)
+    num_puzzle_identifiers: int = 1     # rows of the puzzle-embedding table (from the dataset)
+    forward_dtype: str = "auto"         # auto (bfloat16 on CUDA, float32 on CPU) | bfloat16 | float32
+
+
+@dataclass
+class Carry:
+    halted: torch.Tensor                # [B] bool; every sample halts after one call (no ACT)
+
+
+def soft_min(losses, tau):
+    """-τ log Σ_k exp(-l_k / τ) over the last axis: -> min_k l_k as τ -> 0; d/dl_k = softmax_k(-l / τ)."""
+    return -tau * torch.logsumexp(-losses / tau, dim=-1)
+
+
+def branch_cosine(z):
+    """Mean off-diagonal cosine similarity of the branches' position-mean latents: z [B,K,L,D] -> [B]."""
+    K = z.shape[1]
+    if K < 2:
+        return z.new_zeros(z.shape[0], dtype=torch.float32)
+    u = F.normalize(z.float().mean(2), dim=-1)           # [B, K, D]
+    S = u @ u.transpose(1, 2)                            # [B, K, K]
+    return (S.sum((1, 2)) - S.diagonal(dim1=1, dim2=2).sum(-1)) / (K * (K - 1))
+
+
+class Scorer(nn.Module):
+    """s = Linear(D/2 -> 1)(SiLU(Linear(D -> D/2)(h))); the last layer starts at weight 0, bias -5, so all
+    branches start with equal scores (uniform communication weights)."""
+
+    def __init__(self, D):
+        super().__init__()
+        self.fc1 = trm.CastedLinear(D, D // 2, bias=True)
+        self.fc2 = trm.CastedLinear(D // 2, 1, bias=True)
+        with torch.no_grad():
+            self.fc2.weight.zero_()
+            self.fc2.bias.fill_(-5)
+
+    def forward(self, h):
+        return self.fc2(F.silu(self.fc1(h))).squeeze(-1).float()
+
+
+class Model(nn.Module):
+    def __init__(self, config: Config):
+        super().__init__()
+        self.config = c = config
+        if c.grad_steps < 1 or c.grad_steps > c.num_steps:
+            raise ValueError(f"grad_steps must be in 1..num_steps={c.num_steps}, got {c.grad_steps}")
+        self.dtype = trm.resolve_dtype(c.forward_dtype)
+        D = c.hidden_size
+        self.puzzle_emb_len = (c.puzzle_emb_len or -(-c.puzzle_emb_ndim // D)) if c.puzzle_emb_ndim > 0 else 0
+        total_len = c.seq_len + self.puzzle_emb_len
+        # Input encoding exactly as TRM (spec §2.2): same modules, same names, same init.
+        self.embed_scale = math.sqrt(D)
+        self.embed_tokens = trm.CastedEmbedding(c.vocab_size, D, 1 / self.embed_scale, self.dtype)
+        self.lm_head = trm.CastedLinear(D, c.vocab_size)
+        if c.puzzle_emb_ndim > 0:
+            self.puzzle_emb = trm.SparseEmbedding(c.num_puzzle_identifiers, c.puzzle_emb_ndim, self.dtype)
+        if c.pos_encodings == "rope":
+            cos, sin = trm.rope_tables(D // c.num_heads, total_len, c.rope_theta)
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
+        elif c.pos_encodings == "learned":
+            self.embed_pos = trm.CastedEmbedding(total_len, D, 1 / self.embed_scale, self.dtype)
+        elif c.pos_encodings != "none":
+            raise ValueError(f"pos_encodings must be rope, learned or none, got {c.pos_encodings!r}")
+        self.core = trm.ReasoningModule(c, c.num_layers, total_len)   # shared by all branches and steps
+        self.scorer = Scorer(D)
+        self.branch_init = nn.Parameter(trm.trunc_normal_init_(torch.empty(c.num_branches, D), 1.0))  # b_k
+
+    input_embeddings = trm.Model.input_embeddings   # [B,L] ids -> [B,P+L,D], scaled by sqrt(D)
+    rope = trm.Model.rope
+
+    # -- the rollout ------------------------------------------------------------------------------------
+    def exchanges_after(self, t):
+        """Whether branches communicate after step t (see the module docstring for the two schedules)."""
+        c, T = self.config, self.config.num_steps
+        if c.comm_interval <= 0:
+            return False
+        if c.public_schedule:
+            return (t + 1) % c.comm_interval == 0 and t < T - 1
+        return t <= T - 2 and (T - 2 - t) % c.comm_interval == 0
+
+    def communicate(self, z, scores):
+        """z_k <- z_k + α (Σ_j w_j z_j - z_k), w = softmax(s / temp). z [B,K,L,D], scores [B,K]."""
+        c = self.config
+        w = torch.softmax(scores / c.comm_temp, dim=-1).to(z.dtype)  # [B, K]
+        mean = torch.einsum("bk,bkld->bld", w, z).unsqueeze(1)        # [B, 1, L, D]
+        return z + c.comm_alpha * (mean - z)
+
+    def rollout(self, inputs, puzzle_identifiers):
+        """T steps of all K branches. Returns the final state z [B,K,P+L,D] and the final scores [B,K]."""
+        c, (cos, sin) = self.config, self.rope()
+        K, T = c.num_branches, c.num_steps
+        e = self.input_embeddings(inputs, puzzle_identifiers)          # [B, P+L, D]
+        B, Lt, D = e.shape
+        b = self.branch_init.to(self.dtype).view(1, K, 1, D)
+        z = b.expand(B, K, Lt, D)
+        if self.training and c.init_noise_std > 0:
+            z = z + c.init_noise_std * torch.randn(B, K, Lt, D, device=e.device, dtype=self.dtype)
+        inj = e.unsqueeze(1) if c.public_schedule else e.unsqueeze(1) + b  # [B, 1 or K, P+L, D]
+        inj = inj.expand(B, K, Lt, D).reshape(B * K, Lt, D)
+        grad_on = torch.is_grad_enabled()
+        for t in range(T):
+            with torch.set_grad_enabled(grad_on and t >= T - c.grad_steps):
+                z = self.core(z.reshape(B * K, Lt, D), inj, cos, sin).view(B, K, Lt, D)
+                scores = self.scorer(z[:, :, 0])                      # [B, K] float32
+                if self.exchanges_after(t):
+                    z = self.communicate(z, scores)
+        return z, scores
+
+    def decode(self, z):
+        return self.lm_head(z[:, :, self.puzzle_emb_len:])             # [B, K, L, V]
+
+    # -- the protocol -----------------------------------------------------------------------------------
+    def initial_carry(self, batch):
+        return Carry(halted=torch.ones(batch["inputs"].shape[0], dtype=torch.bool, device=batch["inputs"].device))
+
+    def forward(self, carry, batch):
+        labels = batch["labels"]
+        z, scores = self.rollout(batch["inputs"], batch["puzzle_identifiers"])
+        logits = self.decode(z)
+        loss, metrics, outputs = self.loss_and_metrics(z, scores, logits, labels)
+        halted = torch.ones_like(carry.halted)
+        return Carry(halted), loss, metrics, {k: v.detach() for k, v in outputs.items()}
+
+    def loss_and_metrics(self, z, scores, logits, labels):
+        """Best-of-K soft-min + λ_s scorer CE + λ_div diversity (spec §2.2), summed over the batch."""
+        c = self.config
+        B, K, L, V = logits.shape
+        mask = labels != -100                                           # [B, L]
+        count = mask.sum(-1)
+        has_label = count > 0
+        ce = kernels.cross_entropy(logits.reshape(B * K, L, V), labels.unsqueeze(1).expand(B, K, L).reshape(B * K, L),
+                                   c.loss_type, -100).view(B, K, L)
+        branch_loss = ce.sum(-1) / count.clamp_min(1).unsqueeze(-1)     # l_k [B, K]
+        main = torch.where(has_label, soft_min(branch_loss, c.tau), 0).sum()  # padding rows: no loss
+        best = branch_loss.detach().argmin(-1)                          # k*: the scorer's target
+        scorer_ce = torch.where(has_label, F.cross_entropy(scores, best, reduction="none"), 0).sum()
+        cosine = branch_cosine(z)                                       # [B]
+        loss = main + c.scorer_weight * scorer_ce + c.diversity_weight * cosine.sum()
+
+        with torch.no_grad():
+            rows = torch.arange(B, device=logits.device)
+            pick = scores.argmax(-1)                                     # the scorer's branch
+            sel_logits = logits[rows, pick]                              # [B, L, V]
+            _, _, metrics = trm.token_loss_and_metrics(sel_logits, labels, has_label, c.loss_type)
+            preds = logits.argmax(-1)                                    # [B, K, L]
+            correct = mask.unsqueeze(1) & (preds == labels.unsqueeze(1))
+            acc = correct.sum(-1) / count.clamp_min(1).unsqueeze(-1)     # [B, K] token accuracy per branch
+            oracle = acc.argmax(-1)                                      # exact if any branch is exact
+            oracle_acc = acc[rows, oracle]
+            oracle_exact = correct.sum(-1)[rows, oracle] == count
+
+            def summed(x):
+                return torch.where(has_label, x.float(), 0).sum()
+            metrics.update(
+                lm_loss=main.detach(), scorer_loss=scorer_ce.detach(), diversity_loss=cosine.sum().detach(),
+                scorer_accuracy=summed(acc[rows, pick]), scorer_exact_accuracy=metrics["exact_accuracy"],
+                oracle_accuracy=summed(oracle_acc), oracle_exact_accuracy=summed(oracle_exact),
+                scorer_picks_best=summed(pick == best),
+                branch_accuracy_spread=summed(acc.max(-1).values - acc.min(-1).values),
+                mean_branch_diversity=summed(1 - cosine))
+        outputs = {"logits": sel_logits, "preds": preds[rows, pick], "q_halt_logits": scores[rows, pick],
+                   "scores": scores, "branch_preds": preds, "oracle_preds": preds[rows, oracle],
+                   "oracle_q_halt_logits": scores[rows, oracle]}
+        return loss, metrics, outputs
