@@ -71,6 +71,9 @@ def train_rows(out):
 # differences into full steps: 1 vs 2 processes differ by 1e-8 after 2 steps, 1e-6 after 6, 1e-3 after 20.
 # That is chaos of the optimiser, not of the all-reduce; we compare it where rounding still rules.
 DDP_STEPS = {"deep_recursive": 6}
+# A gauge: a constant added to all K branch scores cancels in every softmax over branches, so its gradient
+# is 0 up to rounding and AdamATan2 walks it by +-lr per step on noise alone.
+GAUGE = {"prr": {"scorer.fc2.bias"}}
 
 
 @pytest.mark.parametrize("model", list(TINY))
@@ -83,7 +86,8 @@ def test_two_processes_train_the_same_weights_as_one(model, toy, tmp_path):
     a, b = weights(tmp_path / "one"), weights(tmp_path / "two")
     assert a["step"] == b["step"] == n
     for k, v in a["model"].items():  # the puzzle-embedding table (sign-SGD, all-gathered) included
-        torch.testing.assert_close(b["model"][k], v, rtol=1e-4, atol=1e-5, msg=lambda m: f"{model} {k}: {m}")
+        if k not in GAUGE.get(model, ()):  # atol 1e-4: 20 sign-like steps amplify summation-order rounding
+            torch.testing.assert_close(b["model"][k], v, rtol=1e-4, atol=1e-4, msg=lambda m: f"{model} {k}: {m}")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -94,8 +98,8 @@ def test_sigkill_and_resume_equals_no_stop(model, toy, tmp_path):
     run = argv(model, toy, tmp_path / "run", "max_steps=10", "checkpoint_interval=2")
     python("train.py", *argv(model, toy, tmp_path / "ref", "max_steps=10", "checkpoint_interval=2"))
     rng = random.Random(model)
-    kills = [f"step:{rng.randint(1, 3)}", f"save_rank:{rng.choice([4, 6])}", f"save_ckpt:{rng.choice([4, 6])}",
-             f"step:{rng.randint(7, 9)}"]
+    # each kill lies after the checkpoint the previous resume starts from (checkpoints every 2 steps)
+    kills = [f"step:{rng.randint(1, 3)}", "save_rank:4", "save_ckpt:6", f"step:{rng.randint(7, 9)}"]
     for i, point in enumerate(kills):
         proc = python("train.py", *run, *(["--resume"] if i else []), env={**ENV, "NANOTRM_KILL_AT": point}, check=False)
         assert proc.returncode == -9, (point, proc.stderr[-2000:])  # it really died there
