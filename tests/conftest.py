@@ -11,4 +11,7 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-torch.set_num_threads(2)
+# One thread per process: the models are tiny, the 2-process tests already fill both cores, and OpenMP's
+# spinning threads slowed tiny steps 13x when the cores were shared (measured in this sandbox).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(1)
