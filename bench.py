@@ -177,6 +177,45 @@ def bench_cross_entropy(ctx):
                    bytes_fwd, bytes_fwdbwd)
 
 
+def random_batch(ctx, B, L, ids, demos=0):
+    """Random tokens in the batch layout of data.PuzzleDataset (with K demonstration pairs for etrm)."""
+    tok = lambda *shape: torch.randint(2, 12, shape, dtype=torch.int32, device=ctx.device)  # noqa: E731
+    batch = {"inputs": tok(B, L), "labels": tok(B, L),
+             "puzzle_identifiers": torch.randint(1, ids, (B,), dtype=torch.int32, device=ctx.device)}
+    if demos:
+        batch.update(demo_inputs=tok(B, demos, L), demo_labels=tok(B, demos, L),
+                     demo_mask=torch.ones(B, demos, dtype=torch.bool, device=ctx.device))
+    return batch
+
+
+def step_row(ctx, mod, cfg, batch, label, provider, compiled=False, flops=None):
+    """Time forward + backward + AdamATan2 with the ACT carry kept between steps; a Row with samples/s, peak."""
+    import train
+    torch.manual_seed(0)
+    model = mod.Model(cfg).to(ctx.device).train()
+    B = batch["inputs"].shape[0]
+    model.loss_scale = 1.0 / B
+    opt = train.AdamATan2(model.parameters())
+    run = torch.compile(model) if compiled else model
+    state = {"carry": model.initial_carry(batch)}
+
+    def step():
+        carry, loss, _, _ = run(state["carry"], batch)
+        (loss / B).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        state["carry"] = carry
+    if CUDA:
+        torch.cuda.reset_peak_memory_stats()
+    t = ctx.time(step)
+    peak = torch.cuda.max_memory_allocated() / 1e9 if CUDA else 0.0
+    del model, opt, run, state
+    if CUDA:
+        torch.cuda.empty_cache()
+    return Row(label, f"{B / t[0] * 1e3:.0f} samples/s, {peak:.1f} GB", provider,
+               f"[{B}, {batch['inputs'].shape[1]}]", *t, flops=flops)
+
+
 @register("trm_step", "one TRM training step, ARC-AGI-1 config (batch 192, H3 L4, bf16), eager and compiled")
 def bench_trm_step(ctx):
     """Samples/s and peak memory of a full step (forward, backward, AdamATan2) with kernels on and off.
@@ -184,43 +223,18 @@ def bench_trm_step(ctx):
     FLOPs per step (trm.md §10): (15 forward + 5 x 2 backward) network calls x 17.4 MFLOP/token x tokens.
     Reference on one H100, torch 2.11: 221 ms compiled (869 samples/s, 37.7 GB), 554 ms eager."""
     import kernels
-    import train
     import trm
     B = 192 if CUDA else 2
     cfg = trm.Config(num_puzzle_identifiers=1000, forward_dtype="bfloat16" if CUDA else "float32",
                      **({} if CUDA else dict(hidden_size=64, num_heads=2, seq_len=16, H_cycles=2, L_cycles=2)))
-    L = cfg.seq_len
-    batch = {"inputs": torch.randint(2, 12, (B, L), dtype=torch.int32, device=ctx.device),
-             "labels": torch.randint(2, 12, (B, L), dtype=torch.int32, device=ctx.device),
-             "puzzle_identifiers": torch.randint(1, 1000, (B,), dtype=torch.int32, device=ctx.device)}
-    tokens = B * (L + 16)
-    flops = (15 + 5 * 2) * 17.4e6 * tokens
+    batch = random_batch(ctx, B, cfg.seq_len, 1000)
+    flops = (15 + 5 * 2) * 17.4e6 * B * (cfg.seq_len + 16)
     rows = []
     for use_triton in (True, False):
         for compiled in ((False, True) if CUDA else (False,)):
             kernels.USE_TRITON = use_triton
-            torch.manual_seed(0)
-            model = trm.Model(cfg).to(ctx.device).train()
-            opt = train.AdamATan2(model.parameters())
-            run = torch.compile(model) if compiled else model
-            state = {"carry": model.initial_carry(batch)}
-
-            def step():
-                carry, loss, _, _ = run(state["carry"], batch)
-                (loss / B).backward()
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-                state["carry"] = carry
-            if CUDA:
-                torch.cuda.reset_peak_memory_stats()
-            t = ctx.time(step)
-            peak = torch.cuda.max_memory_allocated() / 1e9 if CUDA else 0.0
             name = ("triton" if use_triton else "torch") + ("+compile" if compiled else "")
-            rows.append(Row("trm_step", f"{B / t[0] * 1e3:.0f} samples/s, {peak:.1f} GB", name,
-                            f"[{B}, {L + 16}]", *t, flops=flops))
-            del model, opt, run, state
-            if CUDA:
-                torch.cuda.empty_cache()
+            rows.append(step_row(ctx, trm, cfg, batch, "trm_step", name, compiled, flops))
     kernels.USE_TRITON = True
     return rows
 
@@ -230,7 +244,6 @@ def bench_models(ctx):
     """Forward + backward + AdamATan2 for each model (+ variants the issues ask about: PRR K=1 vs K=8,
     deep_recursive memory-efficient vs standard). Batches carry demos for etrm. Eager, kernels on."""
     import importlib
-    import train
     B = 64 if CUDA else 2
     shape = dict(seq_len=900, vocab_size=12, num_puzzle_identifiers=1000) if CUDA else \
         dict(seq_len=16, vocab_size=12, num_puzzle_identifiers=10)
@@ -243,36 +256,10 @@ def bench_models(ctx):
     for name, extra in variants:
         mod = importlib.import_module(name)
         cfg = mod.Config(**shape, **tiny.get(name, {}), **extra)
-        L, ids = cfg.seq_len, shape["num_puzzle_identifiers"]
-        batch = {"inputs": torch.randint(2, 12, (B, L), dtype=torch.int32, device=ctx.device),
-                 "labels": torch.randint(2, 12, (B, L), dtype=torch.int32, device=ctx.device),
-                 "puzzle_identifiers": torch.randint(1, ids, (B,), dtype=torch.int32, device=ctx.device)}
-        if getattr(mod.Model, "needs_demos", False):
-            K = 4
-            batch.update(demo_inputs=torch.randint(2, 12, (B, K, L), dtype=torch.int32, device=ctx.device),
-                         demo_labels=torch.randint(2, 12, (B, K, L), dtype=torch.int32, device=ctx.device),
-                         demo_mask=torch.ones(B, K, dtype=torch.bool, device=ctx.device))
-        torch.manual_seed(0)
-        model = mod.Model(cfg).to(ctx.device).train()
-        model.loss_scale = 1.0 / B
-        opt = train.AdamATan2(model.parameters())
-        state = {"carry": model.initial_carry(batch)}
-
-        def step():
-            carry, loss, _, _ = model(state["carry"], batch)
-            (loss / B).backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            state["carry"] = carry
-        if CUDA:
-            torch.cuda.reset_peak_memory_stats()
-        t = ctx.time(step)
-        peak = torch.cuda.max_memory_allocated() / 1e9 if CUDA else 0.0
+        demos = 4 if getattr(mod.Model, "needs_demos", False) else 0
+        batch = random_batch(ctx, B, cfg.seq_len, shape["num_puzzle_identifiers"], demos)
         label = name + "".join(f" {k}={v}" for k, v in extra.items())
-        rows.append(Row(label, f"{B / t[0] * 1e3:.0f} samples/s, {peak:.1f} GB", "eager", f"[{B}, {L}]", *t))
-        del model, opt, state
-        if CUDA:
-            torch.cuda.empty_cache()
+        rows.append(step_row(ctx, mod, cfg, batch, label, "eager"))
     return rows
 
 
