@@ -15,3 +15,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # spinning threads slowed tiny steps 13x when the cores were shared (measured in this sandbox).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(1)
+
+
+def tiny_batch(B=6, L=8, V=12, ids=5, seed=0):
+    """A random batch in the loader's layout, the last two labels of each row ignored (shared by model tests)."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(2, V, (B, L), generator=g, dtype=torch.int32)
+    labels[:, -2:] = -100
+    return dict(inputs=torch.randint(0, V, (B, L), generator=g, dtype=torch.int32), labels=labels,
+                puzzle_identifiers=torch.randint(1, ids, (B,), generator=g, dtype=torch.int32))

@@ -15,6 +15,7 @@ import torch
 
 import hrm
 import trm
+from conftest import tiny_batch
 
 
 def tiny_config(**kw):
@@ -22,14 +23,6 @@ def tiny_config(**kw):
                 seq_len=8, num_puzzle_identifiers=5, puzzle_emb_ndim=32, halt_max_steps=4, forward_dtype="float32")
     base.update(kw)
     return hrm.Config(**base)
-
-
-def tiny_batch(B=6, L=8, V=12, ids=5, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.randint(2, V, (B, L), generator=g, dtype=torch.int32)
-    labels[:, -2:] = -100
-    return dict(inputs=torch.randint(0, V, (B, L), generator=g, dtype=torch.int32), labels=labels,
-                puzzle_identifiers=torch.randint(1, ids, (B,), generator=g, dtype=torch.int32))
 
 
 def test_defaults_and_parameter_count_match_reference_at_arc_config():

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import trm
+from conftest import tiny_batch
 
 
 def tiny_config(**kw):
@@ -18,14 +19,6 @@ def tiny_config(**kw):
                 forward_dtype="float32")
     base.update(kw)
     return trm.Config(**base)
-
-
-def tiny_batch(B=6, L=8, V=12, ids=5, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.randint(2, V, (B, L), generator=g, dtype=torch.int32)
-    labels[:, -2:] = -100
-    return dict(inputs=torch.randint(0, V, (B, L), generator=g, dtype=torch.int32), labels=labels,
-                puzzle_identifiers=torch.randint(1, ids, (B,), generator=g, dtype=torch.int32))
 
 
 def test_parameter_count_matches_reference_at_arc_config():

@@ -1,0 +1,190 @@
+"""kernels/attention.py: the Triton flash-attention path against the pure-PyTorch reference.
+
+Run: `python3 -m pytest tests/test_attention.py -q` (about 25 s of CPU time on 2 cores, 20-90 s wall; conftest.py sets
+TRITON_INTERPRET=1 when there is no CUDA, so the kernels run in Triton's interpreter). On a GPU machine
+the same command runs the kernels compiled, plus the GPU-only cases (L = 900, 916, the ARC/PRR shapes,
+head dim 128).
+
+What it compares: `attention_triton` against `attention_reference` (RoPE in fp32 rounded to the input
+dtype, then torch SDPA) on the same random, non-zero-mean packed qkv [N, L, 3*H*D]: the forward
+output, and the gradient dqkv from one shared random upstream gradient, checked per q/k/v third.
+fp32: elementwise atol/rtol. bf16: relative RMS error ||a-b||/||b||, since both sides round P, the
+output and the RoPE'd q/k to bf16 at slightly different points. Worst measured over these cases
+(interpreter, bf16): forward 0.72%, dq 1.9%, dk 1.7%, dv 1.5% (tolerances 1.5% / 3%); fp32: at most 0.17
+of the atol + rtol*|ref| budget. Against a float64 gold the bf16 reference itself is at 0.2% / 0.45%, the
+kernel at about 3x that under the interpreter because the interpreter rounds fp32 -> bf16 toward zero
+(probed), where the GPU rounds to nearest-even; hence the tighter GPU tolerances (1% / 2%). The bf16
+checks are coarse: dropping the key mask moves the L = 81 outputs by only 2-6% rel RMS (caught, barely);
+the fp32 cases are the sharp check (the same bug is 1000x their tolerance).
+Lengths 1, 7, 81 and 200 are not multiples of the blocks (the interpreter config is 64 x 32), so the
+row and column masks are exercised; 81 and 200 also exercise the online-softmax rescaling across key blocks.
+"""
+import importlib
+
+import pytest
+import torch
+
+import kernels
+
+attn = importlib.import_module("kernels.attention")  # the module; `kernels.attention` is the dispatching function
+
+CUDA = torch.cuda.is_available()
+DEVICE = "cuda" if CUDA else "cpu"
+gpu_only = pytest.mark.skipif(not CUDA, reason="GPU-only shape (the interpreter is too slow for it)")
+
+
+def rope_tables(L, D, theta=10000.0):
+    """cos, sin [L, D] float32 as concat(freqs, freqs) (what trm.py builds)."""
+    inv = 1.0 / theta ** (torch.arange(0, D, 2, dtype=torch.float32) / D)
+    f = torch.outer(torch.arange(L, dtype=torch.float32), inv)
+    emb = torch.cat((f, f), dim=-1)
+    return emb.cos().to(DEVICE), emb.sin().to(DEVICE)
+
+
+def assert_close(name, got, want, atol=None, rtol=None, rel_rms=None):
+    """Elementwise atol/rtol (fp32) or relative RMS (bf16); reports max abs diff, rel RMS, NaN/inf, bad indices."""
+    got, want = got.detach().float(), want.detach().float()  # float, not double: the PRR case is 720M elements
+    assert got.shape == want.shape, f"{name}: shape {tuple(got.shape)} != {tuple(want.shape)}"
+    bad_nonfinite = torch.isfinite(got) != torch.isfinite(want)
+    diff = (got - want).abs()
+    # RMS floor 1e-3: at L = 1 the true dq is exactly 0 (one key, constant softmax) and both sides give ~1e-7 noise
+    err = (got - want).norm().item() / max(want.norm().item(), 1e-3 * want.numel() ** 0.5)
+    msg = f"{name}: max abs diff {diff.max().item():.3e}, rel RMS {err:.3e}, nonfinite mismatches {int(bad_nonfinite.sum())}"
+    assert not bad_nonfinite.any(), msg
+    if rel_rms is not None:
+        assert err <= rel_rms, msg + f" > rel RMS tolerance {rel_rms}"
+    else:
+        bad = diff > atol + rtol * want.abs()
+        idx = bad.nonzero()[:5].tolist()
+        assert not bad.any(), msg + f"; {int(bad.sum())} elements beyond atol {atol} rtol {rtol}, first at {idx}"
+
+
+def run_case(N, L, H, D, dtype, rope, out_tol, grad_tol, strided=False, seed=0):
+    torch.manual_seed(seed)
+    width = 3 * H * D
+    if strided:  # a view with a token stride wider than 3*H*D, and a non-contiguous upstream gradient
+        qkv = (torch.randn(N, L, width + 24, device=DEVICE) + 0.5).to(dtype)[..., 8:8 + width]
+        g = torch.randn(N, H * D, L, device=DEVICE).to(dtype).transpose(1, 2)
+    else:
+        qkv = (torch.randn(N, L, width, device=DEVICE) + 0.5).to(dtype)  # non-zero mean
+        g = torch.randn(N, L, H * D, device=DEVICE).to(dtype)  # one shared upstream gradient
+    cos, sin = rope_tables(L, D) if rope else (None, None)
+
+    # On the GPU the fp32 reference runs in float64 (same RoPE: apply_rope computes in fp32 either way): which
+    # SDPA backend serves fp32 there, and with what internal precision, is torch's choice; our fp32 dots are IEEE.
+    ref_dtype = torch.float64 if CUDA and dtype == torch.float32 else dtype
+    a = qkv.detach().clone().requires_grad_()
+    b = qkv.detach().to(ref_dtype).requires_grad_()
+    out = attn.attention_triton(a, H, cos, sin)
+    ref = attn.attention_reference(b, H, cos, sin)
+    out.backward(g)
+    ref.backward(g.to(ref_dtype))
+
+    assert out.dtype == dtype and out.shape == (N, L, H * D)
+    assert_close("out", out, ref, **out_tol)
+    for i, part in enumerate("qkv"):  # per third: dq is small next to dv, a shared norm would hide it
+        sl = slice(i * H * D, (i + 1) * H * D)
+        assert_close(f"d{part}", a.grad[..., sl], b.grad[..., sl], **grad_tol)
+
+
+FP32 = dict(atol=1e-5, rtol=1e-4) if not CUDA else dict(atol=5e-5, rtol=5e-4)  # GPU: ex2.approx, sums over 916
+BF16 = dict(rel_rms=1.5e-2) if not CUDA else dict(rel_rms=1e-2)  # forward output
+BF16_GRAD = dict(rel_rms=3e-2) if not CUDA else dict(rel_rms=2e-2)  # dq, dk, dv (one more bf16 rounding: dS)
+
+
+# (N, L, H, D, dtype, rope, output tolerance, gradient tolerance): shapes the interpreter runs in about a second
+CASES = [
+    (N, L, H, D, dtype, rope, out_tol, grad_tol)
+    for L in (1, 7, 81)
+    for D in (32, 64)
+    for rope in (True, False)
+    for dtype, out_tol, grad_tol in ((torch.float32, FP32, FP32), (torch.bfloat16, BF16, BF16_GRAD))
+    for N, H in ((2, 2),)
+]
+PARAMS = "N,L,H,D,dtype,rope,out_tol,grad_tol"
+
+
+@pytest.mark.parametrize(PARAMS, CASES)
+def test_attention_small(N, L, H, D, dtype, rope, out_tol, grad_tol):
+    run_case(N, L, H, D, dtype, rope, out_tol, grad_tol)
+
+
+@pytest.mark.parametrize(PARAMS, [
+    (1, 200, 2, 64, torch.float32, True, FP32, FP32),  # 4 query x 7 key blocks in the interpreter
+    (1, 200, 2, 64, torch.bfloat16, True, BF16, BF16_GRAD),
+    (3, 37, 1, 128, torch.bfloat16, True, BF16, BF16_GRAD),  # head dim 128, odd N, one head
+])
+def test_attention_longer(N, L, H, D, dtype, rope, out_tol, grad_tol):
+    run_case(N, L, H, D, dtype, rope, out_tol, grad_tol)
+
+
+@pytest.mark.parametrize("dtype,out_tol,grad_tol", [(torch.float32, FP32, FP32), (torch.bfloat16, BF16, BF16_GRAD)])
+def test_attention_strided(dtype, out_tol, grad_tol):
+    """qkv a view with token stride 3*H*D + 24, upstream gradient transposed (non-contiguous)."""
+    run_case(2, 45, 2, 32, dtype, True, out_tol, grad_tol, strided=True)
+
+
+# The key rows past L inside the dK/dV program overflow there (exp(0 - lse)); they are never stored.
+@pytest.mark.filterwarnings("ignore:overflow encountered", "ignore:invalid value encountered")
+def test_attention_very_negative_scores():
+    """Every score near -90: exp(-lse) overflows fp32 for the masked keys of the last block; no NaN may leak."""
+    torch.manual_seed(0)
+    N, L, H, D = 1, 7, 2, 32
+    qkv = torch.randn(N, L, 3 * H * D, device=DEVICE) * 0.3
+    qkv[..., : H * D] += 4.0   # q ~ +4
+    qkv[..., H * D: 2 * H * D] -= 4.0  # k ~ -4: q.k / sqrt(D) ~ -90
+    g = torch.randn(N, L, H * D, device=DEVICE)
+    a, b = qkv.clone().requires_grad_(), qkv.double().requires_grad_()  # float64 reference: exact softmax tails
+    out, ref = attn.attention_triton(a, H), attn.attention_reference(b, H)
+    out.backward(g)
+    ref.backward(g.double())
+    assert_close("out", out, ref, **FP32)
+    assert_close("dqkv", a.grad, b.grad, atol=1e-4, rtol=1e-4)
+
+
+# GPU: every new (HEAD_DIM, ROPE, dtype) compiles all 14 autotune configs (seconds each), so the
+# matrix is trimmed to what differs: each head dim in bf16, RoPE on and off and fp32 at D = 64.
+@gpu_only
+@pytest.mark.parametrize(PARAMS, [
+    (3, 916, 8, 64, torch.bfloat16, True, BF16, BF16_GRAD),
+    (3, 900, 8, 64, torch.bfloat16, True, BF16, BF16_GRAD),
+    (3, 916, 8, 64, torch.bfloat16, False, BF16, BF16_GRAD),
+    (3, 916, 8, 32, torch.bfloat16, True, BF16, BF16_GRAD),
+    (3, 916, 8, 128, torch.bfloat16, True, BF16, BF16_GRAD),
+    (2, 916, 8, 64, torch.float32, True, FP32, FP32),
+    (2, 900, 8, 64, torch.float32, False, FP32, FP32),
+])
+def test_attention_gpu(N, L, H, D, dtype, rope, out_tol, grad_tol):
+    run_case(N, L, H, D, dtype, rope, out_tol, grad_tol)
+
+
+@gpu_only
+@pytest.mark.parametrize("N,L,H,D", [
+    (192, 916, 8, 64),  # ARC: TRM batch 192
+    (512, 916, 8, 64),  # PRR: 64 puzzles x 8 branches
+    (384, 81, 8, 64),   # Sudoku
+])
+def test_attention_gpu_real_shapes(N, L, H, D):
+    run_case(N, L, H, D, torch.bfloat16, True, BF16, BF16_GRAD)
+
+
+def test_dispatch_cpu_uses_reference(monkeypatch):
+    """kernels.attention on a CPU tensor is the reference, bit for bit, and never touches Triton."""
+    def boom(*args, **kwargs):
+        raise AssertionError("attention_triton called on a CPU tensor")
+    monkeypatch.setattr(attn, "attention_triton", boom)
+    torch.manual_seed(0)
+    qkv = torch.randn(2, 9, 3 * 2 * 32)
+    cos, sin = rope_tables(9, 32)
+    out = kernels.attention(qkv, 2, cos.cpu(), sin.cpu())
+    assert torch.equal(out, attn.attention_reference(qkv, 2, cos.cpu(), sin.cpu()))
+
+
+def test_no_grad_and_shapes():
+    """Under no_grad (TRM's first T-1 cycles) the kernel runs forward only; bad shapes are refused."""
+    qkv = torch.randn(1, 5, 3 * 2 * 32, device=DEVICE)
+    with torch.no_grad():
+        out = attn.attention_triton(qkv, 2)
+    assert out.shape == (1, 5, 64) and not out.requires_grad
+    with pytest.raises(AssertionError):
+        attn.attention_triton(torch.randn(1, 5, 3 * 2 * 16, device=DEVICE), 2)  # head dim 16
