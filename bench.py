@@ -216,6 +216,64 @@ def step_row(ctx, mod, cfg, batch, label, provider, compiled=False, flops=None):
                f"[{B}, {batch['inputs'].shape[1]}]", *t, flops=flops)
 
 
+@register("attention", "non-causal attention from packed qkv [N, 916, 3*8*64], RoPE: TRM (N=192), PRR (N=512)")
+def bench_attention(ctx):
+    # Providers: triton (kernels.attention), eager / compile (the reference path: RoPE in fp32 + layout
+    # copies + SDPA), the reference with SDPA pinned to the flash or cuDNN backend, and SDPA alone on
+    # ready-made [N, H, L, D] q, k, v (no RoPE, no layout copies). FLOPs: 4*N*H*L^2*D for the forward,
+    # 2.5x that for the backward, so 3.5x for fwd+bwd (kernels.md §3; the Triton tutorial's count).
+    import torch.nn.functional as F
+    attn = importlib.import_module("kernels.attention")
+    H, D, L = (8, 64, 916) if CUDA else (2, 32, 40)  # CPU: a tiny shape, only to check the harness
+    N = max(1, ctx.tokens // L) if CUDA else 2  # CPU: 4 heads of 40 tokens keep the interpreter to seconds
+    shapes = [("TRM", N)] + ([("PRR", 64 * 8)] if CUDA and ctx.tokens == ARC_TOKENS else [])
+    inv = 1.0 / 10000.0 ** (torch.arange(0, D, 2, device=ctx.device, dtype=torch.float32) / D)
+    emb = torch.outer(torch.arange(L, device=ctx.device, dtype=torch.float32), inv).repeat(1, 2)
+    cos, sin = emb.cos(), emb.sin()  # [L, D] as trm.rope_tables builds them: concat(freqs, freqs)
+
+    def reference(qkv):
+        return attn.attention_reference(qkv, H, cos, sin)
+
+    def pinned(fn, backend):
+        def f(*a):
+            from torch.nn.attention import sdpa_kernel
+            with sdpa_kernel(backend):
+                return fn(*a)
+        return f
+
+    rows = []
+    for tag, N in shapes:
+        op, shape = f"attention {tag}", f"[{N}, {L}, {3 * H * D}] H={H}"
+        flops_fwd = 4 * N * H * L * L * D
+        for mode in ("fwd", "fwd+bwd"):
+            rg = mode == "fwd+bwd"
+            provs = ctx.providers(lambda qkv: attn.attention_triton(qkv, H, cos, sin), reference)
+            sdpa = {"sdpa": F.scaled_dot_product_attention}
+            if CUDA:
+                from torch.nn.attention import SDPBackend
+                for bname, b in (("flash", SDPBackend.FLASH_ATTENTION), ("cudnn", SDPBackend.CUDNN_ATTENTION)):
+                    provs[f"eager/{bname}"] = pinned(reference, b)
+                    sdpa[f"sdpa/{bname}"] = pinned(F.scaled_dot_product_attention, b)
+            qkv = ctx.randn(N, L, 3 * H * D, requires_grad=rg, mean=0.0)
+            q, k, v = (ctx.randn(N, H, L, D, requires_grad=rg, mean=0.0) for _ in range(3))
+            g = ctx.randn(N, L, H * D, mean=0.0)  # one upstream gradient, reused every call
+            g4 = g.view(N, L, H, D).transpose(1, 2).contiguous()
+            calls = [(n, (lambda f=f: f(qkv)), [qkv], g) for n, f in provs.items()]
+            calls += [(n, (lambda f=f: f(q, k, v)), [q, k, v], g4) for n, f in sdpa.items()]
+            for name, call, inputs, grad in calls:
+                fn = call if not rg else (lambda call=call, inputs=inputs, grad=grad: torch.autograd.grad(call(), inputs, grad))
+                try:
+                    t = ctx.time(fn)
+                except RuntimeError as e:  # e.g. no cuDNN attention for this shape / build
+                    print(f"{op} {mode} {name}: skipped ({str(e).splitlines()[0][:100]})")
+                    continue
+                rows.append(Row(op, mode, name, shape, *t, flops=flops_fwd * (3.5 if rg else 1.0)))
+            del qkv, q, k, v, g, g4, calls
+            if CUDA:
+                torch.cuda.empty_cache()
+    return rows
+
+
 @register("trm_step", "one TRM training step, ARC-AGI-1 config (batch 192, H3 L4, bf16), eager and compiled")
 def bench_trm_step(ctx):
     """Samples/s and peak memory of a full step (forward, backward, AdamATan2) with kernels on and off.

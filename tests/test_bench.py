@@ -9,6 +9,6 @@ import bench
 def test_every_benchmark_runs(capsys, tmp_path):
     bench.main(["--plot", str(tmp_path / "b.png")])
     out = capsys.readouterr().out
-    for name in ("rms_norm", "swiglu", "stablemax CE", "trm_step", "prr num_branches=8", "deep_recursive"):
+    for name in ("rms_norm", "swiglu", "stablemax CE", "attention", "trm_step", "prr num_branches=8", "deep_recursive"):
         assert name in out, name
     assert (tmp_path / "b.png").exists()
