@@ -71,6 +71,8 @@ def test_ablation_writes_table_and_plot(family, toy, tmp_path):
 def test_acc_vs_aug_revotes_one_set_of_predictions(arc, tmp_path):
     rows = acc_vs_aug.main(["--data", arc, "--steps", "1", "--draws", "2", "--out", str(tmp_path), "--config", *ARC_TINY])
     assert [r["N"] for r in rows] == ["identity only", 1, 2, 4]
+    last_eval = [json.loads(l) for l in open(tmp_path / "trm" / "metrics.jsonl") if "eval/ARC/pass@2" in l][-1]
+    assert rows[-1]["pass@2"] == last_eval["eval/ARC/pass@2"]  # every version voted = train.py's own evaluation
     assert os.path.getsize(tmp_path / "acc_vs_aug.png") > 0 and len(table_rows(tmp_path)) == 5
 
 

@@ -1,0 +1,91 @@
+"""recursion_strip.py — watch the recursion: one puzzle's answer after every ACT step, with the Q-halt confidence.
+
+    python -m experiments.recursion_strip                        # tiny TRM trained on the toy task here (CPU, ~1 min)
+    python -m experiments.recursion_strip --checkpoint runs/trm-arc1/checkpoint.pt --index 3
+
+The model is called on one test example exactly as evaluation calls it (fresh carry, one call per ACT step, the
+carry passed on), but the answer of every call is kept instead of only the last one: the strip shows the input,
+the answer after ACT step 1, 2, ..., halt_max_steps, and the target, each step titled with sigmoid(q_halt) (the
+model's own belief that this answer is right; evaluation halts there once the model is trained) and the share of
+cells right. ARC examples are cropped to their grid (data.crop_grid); other datasets are drawn as rows of tokens
+(ARC colours for tokens 2-11: colours 0-9). Models without ACT (prr, deep_recursive) halt after one call: one step.
+"""
+import argparse
+import os
+import sys
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # `python experiments/recursion_strip.py` too
+from experiments import pyplot, run_train, write_table
+import data
+import evaluate
+
+
+def as_grid(tokens, labels, is_arc):
+    """Token row -> 2-D array of colours 0-9 (-1 = blank) over the cells the label covers."""
+    if is_arc:
+        return data.crop_grid(np.asarray(tokens, np.uint8)).astype(int)
+    keep = labels != -100
+    return (np.asarray(tokens)[keep].astype(int) - 2)[None]  # toy / Sudoku / Maze: one row
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=__doc__.split("\n", 1)[1])
+    p.add_argument("--checkpoint", default="", help="a trained checkpoint (default: train a tiny TRM on toy here)")
+    p.add_argument("--data", default="", help="dataset (default: the checkpoint's, or toy)")
+    p.add_argument("--index", type=int, default=0, help="which test example")
+    p.add_argument("--steps", type=int, default=200, help="training steps of the tiny TRM")
+    p.add_argument("--config", nargs="*", default=[], metavar="KEY=VAL", help="train.py keys for the tiny TRM")
+    p.add_argument("--out", default="runs/recursion_strip", help="output folder")
+    args = p.parse_args(argv)
+    ckpt = args.checkpoint
+    if not ckpt:  # more ACT steps than the compare default, so there is a recursion to watch
+        path = data.ensure_dataset(args.data or "toy", root="data")
+        ckpt = os.path.join(run_train("trm", os.path.join(args.out, "trm"), path, args.steps,
+                                      ["halt_max_steps=4", *args.config])["out_dir"], "checkpoint.pt")
+    model, saved = evaluate.load_model(ckpt)
+    model.eval()
+    path = data.ensure_dataset(args.data, root="data") if args.data else saved["data_path"]
+    is_arc = os.path.exists(os.path.join(path, "test_puzzles.json"))
+    loader = data.PuzzleDataset(path, "test", args.index + 1, with_demos=getattr(type(model), "needs_demos", False))
+    batch = {k: v[args.index:args.index + 1] for k, v in next(iter(loader))[1].items()}
+    labels = batch["labels"][0].numpy()
+    carry, steps = model.initial_carry(batch), []
+    with torch.no_grad():
+        for _ in range(10000):
+            carry, _, _, out = model(carry, batch)
+            pred = out["preds"][0].numpy()
+            q = float(torch.sigmoid(out["q_halt_logits"][0])) if "q_halt_logits" in out else float("nan")
+            mask = labels != -100
+            steps.append({"step": len(steps) + 1, "q": q, "cells_right": float((pred[mask] == labels[mask]).mean()),
+                          "exact": bool((pred[mask] == labels[mask]).all()), "grid": as_grid(pred, labels, is_arc)})
+            if bool(carry.halted.all()):
+                break
+    rows = [{k: v for k, v in s.items() if k != "grid"} for s in steps]
+    write_table(args.out, rows, [("step", "ACT step"), ("q", "sigmoid(q_halt)"), ("cells_right", "cells right"),
+                                  ("exact", "exact")], f"test example {args.index} of {path}, step by step",
+                notes=[f"checkpoint {ckpt}"])
+    panels = [("input", as_grid(batch["inputs"][0].numpy(), labels, is_arc))]
+    panels += [(f"step {s['step']}\nq={s['q']:.2f} {'✓' if s['exact'] else '✗'}", s["grid"]) for s in steps]
+    panels += [("target", as_grid(np.where(labels == -100, 0, labels), labels, is_arc))]
+    plt = pyplot()
+    from matplotlib.colors import ListedColormap
+    wide = panels[0][1].shape[0] == 1
+    fig, axes = plt.subplots(len(panels) if wide else 1, 1 if wide else len(panels),
+                             figsize=(6, 0.8 * len(panels)) if wide else (2.2 * len(panels), 2.6), squeeze=False)
+    for ax, (title, grid) in zip(axes.flat, panels):
+        ax.imshow(np.ma.masked_less(grid, 0), cmap=ListedColormap(evaluate.ARC_COLOURS), vmin=0, vmax=9)
+        ax.set_xticks([]), ax.set_yticks([])
+        (ax.set_ylabel(title.replace("\n", " "), rotation=0, ha="right", va="center", fontsize=8) if wide
+         else ax.set_title(title, fontsize=9))
+    fig.tight_layout()
+    fig.savefig(os.path.join(args.out, "recursion_strip.png"), dpi=100)
+    plt.close(fig)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
