@@ -1043,7 +1043,6 @@ class PuzzleDataset(torch.utils.data.IterableDataset):
             first_puz[ident] = p
         self.demo_src = []                                  # per puzzle: (arrays, example indices) or None
         by_puzzle = np.split(own_demos, np.searchsorted(self.example_puzzle[own_demos], np.arange(1, n_puz)))
-        t_by_puzzle = None
         for p in range(n_puz):
             if has_own[p]:
                 self.demo_src.append((own, by_puzzle[p][:self.max_demos]))

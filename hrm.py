@@ -29,7 +29,9 @@ from dataclasses import dataclass
 import torch
 
 import trm
-from trm import ReasoningModule, convert_reference_state_dict  # noqa: F401  (re-exported: hrm.convert_reference_state_dict)
+from trm import ReasoningModule, convert_reference_state_dict
+
+__all__ = ["Config", "Model", "convert_reference_state_dict"]  # the last re-exported from trm
 
 
 @dataclass

@@ -30,7 +30,6 @@ import math
 import os
 import random
 import signal
-import sys
 import time
 
 import numpy as np

@@ -93,7 +93,6 @@ def world(tmp_path_factory):
     result = train.main(["--model", "trm", "--out", str(root / "run"), "--config", f"data={path}", *TINY,
                          "max_steps=80", "eval_interval=100000", "log_interval=40"])
     unseen = {f"new{i}": make_task(rng, c, n_test=2 if i == 1 else 1) for i, c in enumerate([2, 5, 7, 3, 9, 4])}
-    root_files = {}
     mixed = {"seen03": seen["seen03"], **dict(list(unseen.items())[:2])}   # a trained task is predicted, not adapted
     for name, subset in (("all", unseen), ("mixed", mixed)):
         # test outputs left in the challenges on purpose: solve must drop them
