@@ -386,10 +386,7 @@ class Model(trm.Model):
         c, halted = self.config, carry.halted
         if self.training and c.leave_one_out > 0:  # only halted rows take from `batch`, so new samples only
             batch = leave_one_out(batch, c.leave_one_out)
-        z_H = torch.where(halted.view(-1, 1, 1), self.H_init, carry.z_H)
-        z_L = torch.where(halted.view(-1, 1, 1), self.L_init, carry.z_L)
-        steps = torch.where(halted, 0, carry.steps)
-        data = {k: torch.where(halted.view((-1,) + (1,) * (v.ndim - 1)), batch[k], v) for k, v in carry.current_data.items()}
+        z_H, z_L, steps, data = self.reset(carry, batch)
 
         kl, tto_loss = None, carry.tto_loss
         if self.training:  # re-encode the whole batch at every step: every sample's loss reaches the encoder
@@ -411,20 +408,10 @@ class Model(trm.Model):
         steps = steps + 1
         outputs = {"logits": logits, "q_halt_logits": q_halt, "q_continue_logits": q_continue}
 
-        with torch.no_grad():
-            is_last = steps >= c.halt_max_steps
-            halted = is_last
-            if self.training and c.act_mode == "fixed":  # ETRM-FCT: everyone halts after N steps
-                halted = steps >= c.num_act_steps
-            elif self.training and c.halt_max_steps > 1:  # TRM's ACT with exploration (trm.py)
-                halted = halted | ((q_halt > 0) if c.no_ACT_continue else (q_halt > q_continue))
-                explore = torch.rand_like(q_halt) < c.halt_exploration_prob
-                min_halt = explore * torch.randint_like(steps, 2, c.halt_max_steps + 1)
-                halted = halted & (steps >= min_halt)
-                if not c.no_ACT_continue:
-                    _, _, _, next_halt, next_cont = self.inner_step(z_H, z_L, x)
-                    outputs["target_q_continue"] = torch.sigmoid(
-                        torch.where(is_last, next_halt, torch.maximum(next_halt, next_cont)))
+        if self.training and c.act_mode == "fixed":  # ETRM-FCT: everyone halts after N steps
+            halted = steps >= c.num_act_steps
+        else:                                         # TRM's ACT with exploration (trm.py)
+            halted = self.halt(steps, q_halt, q_continue, z_H, z_L, x, outputs)
 
         carry = Carry(z_H, z_L, steps, halted, data, context=context.detach(), tto_loss=tto_loss)
         loss, metrics = self.act_loss(carry, outputs)

@@ -317,33 +317,40 @@ class Model(nn.Module):
             steps=torch.zeros(B, dtype=torch.int32, device=dev), halted=torch.ones(B, dtype=torch.bool, device=dev),
             current_data={k: torch.zeros_like(v) for k, v in batch.items()})
 
-    def forward(self, carry, batch):
-        c, halted = self.config, carry.halted
-        # Halted samples restart from (y0, z0) on the new batch's rows; running samples keep theirs.
-        z_H = torch.where(halted.view(-1, 1, 1), self.H_init, carry.z_H)
-        z_L = torch.where(halted.view(-1, 1, 1), self.L_init, carry.z_L)
-        steps = torch.where(halted, 0, carry.steps)
-        data = {k: torch.where(halted.view((-1,) + (1,) * (v.ndim - 1)), batch[k], v) for k, v in carry.current_data.items()}
+    def reset(self, carry, batch):
+        """Halted samples restart from (y0, z0) on the new batch's rows; running samples keep theirs."""
+        h = carry.halted
+        z_H = torch.where(h.view(-1, 1, 1), self.H_init, carry.z_H)
+        z_L = torch.where(h.view(-1, 1, 1), self.L_init, carry.z_L)
+        steps = torch.where(h, 0, carry.steps)
+        data = {k: torch.where(h.view((-1,) + (1,) * (v.ndim - 1)), batch[k], v) for k, v in carry.current_data.items()}
+        return z_H, z_L, steps, data
 
+    @torch.no_grad()
+    def halt(self, steps, q_halt, q_continue, z_H, z_L, x, outputs):
+        """Which samples stop after this step (spec §4); adds HRM's Q-learning target to `outputs`."""
+        c = self.config
+        is_last = steps >= c.halt_max_steps
+        halted = is_last
+        if self.training and c.halt_max_steps > 1:  # in evaluation every sample runs halt_max_steps
+            halted = halted | ((q_halt > 0) if c.no_ACT_continue else (q_halt > q_continue))
+            # Exploration (paper §4.3): sometimes force a random minimum of 2..N_sup steps.
+            explore = torch.rand_like(q_halt) < c.halt_exploration_prob
+            min_halt = explore * torch.randint_like(steps, 2, c.halt_max_steps + 1)
+            halted = halted & (steps >= min_halt)
+            if not c.no_ACT_continue:  # bootstrapped target from one more step (HRM; the TRM reference crashes here)
+                _, _, _, next_halt, next_cont = self.inner_step(z_H, z_L, x)
+                outputs["target_q_continue"] = torch.sigmoid(
+                    torch.where(is_last, next_halt, torch.maximum(next_halt, next_cont)))
+        return halted
+
+    def forward(self, carry, batch):
+        z_H, z_L, steps, data = self.reset(carry, batch)
         x = self.input_embeddings(data["inputs"], data["puzzle_identifiers"])
         z_H, z_L, logits, q_halt, q_continue = self.inner_step(z_H, z_L, x)
         steps = steps + 1
         outputs = {"logits": logits, "q_halt_logits": q_halt, "q_continue_logits": q_continue}
-
-        with torch.no_grad():
-            is_last = steps >= c.halt_max_steps
-            halted = is_last
-            if self.training and c.halt_max_steps > 1:
-                halted = halted | ((q_halt > 0) if c.no_ACT_continue else (q_halt > q_continue))
-                # Exploration (paper §4.3): sometimes force a random minimum of 2..N_sup steps.
-                explore = torch.rand_like(q_halt) < c.halt_exploration_prob
-                min_halt = explore * torch.randint_like(steps, 2, c.halt_max_steps + 1)
-                halted = halted & (steps >= min_halt)
-                if not c.no_ACT_continue:  # HRM's bootstrapped Q-learning target from one more step
-                    _, _, _, next_halt, next_cont = self.inner_step(z_H, z_L, x)
-                    outputs["target_q_continue"] = torch.sigmoid(
-                        torch.where(is_last, next_halt, torch.maximum(next_halt, next_cont)))
-
+        halted = self.halt(steps, q_halt, q_continue, z_H, z_L, x, outputs)
         carry = Carry(z_H, z_L, steps, halted, data)
         loss, metrics = self.act_loss(carry, outputs)
         outputs["preds"] = logits.argmax(-1)
