@@ -53,17 +53,17 @@ class TrainConfig:
     max_steps: int = 0                    # stop after this many steps (0 = all); does not change the schedule
     lr: float = 1e-4                      # AdamATan2 learning rate
     lr_min_ratio: float = 1.0             # cosine floor as a fraction of lr (1.0 = constant after warm-up)
-    lr_warmup_steps: int = 2000
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
+    lr_warmup_steps: int = 2000           # linear warm-up from 0 to lr (both optimisers)
+    weight_decay: float = 0.1             # decoupled, AdamATan2: p <- p (1 - lr wd)
+    beta1: float = 0.9                    # AdamATan2 first-moment rate
+    beta2: float = 0.95                   # AdamATan2 second-moment rate
     puzzle_emb_lr: float = 1e-2           # sign-SGD learning rate of the puzzle embeddings
-    puzzle_emb_weight_decay: float = 0.1
+    puzzle_emb_weight_decay: float = 0.1  # decoupled, applied to the batch's rows only (lazy, as the reference)
     ema: bool = True                      # evaluate an exponential moving average of the weights
     ema_rate: float = 0.999               # mu: shadow <- (1 - mu) p + mu shadow
     grad_clip: float = 0.0                # max global grad norm (0 = off)
     compile: bool = True                  # torch.compile the model (CUDA only; ignored on CPU)
-    seed: int = 0
+    seed: int = 0                         # init and data order; rank r draws exploration with seed + r
     log_interval: int = 10                # steps between progress lines
     eval_batches: int = 0                 # cap on evaluation batches (0 = the whole test split)
     eval_batch_size: int = 0              # global evaluation batch (0 = global_batch_size)
