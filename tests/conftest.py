@@ -3,6 +3,7 @@
 TRITON_INTERPRET must be set before anything imports `kernels` (the @triton.jit object is chosen at
 decoration time; kernels.md §5), so it is set here, at the top of the first file pytest imports.
 """
+import io
 import os
 import sys
 
@@ -24,3 +25,18 @@ def tiny_batch(B=6, L=8, V=12, ids=5, seed=0):
     labels[:, -2:] = -100
     return dict(inputs=torch.randint(0, V, (B, L), generator=g, dtype=torch.int32), labels=labels,
                 puzzle_identifiers=torch.randint(1, ids, (B,), generator=g, dtype=torch.int32))
+
+
+def saved_and_reloaded(make_model):
+    """A model with random puzzle-embedding rows, and a differently seeded copy loaded from its saved state_dict."""
+    torch.manual_seed(0)
+    model = make_model().eval()
+    with torch.no_grad():
+        model.puzzle_emb.weights.normal_()
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    buf.seek(0)
+    torch.manual_seed(1)
+    other = make_model().eval()
+    other.load_state_dict(torch.load(buf))
+    return model, other

@@ -8,13 +8,13 @@ segment inside forward, scaled by model.loss_scale): same gradients, and 1/n_out
 autograd saves at the peak (counted with saved_tensors_hooks, so it runs on CPU); a hand-written per-sample
 CE for the padding rule.
 """
-import io
 import os
 
 import pytest
 import torch
 
 import deep_recursive as dr
+from conftest import saved_and_reloaded
 
 
 def tiny_config(**kw):
@@ -144,16 +144,7 @@ def test_protocol_halts_after_one_call_and_eval_runs_eval_n_steps():
 
 
 def test_checkpoint_roundtrip():
-    torch.manual_seed(0)
-    model = dr.Model(tiny_config()).eval()
-    with torch.no_grad():
-        model.puzzle_emb.weights.normal_()
-    buf = io.BytesIO()
-    torch.save(model.state_dict(), buf)
-    buf.seek(0)
-    torch.manual_seed(1)
-    other = dr.Model(tiny_config()).eval()
-    other.load_state_dict(torch.load(buf))
+    model, other = saved_and_reloaded(lambda: dr.Model(tiny_config()))
     batch = tiny_batch()
     with torch.no_grad():
         a = model(model.initial_carry(batch), batch)[3]["logits"]

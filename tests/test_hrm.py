@@ -7,7 +7,6 @@ one-step-gradient schedule of spec §6 written out by hand (the last L and H upd
 no-grad states, must give the same gradients, and the autograd graph must not grow with the cycles); the
 ACT rules of spec §4.
 """
-import io
 import os
 
 import pytest
@@ -15,7 +14,7 @@ import torch
 
 import hrm
 import trm
-from conftest import tiny_batch
+from conftest import saved_and_reloaded, tiny_batch
 
 
 def tiny_config(**kw):
@@ -124,16 +123,7 @@ def test_one_step_gradient(cycles):
 
 
 def test_checkpoint_roundtrip_and_reference_keys():
-    torch.manual_seed(0)
-    model = hrm.Model(tiny_config()).eval()
-    with torch.no_grad():
-        model.puzzle_emb.weights.normal_()
-    buf = io.BytesIO()
-    torch.save(model.state_dict(), buf)
-    buf.seek(0)
-    torch.manual_seed(1)
-    other = hrm.Model(tiny_config()).eval()
-    other.load_state_dict(torch.load(buf))
+    model, other = saved_and_reloaded(lambda: hrm.Model(tiny_config()))
     batch = tiny_batch()
     a = model(model.initial_carry(batch), batch)[3]
     b = other(other.initial_carry(batch), batch)[3]
