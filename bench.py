@@ -194,13 +194,12 @@ def step_row(ctx, mod, cfg, batch, label, provider, compiled=False, flops=None):
     torch.manual_seed(0)
     model = mod.Model(cfg).to(ctx.device).train()
     B = batch["inputs"].shape[0]
-    model.loss_scale = 1.0 / B
     opt = train.AdamATan2(model.parameters())
     run = torch.compile(model) if compiled else model
     state = {"carry": model.initial_carry(batch)}
 
     def step():
-        carry, loss, _, _ = run(state["carry"], batch)
+        carry, loss, _, _ = run(state["carry"], batch, loss_scale=1.0 / B)
         (loss / B).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -314,7 +313,7 @@ def bench_models(ctx):
     for name, extra in variants:
         mod = importlib.import_module(name)
         cfg = mod.Config(**shape, **tiny.get(name, {}), **extra)
-        demos = 4 if getattr(mod.Model, "needs_demos", False) else 0
+        demos = 4 if mod.Model.needs_demos else 0
         batch = random_batch(ctx, B, cfg.seq_len, shape["num_puzzle_identifiers"], demos)
         label = name + "".join(f" {k}={v}" for k, v in extra.items())
         rows.append(step_row(ctx, mod, cfg, batch, label, "eager"))

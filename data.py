@@ -986,7 +986,7 @@ def load_metadata(path, split):
 
 
 class PuzzleDataset(torch.utils.data.IterableDataset):
-    """Iterates (set_name, batch, effective_global_batch_size) over one split of a dataset folder (§4).
+    """Iterates batches (dicts of tensors) over one split of a dataset folder (§4).
     train: one __iter__ = one iteration of epochs_per_iter epochs, Philox seeded with seed + iteration; group ->
     one random puzzle -> all its examples in random order, truncated at the batch end; the last incomplete batch is
     dropped. test: examples in order, the last batch padded (inputs PAD, labels -100, identifier 0).
@@ -994,14 +994,13 @@ class PuzzleDataset(torch.utils.data.IterableDataset):
     Use it directly or with DataLoader(num_workers=0): state_dict() lives in this object."""
 
     def __init__(self, path, split, global_batch_size, rank=0, world_size=1, seed=0, epochs_per_iter=1,
-                 test_set_mode=None, with_demos=False, max_demos=10):
+                 with_demos=False, max_demos=10):
         super().__init__()
         if global_batch_size % world_size:
             raise ValueError(f"global_batch_size {global_batch_size} is not divisible by world_size {world_size}")
         self.path, self.split, self.metadata = path, split, load_metadata(path, split)
         self.global_batch_size, self.local_batch_size = global_batch_size, global_batch_size // world_size
         self.rank, self.seed, self.epochs_per_iter = rank, seed, epochs_per_iter
-        self.test_set_mode = split == "test" if test_set_mode is None else test_set_mode
         self.with_demos, self.max_demos = with_demos, max_demos
         self.arrays = self._load(split)
         self.iteration, self.batch_index, self._skip = 0, 0, 0
@@ -1079,14 +1078,13 @@ class PuzzleDataset(torch.utils.data.IterableDataset):
             batch.append(ex)
             room -= len(ex)
             if room == 0:
-                yield np.concatenate(batch), self.global_batch_size
+                yield np.concatenate(batch)
                 batch, room = [], self.global_batch_size
 
     def _test_batches(self):
         ex = np.nonzero(self.is_query)[0] if self.with_demos else np.arange(len(self.arrays["inputs"]))
         for start in range(0, len(ex), self.global_batch_size):
-            chunk = ex[start:start + self.global_batch_size]
-            yield chunk, len(chunk)
+            yield ex[start:start + self.global_batch_size]
 
     def _collate(self, idx):
         """Global example indices -> this rank's batch dict, padded to local_batch_size."""
@@ -1132,15 +1130,15 @@ class PuzzleDataset(torch.utils.data.IterableDataset):
     def __iter__(self):
         self.iteration += 1
         skip, self._skip, self.batch_index = self._skip, 0, 0
-        if self.test_set_mode:
+        if self.split == "test":
             batches = self._test_batches()
         else:
             batches = self._train_batches(np.random.Generator(np.random.Philox(seed=self.seed + self.iteration)))
-        for idx, effective in batches:
+        for idx in batches:
             self.batch_index += 1
             if self.batch_index <= skip:                    # resuming: replay the order, skip the data reads
                 continue
-            yield "all", self._collate(idx), effective
+            yield self._collate(idx)
 
 
 # ---------------------------------------------------------------------------------------------------------------

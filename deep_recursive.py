@@ -26,10 +26,9 @@ Deep recursion (training): n_outer segments of n_inner steps, every step of a se
 detached between segments; loss = mean over segments of the per-sample mean CE over non-padding cells
 (labels -100 ignored), so padding gets no loss.
   memory_efficient=True (default): each segment but the last is backpropagated inside forward, scaled by
-    `model.loss_scale` (train.py sets it to 1/global_batch_size before every training call), and forward
-    returns only the last segment's share as `loss`; peak activation memory is one segment's graph.
-    Called outside train.py, set `model.loss_scale` to the factor you will multiply the returned loss by
-    before backward (default 1.0).
+    forward's `loss_scale` argument (the factor the caller multiplies the returned loss by before backward;
+    train.py passes 1/global_batch_size), and forward returns only the last segment's share as `loss`;
+    peak activation memory is one segment's graph.
   memory_efficient=False: all segments in one graph, one backward by the caller (same gradients: the
     segments are detached, so the two modes differ by float rounding only).
 Evaluation (or no grad): `eval_n_steps` steps (default 9 = 3 x 3; more may help), loss of the final answer.
@@ -140,6 +139,7 @@ class Carry:
 # The model
 
 class Model(nn.Module):
+    needs_demos = False  # True: the loader adds demo_inputs, demo_labels, demo_mask to every batch
     def __init__(self, config: Config):
         super().__init__()
         self.config = c = config
@@ -150,7 +150,6 @@ class Model(nn.Module):
         if min(c.n_inner, c.n_outer, c.eval_n_steps) < 1:
             raise ValueError(f"n_inner, n_outer and eval_n_steps must be >= 1, got {c.n_inner}, {c.n_outer}, {c.eval_n_steps}")
         self.dtype = trm.resolve_dtype(c.forward_dtype)
-        self.loss_scale = 1.0  # train.py sets 1/global_batch_size before every training call
         C, V = c.base_channels, c.vocab_size
         chans = [C, 2 * C, 4 * C, c.latent_channels]
         self.embed_x = trm.CastedEmbedding(V, C, 1.0, self.dtype)          # E_x: input tokens
@@ -198,7 +197,7 @@ class Model(nn.Module):
     def initial_carry(self, batch):
         return Carry(halted=torch.ones(batch["inputs"].shape[0], dtype=torch.bool, device=batch["inputs"].device))
 
-    def forward(self, carry, batch):
+    def forward(self, carry, batch, loss_scale=1.0):
         c = self.config
         inputs, labels = batch["inputs"], batch["labels"]
         B, S = inputs.shape[0], self.side
@@ -227,7 +226,7 @@ class Model(nn.Module):
                 seg_loss = seg_loss / c.n_outer
                 total = total + seg_loss.detach()
                 if c.memory_efficient and seg < c.n_outer - 1:
-                    (seg_loss * self.loss_scale).backward()
+                    (seg_loss * loss_scale).backward()
                 else:
                     pending = pending + seg_loss
                 y, z = y.detach(), z.detach()

@@ -382,7 +382,7 @@ class Model(trm.Model):
                                                        dtype=self.dtype, device=dev),
                      tto_loss=torch.zeros(B, 2, device=dev))
 
-    def forward(self, carry, batch):
+    def forward(self, carry, batch, loss_scale=1.0):
         c, halted = self.config, carry.halted
         if self.training and c.leave_one_out > 0:  # only halted rows take from `batch`, so new samples only
             batch = leave_one_out(batch, c.leave_one_out)

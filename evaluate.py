@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+import config
 import data
 
 PASS_K = (1, 2, 5, 10, 100, 1000)
@@ -52,12 +53,12 @@ def evaluate_dataset(model, path, global_batch_size, rank=0, world=1, max_batche
     model.eval()
     device = next(model.parameters()).device
     loader = data.PuzzleDataset(path, "test", global_batch_size, rank=rank, world_size=world,
-                                with_demos=getattr(type(model), "needs_demos", False))
+                                with_demos=model.needs_demos)
     if voter is None and os.path.exists(os.path.join(path, "test_puzzles.json")):
         voter = ARCVoter(path)
     oracle = None  # models with several hypotheses (prr) also vote their label-chosen best branch: an upper bound
     sums, n_batches = collections.Counter(), 0
-    for _, batch, _ in loader:
+    for batch in loader:
         batch = {k: v.to(device) for k, v in batch.items()}
         totals, out = run_batch(model, batch)
         sums.update({k: v.item() for k, v in totals.items()})
@@ -216,22 +217,21 @@ def load_model(checkpoint, use_ema=True, overrides=()):
     """Rebuild the model a nanoTRM checkpoint was trained with; EMA weights when present.
 
     `overrides` ("key=val") may change model keys that do not change the weights (e.g. etrm's tto_steps)."""
-    import train  # the registry and the checkpoint reader live there
-    ckpt = train.load_file(checkpoint)
+    ckpt = config.load_file(checkpoint)
     if not isinstance(ckpt, dict) or "model_name" not in ckpt:
         raise SystemExit(f"error: {checkpoint} is not a nanoTRM checkpoint (reference TRM weights load through "
                          "trm.convert_reference_state_dict)")
-    mod = train.model_module(ckpt["model_name"])
+    mod = config.model_module(ckpt["model_name"])
     from trm import config_from
     cfg = config_from(mod.Config, ckpt["model_config"])
     for k in getattr(mod, "INIT_ONLY_KEYS", ()):  # e.g. a decoder to start from: the weights already hold it
         setattr(cfg, k, type(getattr(cfg, k))())
     for pair in overrides:
         key, _, text = pair.partition("=")
-        if key not in train.runtime_keys(ckpt["model_name"]) or not hasattr(cfg, key):
+        if key not in config.runtime_keys(ckpt["model_name"]) or not hasattr(cfg, key):
             raise SystemExit(f"error: --config {key} cannot change at evaluation (it changes the weights' meaning); "
-                             f"allowed: {', '.join(sorted(k for k in train.runtime_keys(ckpt['model_name']) if hasattr(cfg, k)))}")
-        setattr(cfg, key, train.coerce(key, text, getattr(cfg, key), ckpt["model_name"]))
+                             f"allowed: {', '.join(sorted(k for k in config.runtime_keys(ckpt['model_name']) if hasattr(cfg, k)))}")
+        setattr(cfg, key, config.coerce(key, text, getattr(cfg, key), ckpt["model_name"]))
     model = mod.Model(cfg)
     model.load_state_dict(ckpt["model"])
     if use_ema and ckpt.get("ema"):

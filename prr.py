@@ -146,6 +146,7 @@ class Scorer(nn.Module):
 
 
 class Model(nn.Module):
+    needs_demos = False  # True: the loader adds demo_inputs, demo_labels, demo_mask to every batch
     def __init__(self, config: Config):
         super().__init__()
         self.config = c = config
@@ -221,7 +222,7 @@ class Model(nn.Module):
     def initial_carry(self, batch):
         return Carry(halted=torch.ones(batch["inputs"].shape[0], dtype=torch.bool, device=batch["inputs"].device))
 
-    def forward(self, carry, batch):
+    def forward(self, carry, batch, loss_scale=1.0):
         labels = batch["labels"]
         z, scores = self.rollout(batch["inputs"], batch["puzzle_identifiers"])
         logits = self.decode(z)

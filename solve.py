@@ -45,11 +45,12 @@ an overall time budget skips (fallback entries) the tasks it leaves, rather than
 empty predicted grid is replaced by the 1x1 black fallback in the submission.
 Reused: data.augment_grid / aug_name / parse_aug_name / invert_aug / encode_grid_pair / crop_grid / grid_hash, and
 the validation helpers data.read_json / data.check_grid; evaluate.load_model / run_batch / ARCVoter / write_submission /
-render_task; train.apply_overrides / describe / sparse_embeddings / sign_sgd_update / AdamATan2. Local, because
+render_task; config.apply_overrides / describe / sparse_embeddings / sign_sgd_update / AdamATan2. Local, because
 data.py has no public equivalent: `versions` (data.py's augmentation search replays the reference's legacy RNG stream
 for bit-exact identifiers; here a fresh seeded search over the demonstrations is enough).
 """
 import argparse
+import config
 import dataclasses
 import json
 import math
@@ -251,8 +252,7 @@ def adapt(model, examples, cfg, device, deadline):
             batch = {k: v[idx].to(device) for k, v in examples.items()}
             if carry is None:
                 carry = model.initial_carry(batch)
-            model.loss_scale = 1.0 / B
-            carry, loss, metrics, _ = model(carry, batch)
+            carry, loss, metrics, _ = model(carry, batch, loss_scale=1.0 / B)
             (loss / B).backward()
             if full:
                 if cfg.grad_clip > 0:
@@ -318,12 +318,12 @@ def solve(args):
     (weights restored; tables grown), for tests and notebooks."""
     model, ckpt = evaluate.load_model(args.checkpoint, use_ema=True)
     cfg = SolveConfig()
-    train.apply_overrides(args.config, cfg, model.config, ckpt["model_name"])
+    config.apply_overrides(args.config, cfg, model.config, ckpt["model_name"])
     if cfg.mode not in ("embeddings", "full", "none"):
         raise SystemExit(f"error: config key 'mode' takes embeddings, full or none, got {cfg.mode!r}")
     if not cfg.use_ema:
         model.load_state_dict(ckpt["model"])
-    needs_demos = getattr(type(model), "needs_demos", False)
+    needs_demos = model.needs_demos
     if needs_demos and cfg.mode == "full":
         raise SystemExit("error: mode=full is not offered for models that read demonstrations (needs_demos); "
                          "use their test-time optimisation (e.g. --config tto_steps=N)")

@@ -18,12 +18,9 @@ per-rank state (ACT carry, RNG, data position) goes to `<out>/rank<r>.pt`, so `-
 same run: the next step's loss is the one an uninterrupted run would have computed.
 """
 import argparse
-import ast
 import collections
 import copy as copy_module
 import dataclasses
-import difflib
-import importlib
 import inspect
 import json
 import math
@@ -39,9 +36,7 @@ import torch.distributed as dist
 import data
 import evaluate
 import trm
-
-MODELS = {"trm": "trm", "hrm": "hrm", "etrm": "etrm", "prr": "prr", "deep_recursive": "deep_recursive"}
-
+from config import MODELS, apply_overrides, check_config, load_file, model_module, read_checkpoint
 
 @dataclasses.dataclass
 class TrainConfig:
@@ -75,56 +70,8 @@ class TrainConfig:
 # Keys that may change on --resume without changing the run being continued.
 RESUMABLE_KEYS = {"max_steps", "log_interval", "eval_batches", "eval_batch_size", "compile", "data_root",
                   "checkpoint_interval", "nan_policy"}
-# Model keys that do not change the shapes or the function of the weights.
-RUNTIME_KEYS = {"forward_dtype", "batch_size", "halt_exploration_prob", "num_puzzle_identifiers", "eval_n_steps",
-                "memory_efficient"}
-
-
 # ----------------------------------------------------------------------------------------------------
 # Config: dataclasses are the single source of truth; --config key=val parsed with literal_eval
-
-def model_module(name):
-    if name not in MODELS:
-        raise SystemExit(f"error: unknown model {name!r}; choose from {', '.join(MODELS)}")
-    return importlib.import_module(MODELS[name])
-
-
-def coerce(key, text, default, model):
-    try:
-        value = ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        value = text
-    kind = type(default)
-    if kind is bool and isinstance(value, str) and value.lower() in ("true", "false"):
-        value = value.lower() == "true"
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if kind is str and not isinstance(value, str):
-        value = text
-    if type(value) is not kind:
-        raise SystemExit(f"error: config key {key!r} for model {model!r} takes a {kind.__name__} "
-                         f"(default {default!r}), got {text!r}")
-    return value
-
-
-def apply_overrides(pairs, train_cfg, model_cfg, model):
-    """Set key=val pairs on whichever dataclass owns the key; unknown keys are one-line errors."""
-    changed = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise SystemExit(f"error: --config takes key=value, got {pair!r}")
-        key, text = pair.split("=", 1)
-        owner = next((c for c in (train_cfg, model_cfg) if key in {f.name for f in dataclasses.fields(c)}), None)
-        if owner is None:
-            known = [f.name for c in (train_cfg, model_cfg) for f in dataclasses.fields(c)]
-            hint = difflib.get_close_matches(key, known, 1)
-            raise SystemExit(f"error: unknown config key {key!r} for model {model!r}"
-                             + (f"; did you mean {hint[0]!r}?" if hint else "; see python train.py --help"))
-        value = coerce(key, text, getattr(owner, key), model)
-        setattr(owner, key, value)
-        changed[key] = value
-    return changed
-
 
 def describe(cfg):
     """One line per field: name, type, default and the comment beside it in the source (base classes too)."""
@@ -257,40 +204,6 @@ def atomic_save(obj, path, point="save", step=-1):
     os.replace(tmp, path)
 
 
-def load_file(path):
-    if not os.path.exists(path):
-        raise SystemExit(f"error: no checkpoint at {path}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # truncated or not a torch file at all
-        raise SystemExit(f"error: {path} is not a readable checkpoint (truncated or corrupt: {type(e).__name__})")
-
-
-def check_config(theirs, ours, path, model_name):
-    allowed = runtime_keys(model_name)
-    bad = [k for k in ours if k not in allowed and k in theirs and theirs[k] != ours[k]]
-    if bad:
-        raise SystemExit(f"error: {path} was trained with a different {model_name} config: "
-                         + ", ".join(f"{k}={theirs[k]!r} (this run: {ours[k]!r})" for k in bad))
-
-
-def read_checkpoint(path, model_name, model_cfg=None):
-    ckpt = load_file(path)
-    if not isinstance(ckpt, dict) or "model_name" not in ckpt:
-        raise SystemExit(f"error: {path} is not a nanoTRM checkpoint (reference TRM weights load through "
-                         "trm.convert_reference_state_dict)")
-    if ckpt["model_name"] != model_name:
-        raise SystemExit(f"error: {path} is a checkpoint of model {ckpt['model_name']!r}, not {model_name!r}")
-    if model_cfg is not None:
-        check_config(ckpt["model_config"], dataclasses.asdict(model_cfg), path, model_name)
-    return ckpt
-
-
-def runtime_keys(model_name):
-    """Config keys that may differ from a checkpoint's: ours, plus those the model file declares."""
-    return RUNTIME_KEYS | set(getattr(model_module(model_name), "RUNTIME_KEYS", ()))
-
-
 def load_weights(model, state, path):
     """load_state_dict, resizing puzzle-embedding tables to this dataset the reference's way (mean row)."""
     own = model.state_dict()
@@ -402,7 +315,7 @@ class Run:
         self.model = self.mod.Model(self.mcfg).to(self.device)
         self.loader = data.PuzzleDataset(self.path, "train", tcfg.global_batch_size, rank=self.rank, world_size=self.world,
                                          seed=tcfg.seed, epochs_per_iter=min(tcfg.eval_interval, tcfg.epochs),
-                                         with_demos=getattr(self.mod.Model, "needs_demos", False))
+                                         with_demos=self.mod.Model.needs_demos)
         ids = self.loader.arrays["puzzle_identifiers"]
         if len(ids) and int(ids.max()) >= meta["num_puzzle_identifiers"]:
             raise SystemExit(f"error: {self.path}/train holds puzzle identifier {int(ids.max())}, but its dataset.json "
@@ -474,8 +387,7 @@ class Run:
         batch = {k: v.to(self.device) for k, v in batch.items()}
         if self.carry is None:
             self.carry = model.initial_carry(batch)
-        model.loss_scale = 1.0 / gbs
-        self.carry, loss, metrics, _ = self.run_model(self.carry, batch)
+        self.carry, loss, metrics, _ = self.run_model(self.carry, batch, loss_scale=1.0 / gbs)
         (loss / gbs).backward()
         t0 = time.time()
         if self.world > 1:  # unused parameters get zero grads so every rank's flat buffer lines up
@@ -483,7 +395,7 @@ class Run:
                 if p.grad is None:
                     p.grad = torch.zeros_like(p)
             allreduce_flat([p.grad for p in model.parameters()])
-        metrics = {**metrics, "total_loss": loss.detach()}
+        metrics = {"total_loss": loss.detach(), **metrics}  # a model may report its whole objective itself
         names = sorted(metrics)
         stats = torch.stack([metrics[k].detach().float() for k in names])
         if self.world > 1:
@@ -584,7 +496,7 @@ def train(args):
     t_last = t0
     while run.step < stop_at:
         step_before = run.step
-        for _, batch, _ in run.loader:
+        for batch in run.loader:
             stats, comm = run.train_step(batch)
             maybe_crash("step", run.step)
             if stats is None:

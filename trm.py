@@ -20,12 +20,15 @@ The model protocol (all five models follow it; train.py and evaluate.py rely on 
                                   `num_puzzle_identifiers` are filled from the dataset by train.py
     Model(config)                 nn.Module
     model.initial_carry(batch)    -> carry (every sample halted, so the first call loads the batch)
-    model(carry, batch)           -> (carry, loss, metrics, outputs)
+    model(carry, batch, loss_scale=1.0) -> (carry, loss, metrics, outputs)
+        loss_scale  the factor the caller multiplies `loss` by before backward(); a model that
+                 back-propagates part of its objective inside forward (deep_recursive) scales that by it
         loss     scalar, summed over the local batch (train.py divides by the global batch)
         metrics  dict of summed tensors: `count` (samples that halted this call), per-sample metrics
                  summed over them, and `*_loss` sums
         outputs  `logits` [B,L,V], `preds` [B,L], `q_halt_logits` [B] (optional), ...
     carry.halted                  [B] bool
+    Model.needs_demos             bool: batches carry the task's demonstrations (etrm)
 
 Run:  python train.py --model trm --config data=toy          (CPU, minutes)
       torchrun --standalone --nproc_per_node=8 train.py --model trm --config data=arc1
@@ -241,6 +244,7 @@ def resolve_dtype(name):
 
 
 class Model(nn.Module):
+    needs_demos = False  # True: the loader adds demo_inputs, demo_labels, demo_mask to every batch
     def __init__(self, config: Config):
         super().__init__()
         self.config = c = config
@@ -344,7 +348,7 @@ class Model(nn.Module):
                     torch.where(is_last, next_halt, torch.maximum(next_halt, next_cont)))
         return halted
 
-    def forward(self, carry, batch):
+    def forward(self, carry, batch, loss_scale=1.0):
         z_H, z_L, steps, data = self.reset(carry, batch)
         x = self.input_embeddings(data["inputs"], data["puzzle_identifiers"])
         z_H, z_L, logits, q_halt, q_continue = self.inner_step(z_H, z_L, x)

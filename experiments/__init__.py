@@ -28,11 +28,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:  # `python experiments/compare.py` as well as `python -m experiments.compare`
     sys.path.insert(0, ROOT)
 
+import config
 import data as datasets  # noqa: E402  (scripts name their dataset argument `data`)
 import evaluate  # noqa: E402
 import train  # noqa: E402
 
-MODELS = list(train.MODELS)
+MODELS = list(config.MODELS)
 # Training keys of every tiny run: a small batch, a short warm-up, no EMA (a few hundred steps are too few for
 # a 0.999 average to catch up); run_train sets eval_interval so that the one evaluation comes at the end.
 COMMON = ["global_batch_size=32", "lr=1e-3", "lr_warmup_steps=10", "weight_decay=0.01", "puzzle_emb_weight_decay=0.01",

@@ -33,9 +33,9 @@ def predictions(model, path, batch_size):
     """One pass over the test split -> (voter holding every predicted grid, [(task, version, key, hash, q)])."""
     model.eval()
     voter, records = evaluate.ARCVoter(path), []
-    loader = data.PuzzleDataset(path, "test", batch_size, with_demos=getattr(type(model), "needs_demos", False))
+    loader = data.PuzzleDataset(path, "test", batch_size, with_demos=model.needs_demos)
     device = next(model.parameters()).device
-    for _, batch, _ in loader:
+    for batch in loader:
         _, out = evaluate.run_batch(model, {k: v.to(device) for k, v in batch.items()})
         logit, preds = out.get("q_halt_logits", torch.zeros(len(batch["inputs"]))).cpu(), out["preds"].cpu()
         voter.update(batch["inputs"], batch["puzzle_identifiers"], preds, logit)  # keeps every predicted grid

@@ -15,6 +15,7 @@ excluded); peak memory of the run (CUDA max_memory_allocated, or on a CPU the pr
 includes the ~200-400 MB of Python + torch itself, so small differences between tiny models mean little).
 """
 import argparse
+import config
 import dataclasses
 import json
 import os
@@ -35,7 +36,7 @@ def arc_tta(ckpt, data_path, out, steps, model):
         json.dump({f"new-{t}": {"train": v["train"], "test": [{"input": p["input"]} for p in v["test"]]} for t, v in tasks.items()}, f)
     with open(os.path.join(out, "solutions.json"), "w") as f:
         json.dump({f"new-{t}": [p["output"] for p in v["test"]] for t, v in tasks.items()}, f)
-    tto = [f"tto_steps={steps}"] if "tto_steps" in {f.name for f in dataclasses.fields(train.model_module(model).Config)} else []
+    tto = [f"tto_steps={steps}"] if "tto_steps" in {f.name for f in dataclasses.fields(config.model_module(model).Config)} else []
     scores = []
     for mode, extra in (("none", []), ("embeddings", [f"steps={steps}", *tto])):
         r = solve.main(["--checkpoint", ckpt, "--tasks", f"{out}/challenges.json", "--solutions", f"{out}/solutions.json",
@@ -47,14 +48,14 @@ def arc_tta(ckpt, data_path, out, steps, model):
 def applicable(model, pairs):
     """The --config pairs this model has a key for (training keys apply to all), so `hidden_size=512` can be
     given once for the models that have a hidden size (deep_recursive has none)."""
-    names = {f.name for c in (train.TrainConfig, train.model_module(model).Config) for f in dataclasses.fields(c)}
+    names = {f.name for c in (train.TrainConfig, config.model_module(model).Config) for f in dataclasses.fields(c)}
     return [kv for kv in pairs if kv.split("=", 1)[0] in names]
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=__doc__.split("\n", 1)[1])
-    p.add_argument("--models", nargs="+", default=list(train.MODELS), help="models to compare (default: all five)")
+    p.add_argument("--models", nargs="+", default=list(config.MODELS), help="models to compare (default: all five)")
     p.add_argument("--data", default="toy", help="dataset name or built folder (default: toy)")
     p.add_argument("--steps", type=int, default=300, help="optimisation steps per model (the shared budget)")
     p.add_argument("--tta-steps", type=int, default=20, help="test-time adaptation steps per ARC task (solve.py)")

@@ -50,8 +50,8 @@ def main(argv=None):
     model.eval()
     path = data.ensure_dataset(args.data, root="data") if args.data else saved["data_path"]
     is_arc = os.path.exists(os.path.join(path, "test_puzzles.json"))
-    loader = data.PuzzleDataset(path, "test", args.index + 1, with_demos=getattr(type(model), "needs_demos", False))
-    batch = {k: v[args.index:args.index + 1] for k, v in next(iter(loader))[1].items()}
+    loader = data.PuzzleDataset(path, "test", args.index + 1, with_demos=model.needs_demos)
+    batch = {k: v[args.index:args.index + 1] for k, v in next(iter(loader)).items()}
     labels = batch["labels"][0].numpy()
     carry, steps = model.initial_carry(batch), []
     with torch.no_grad():

@@ -4,7 +4,7 @@ evaluate.py with only --model changed.
 
 Run: python -m pytest -q tests/test_deep_recursive.py   (CPU, float32, tiny configs)
 Checks against: the standard mode (one graph, one backward) for the memory-efficient one (backward per
-segment inside forward, scaled by model.loss_scale): same gradients, and 1/n_outer of the activation bytes
+segment inside forward, scaled by forward's loss_scale): same gradients, and 1/n_outer of the activation bytes
 autograd saves at the peak (counted with saved_tensors_hooks, so it runs on CPU); a hand-written per-sample
 CE for the padding rule.
 """
@@ -33,10 +33,9 @@ def tiny_batch(B=4, L=16, V=12, ids=5, seed=0):
 
 
 def grads_of(model, batch, scale):
-    """One training call as train.py makes it: loss_scale set, returned loss * scale backpropagated."""
+    """One training call as train.py makes it: loss_scale passed, returned loss * scale backpropagated."""
     model.zero_grad(set_to_none=True)
-    model.loss_scale = scale
-    _, loss, metrics, out = model(model.initial_carry(batch), batch)
+    _, loss, metrics, out = model(model.initial_carry(batch), batch, loss_scale=scale)
     (loss * scale).backward()
     g = {n: p.grad.clone() for n, p in model.named_parameters()}
     g["puzzle_emb"] = model.puzzle_emb.local_weights.grad.clone()
@@ -162,8 +161,7 @@ def test_tiny_model_learns_a_fixed_batch():
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     losses = []
     for _ in range(30):
-        model.loss_scale = 1 / 8
-        _, loss, metrics, _ = model(model.initial_carry(batch), batch)
+        _, loss, metrics, _ = model(model.initial_carry(batch), batch, loss_scale=1 / 8)
         (loss / 8).backward()
         opt.step()
         opt.zero_grad()

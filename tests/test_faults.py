@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 
+import config
 import data
 import train
 
@@ -147,7 +148,7 @@ def poison(monkeypatch, mod, at_step, where):
 @pytest.mark.parametrize("model", list(TINY))
 @pytest.mark.parametrize("where", ["loss", "gradient"])
 def test_non_finite_stops_and_names_the_tensor(model, where, toy, tmp_path, monkeypatch):
-    mod = train.model_module(model)
+    mod = config.model_module(model)
     poison(monkeypatch, mod, 3, where)
     expect = "non-finite loss 'total_loss' at step 3" if where == "loss" else "non-finite gradient of .* at step 3"
     with pytest.raises(SystemExit, match=expect):
@@ -157,7 +158,7 @@ def test_non_finite_stops_and_names_the_tensor(model, where, toy, tmp_path, monk
 
 @pytest.mark.parametrize("model", list(TINY))
 def test_nan_policy_skip_skips_the_batch(model, toy, tmp_path, monkeypatch, capsys):
-    poison(monkeypatch, train.model_module(model), 2, "loss")
+    poison(monkeypatch, config.model_module(model), 2, "loss")
     result = train.main(argv(model, toy, tmp_path / "r", "max_steps=4", "nan_policy=skip"))
     assert result["step"] == 4 and "batch skipped" in capsys.readouterr().out
     assert all(torch.isfinite(v).all() for v in weights(tmp_path / "r")["model"].values() if v.is_floating_point())

@@ -13,6 +13,7 @@ import sys
 import pytest
 import torch
 
+import config
 import data
 import train
 
@@ -57,12 +58,12 @@ def test_resume_continues_the_same_run(toy, tmp_path):
 def test_resume_refuses_other_model_and_changed_config(toy, tmp_path):
     run(toy, tmp_path / "r", "max_steps=1", "eval_batches=1")
     with pytest.raises(SystemExit, match="checkpoint of model 'trm', not 'prr'"):
-        train.read_checkpoint(str(tmp_path / "r" / "checkpoint.pt"), "prr")
+        config.read_checkpoint(str(tmp_path / "r" / "checkpoint.pt"), "prr")
     with pytest.raises(SystemExit, match="cannot change lr"):
         train.main(["--model", "trm", "--out", str(tmp_path / "r"), "--resume", "--config", "lr=0.5"])
-    cfg = train.model_module("trm").Config(hidden_size=32)
+    cfg = config.model_module("trm").Config(hidden_size=32)
     with pytest.raises(SystemExit, match="hidden_size=64 .this run: 32."):
-        train.read_checkpoint(str(tmp_path / "r" / "checkpoint.pt"), "trm", cfg)
+        config.read_checkpoint(str(tmp_path / "r" / "checkpoint.pt"), "trm", cfg)
 
 
 def test_config_errors_name_key_and_value():
