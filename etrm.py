@@ -368,11 +368,8 @@ class Model(trm.Model):
         return self.encoder.project(z, data["demo_mask"].bool()), kl
 
     def input_embeddings(self, inputs, context):
-        """TRM's embedding with the context in the puzzle embedding's place: [context; tokens] x sqrt(D)."""
-        e = torch.cat((context.to(self.dtype), self.embed_tokens(inputs.long())), dim=1)
-        if self.config.pos_encodings == "learned":
-            e = 0.707106781 * (e + self.embed_pos.embedding_weight.to(self.dtype))
-        return self.embed_scale * e
+        """TRM's embedding with the context [B, T, D] in the puzzle embedding's place."""
+        return self.embed(inputs, context)
 
     # -- ACT wrapper ------------------------------------------------------------------------------------
     def initial_carry(self, batch):

@@ -68,7 +68,6 @@ Measured on CPU [OURS]: a 2-rule toy (tests/test_prr.py) is solved in ~50 steps;
 the small config above reaches only ~0.2 token accuracy after 400 steps, with either schedule (0.22 ours,
 0.19 public), with K=1 (0.33) or with grad_steps=T (0.18): give it many more steps there.
 """
-import math
 from dataclasses import dataclass
 
 import torch
@@ -156,26 +155,14 @@ class Model(nn.Module):
         D = c.hidden_size
         self.puzzle_emb_len = (c.puzzle_emb_len or -(-c.puzzle_emb_ndim // D)) if c.puzzle_emb_ndim > 0 else 0
         total_len = c.seq_len + self.puzzle_emb_len
-        # Input encoding exactly as TRM (spec §2.2): same modules, same names, same init.
-        self.embed_scale = math.sqrt(D)
-        self.embed_tokens = trm.CastedEmbedding(c.vocab_size, D, 1 / self.embed_scale, self.dtype)
+        self.embed = trm.InputEmbedding(c, self.puzzle_emb_len, self.dtype)  # exactly TRM's input encoding
         self.lm_head = trm.CastedLinear(D, c.vocab_size)
         if c.puzzle_emb_ndim > 0:
             self.puzzle_emb = trm.SparseEmbedding(c.num_puzzle_identifiers, c.puzzle_emb_ndim, self.dtype)
-        if c.pos_encodings == "rope":
-            cos, sin = trm.rope_tables(D // c.num_heads, total_len, c.rope_theta)
-            self.register_buffer("rope_cos", cos, persistent=False)
-            self.register_buffer("rope_sin", sin, persistent=False)
-        elif c.pos_encodings == "learned":
-            self.embed_pos = trm.CastedEmbedding(total_len, D, 1 / self.embed_scale, self.dtype)
-        elif c.pos_encodings != "none":
-            raise ValueError(f"pos_encodings must be rope, learned or none, got {c.pos_encodings!r}")
         self.core = trm.ReasoningModule(c, c.num_layers, total_len)   # shared by all branches and steps
         self.scorer = Scorer(D)
         self.branch_init = nn.Parameter(trm.trunc_normal_init_(torch.empty(c.num_branches, D), 1.0))  # b_k
 
-    input_embeddings = trm.Model.input_embeddings   # [B,L] ids -> [B,P+L,D], scaled by sqrt(D)
-    rope = trm.Model.rope
 
     # -- the rollout ------------------------------------------------------------------------------------
     def exchanges_after(self, t):
@@ -196,9 +183,10 @@ class Model(nn.Module):
 
     def rollout(self, inputs, puzzle_identifiers):
         """T steps of all K branches. Returns the final state z [B,K,P+L,D] and the final scores [B,K]."""
-        c, (cos, sin) = self.config, self.rope()
+        c, (cos, sin) = self.config, self.embed.rope()
         K, T = c.num_branches, c.num_steps
-        e = self.input_embeddings(inputs, puzzle_identifiers)          # [B, P+L, D]
+        prefix = self.puzzle_emb(puzzle_identifiers.long()) if self.puzzle_emb_len else None
+        e = self.embed(inputs, prefix)                                 # [B, P+L, D]
         B, Lt, D = e.shape
         b = self.branch_init.to(self.dtype).view(1, K, 1, D)
         z = b.expand(B, K, Lt, D)

@@ -136,6 +136,42 @@ def rope_tables(head_dim, length, theta):
     return emb.cos(), emb.sin()
 
 
+class InputEmbedding(nn.Module):
+    """Token ids -> the input x [B, P+L, D]: P prefix vectors (TRM's puzzle embedding, ETRM's demonstration
+    context), then the token embeddings, plus learned positions when asked, all times sqrt(D). The
+    embeddings start at std 1/sqrt(D), so x starts at unit scale. Holds the RoPE tables too. TRM, HRM, PRR
+    and ETRM share it as it is."""
+
+    def __init__(self, config, prefix_len, dtype):
+        super().__init__()
+        c, D = config, config.hidden_size
+        self.prefix_len, self.pos_encodings, self.scale = prefix_len, c.pos_encodings, math.sqrt(D)
+        total_len = c.seq_len + prefix_len
+        self.embed_tokens = CastedEmbedding(c.vocab_size, D, 1 / self.scale, dtype)
+        if c.pos_encodings == "rope":
+            cos, sin = rope_tables(D // c.num_heads, total_len, c.rope_theta)
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
+        elif c.pos_encodings == "learned":
+            self.embed_pos = CastedEmbedding(total_len, D, 1 / self.scale, dtype)
+        elif c.pos_encodings != "none":
+            raise ValueError(f"pos_encodings must be rope, learned or none, got {c.pos_encodings!r}")
+
+    def forward(self, inputs, prefix=None):
+        """inputs [B, L] ids; prefix [B, n] or [B, P, D] with n <= P*D (zero-padded to P tokens) or None."""
+        e = self.embed_tokens(inputs.long())                              # [B, L, D]
+        if self.prefix_len:
+            B, D = e.shape[0], e.shape[-1]
+            p = F.pad(prefix.reshape(B, -1), (0, self.prefix_len * D - prefix[0].numel()))
+            e = torch.cat((p.view(B, self.prefix_len, D).to(e.dtype), e), dim=1)
+        if self.pos_encodings == "learned":  # (e + pos) / sqrt(2) keeps unit variance; the reference's constant
+            e = 0.707106781 * (e + self.embed_pos.embedding_weight.to(e.dtype))
+        return self.scale * e
+
+    def rope(self):
+        return (self.rope_cos, self.rope_sin) if self.pos_encodings == "rope" else (None, None)
+
+
 def swiglu_width(expansion, width):
     """inter = round(expansion * width * 2/3) rounded up to a multiple of 256 (512, 4 -> 1536)."""
     return -(-round(expansion * width * 2 / 3) // 256) * 256
@@ -252,20 +288,11 @@ class Model(nn.Module):
         D = c.hidden_size
         self.puzzle_emb_len = (c.puzzle_emb_len or -(-c.puzzle_emb_ndim // D)) if c.puzzle_emb_ndim > 0 else 0
         total_len = c.seq_len + self.puzzle_emb_len
-        self.embed_scale = math.sqrt(D)
-        self.embed_tokens = CastedEmbedding(c.vocab_size, D, 1 / self.embed_scale, self.dtype)
+        self.embed = InputEmbedding(c, self.puzzle_emb_len, self.dtype)
         self.lm_head = CastedLinear(D, c.vocab_size)
         self.q_head = CastedLinear(D, 2, bias=True)
         if c.puzzle_emb_ndim > 0:
             self.puzzle_emb = SparseEmbedding(c.num_puzzle_identifiers, c.puzzle_emb_ndim, self.dtype)
-        if c.pos_encodings == "rope":
-            cos, sin = rope_tables(D // c.num_heads, total_len, c.rope_theta)
-            self.register_buffer("rope_cos", cos, persistent=False)
-            self.register_buffer("rope_sin", sin, persistent=False)
-        elif c.pos_encodings == "learned":
-            self.embed_pos = CastedEmbedding(total_len, D, 1 / self.embed_scale, self.dtype)
-        elif c.pos_encodings != "none":
-            raise ValueError(f"pos_encodings must be rope, learned or none, got {c.pos_encodings!r}")
         self.build_reasoning(total_len)
         # Initial states y0, z0: fixed random vectors (persistent buffers, truncated normal std 1).
         self.register_buffer("H_init", trunc_normal_init_(torch.empty(D), 1.0).to(self.dtype))
@@ -280,17 +307,11 @@ class Model(nn.Module):
 
     # -- input embedding (spec §2) ------------------------------------------------------------------
     def input_embeddings(self, inputs, puzzle_identifiers):
-        e = self.embed_tokens(inputs.long())  # [B, L, D]
-        if self.puzzle_emb_len:
-            p = self.puzzle_emb(puzzle_identifiers.long())  # [B, ndim]
-            p = F.pad(p, (0, self.puzzle_emb_len * self.config.hidden_size - p.shape[-1]))
-            e = torch.cat((p.view(-1, self.puzzle_emb_len, self.config.hidden_size), e), dim=1)
-        if self.config.pos_encodings == "learned":
-            e = 0.707106781 * (e + self.embed_pos.embedding_weight.to(self.dtype))  # keep the variance at 1
-        return self.embed_scale * e
+        prefix = self.puzzle_emb(puzzle_identifiers.long()) if self.puzzle_emb_len else None  # [B, ndim]
+        return self.embed(inputs, prefix)
 
     def rope(self):
-        return (self.rope_cos, self.rope_sin) if self.config.pos_encodings == "rope" else (None, None)
+        return self.embed.rope()
 
     # -- one ACT step of recursion (paper Fig. 3; spec §3) ------------------------------------------
     def reason(self, z_H, z_L, x):
@@ -389,6 +410,8 @@ def convert_reference_state_dict(sd):
         k = k.removeprefix("_orig_mod.").removeprefix("model.").removeprefix("inner.")
         if "rotary_emb" in k:  # RoPE tables are rebuilt, never loaded
             continue
+        if k.startswith(("embed_tokens.", "embed_pos.")):  # ours live in the InputEmbedding module
+            k = "embed." + k
         out[k] = v
     return out
 
