@@ -1,7 +1,7 @@
 """pytest setup: on a machine without CUDA, run the Triton kernels through the interpreter.
 
 TRITON_INTERPRET must be set before anything imports `kernels` (the @triton.jit object is chosen at
-decoration time; kernels.md §5), so it is set here, at the top of the first file pytest imports.
+decoration time), so it is set here, at the top of the first file pytest imports.
 """
 import io
 import os
