@@ -394,7 +394,7 @@ class Model(nn.Module):
         return carry, loss, metrics, {k: v.detach() for k, v in outputs.items()}
 
     def act_loss(self, carry, outputs):
-        """loss = lm_loss + 0.5 (q_halt_loss + q_continue_loss), each summed over the batch (the reference's loss head)."""
+        """loss = lm_loss + 0.5 (q_halt_loss + q_continue_loss), each summed over the batch (the reference's)."""
         q_halt = outputs["q_halt_logits"]
         lm_loss, seq_correct, metrics = token_loss_and_metrics(
             outputs["logits"], carry.current_data["labels"], carry.halted, self.config.loss_type)

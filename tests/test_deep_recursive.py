@@ -10,6 +10,7 @@ autograd saves at the peak (counted with saved_tensors_hooks, so it runs on CPU)
 the padding rule written out by hand (per-sample mean CE over labelled cells, mean over segments); the best
 accuracy a task-blind model can reach on a task that needs the puzzle's vector.
 """
+import dataclasses
 import json
 import math
 import os
@@ -18,7 +19,7 @@ import pytest
 import torch
 
 import deep_recursive as dr
-from conftest import hand_train, saved_and_reloaded
+from conftest import hand_train, saved_and_reloaded, tiny_batch
 
 
 def tiny_config(**kw):
@@ -26,14 +27,6 @@ def tiny_config(**kw):
                 puzzle_emb_ndim=16, vocab_size=12, seq_len=16, num_puzzle_identifiers=5, forward_dtype="float32")
     base.update(kw)
     return dr.Config(**base)
-
-
-def tiny_batch(B=4, L=16, V=12, ids=5, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.randint(2, V, (B, L), generator=g, dtype=torch.int32)
-    labels[:, -5:] = -100  # padding
-    return dict(inputs=torch.randint(0, V, (B, L), generator=g, dtype=torch.int32), labels=labels,
-                puzzle_identifiers=torch.randint(1, ids, (B,), generator=g, dtype=torch.int32))
 
 
 def grads_of(model, batch, scale):
@@ -54,7 +47,7 @@ def test_memory_efficient_and_standard_modes_give_the_same_gradients():
         for p in model.parameters():        # zero-initialised convs would hide gradient paths
             if p.abs().sum() == 0:
                 p.normal_(0, 0.05)
-    batch = tiny_batch()
+    batch = tiny_batch(B=4, L=16)
     eff, m_eff = grads_of(model, batch, 1 / 32)
     model.config.memory_efficient = False
     std, m_std = grads_of(model, batch, 1 / 32)
@@ -75,7 +68,7 @@ def test_total_loss_is_the_whole_objective_in_both_modes():
         for p in model.parameters():  # zero-initialised convs would make every step's answer alike
             if p.abs().sum() == 0:
                 p.normal_(0, 0.05)
-    batch = tiny_batch()
+    batch = tiny_batch(B=4, L=16)
     labels = batch["labels"].long()
     mask = labels != -100
     segments = []
@@ -127,7 +120,7 @@ def test_memory_efficient_mode_holds_one_segment_of_activations():
     for eff in (True, False):
         torch.manual_seed(0)
         model = dr.Model(tiny_config(n_outer=3, memory_efficient=eff)).train()
-        batch = tiny_batch()
+        batch = tiny_batch(B=4, L=16)
         meter = SavedBytes()
         with torch.autograd.graph.saved_tensors_hooks(meter.pack, meter.unpack):
             _, loss, _, _ = model(model.initial_carry(batch), batch)
@@ -140,7 +133,7 @@ def test_memory_efficient_mode_holds_one_segment_of_activations():
 def test_padding_cells_get_no_loss():
     torch.manual_seed(0)
     model = dr.Model(tiny_config(n_outer=2, n_inner=1, memory_efficient=False)).train()
-    batch = tiny_batch()
+    batch = tiny_batch(B=4, L=16)
     _, loss, metrics, out = model(model.initial_carry(batch), batch)
     # n_outer=2: loss = mean over the 2 segments; the last segment's term is the per-sample mean softmax CE
     # over the labelled cells, summed over the batch (checked on a 1-segment model below).
@@ -166,7 +159,7 @@ def test_non_square_seq_len_is_a_clear_error():
 def test_protocol_halts_after_one_call_and_eval_runs_eval_n_steps():
     torch.manual_seed(0)
     model = dr.Model(tiny_config(eval_n_steps=5)).eval()
-    batch = tiny_batch()
+    batch = tiny_batch(B=4, L=16)
     calls = []
     model.step = (lambda f: lambda *a: calls.append(1) or f(*a))(model.step)
     with torch.no_grad():
@@ -181,7 +174,7 @@ def test_protocol_halts_after_one_call_and_eval_runs_eval_n_steps():
 
 def test_checkpoint_roundtrip():
     model, other = saved_and_reloaded(lambda: dr.Model(tiny_config()))
-    batch = tiny_batch()
+    batch = tiny_batch(B=4, L=16)
     with torch.no_grad():
         a = model(model.initial_carry(batch), batch)[3]["logits"]
         b = other(other.initial_carry(batch), batch)[3]["logits"]
@@ -235,3 +228,11 @@ def test_train_and_evaluate_run_it_with_only_model_changed(tmp_path):
     result = results[True]
     again = evaluate.main(["--checkpoint", os.path.join(result["out_dir"], "checkpoint.pt"), "--max-batches", "2"])
     assert abs(again["accuracy"] - result["accuracy"]) < 1e-6, (again, result)
+
+
+def test_training_recipe_names_train_config_keys_with_their_types():
+    train = pytest.importorskip("train")
+    assert dr.TRAIN_DEFAULTS == {"ema_rate": 0.9995, "grad_clip": 1.0}
+    defaults = {f.name: f.default for f in dataclasses.fields(train.TrainConfig)}
+    for key, value in dr.TRAIN_DEFAULTS.items():
+        assert key in defaults and type(value) is type(defaults[key]) and value != defaults[key], key

@@ -7,6 +7,7 @@ Checks against: the public PRR code's formulas written out by hand (per-branch m
 scorer CE toward the lowest-loss branch, mean off-diagonal cosine of the position-mean latents), the oracle
 and scorer metrics computed by hand from the branch predictions, and branch 0 / chance for the scorer.
 """
+import dataclasses
 import json
 import math
 
@@ -273,3 +274,11 @@ def test_tiny_prr_learns_toy_task(tmp_path):
     assert result["exact_accuracy"] >= 0.9, result
     again = evaluate.main(["--checkpoint", str(out / "checkpoint.pt"), "--max-batches", "1"])
     assert again["count"] > 0 and again["exact_accuracy"] >= 0.9
+
+
+def test_training_recipe_names_train_config_keys_with_their_types():
+    train = pytest.importorskip("train")
+    assert prr.TRAIN_DEFAULTS == {"global_batch_size": 256}
+    defaults = {f.name: f.default for f in dataclasses.fields(train.TrainConfig)}
+    for key, value in prr.TRAIN_DEFAULTS.items():
+        assert key in defaults and type(value) is type(defaults[key]) and value != defaults[key], key
