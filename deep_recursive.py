@@ -1,58 +1,36 @@
-"""deep_recursive.py — a TRM-style deep recursion around a convolutional U-Net: the "Deep Recursive Model"
-of the seed design note (../shared/seeds/deep-recursive.md), made sound (../shared/spec/deep_recursive.md §1.4).
+"""deep_recursive.py — TRM's deep recursion around a convolutional U-Net: the answer y and a latent z are
+refined step after step on the 2-D canvas, with deep supervision over detached segments.
 
-What the seed promised: deep recursion with gradient detachment (n_outer segments of n_inner steps), the task
-input x and the current answer y projected and summed, a convolutional encoder with residual blocks, a U-Net
-decoder with skips, a latent z carried between steps, memory-efficient training (backward per segment),
-more steps at evaluation, EMA 0.9995. It cited arXiv 2511.14761 for all this.
-What was broken there: 2511.14761 is VARC ("ARC Is a Vision Problem!", a feed-forward ViT / U-Net with
-test-time training), not a recursive model; the seed's only code was never run (its data loader yields
-3-tuples, the training step unpacks 2); it has no task conditioning at all, so it cannot know which rule to
-apply; it supervises padding as an ordinary class; it concatenates where its README says "sum"; and its
-"memory-efficient" mode keeps every segment's graph until one backward, so it saves nothing.
-What is built here: that design with those defects fixed. It is inspired by TRM's deep supervision
-(trm.py) and VARC's U-Net baseline; it is NOT a reproduction of arXiv 2511.14761 and has no published
-numbers to match.
+Source: a design note (the "Deep Recursive Model") that cites arXiv 2511.14761; that paper is VARC ("ARC Is
+a Vision Problem!", a feed-forward ViT / U-Net), not a recursive model. This file is the note's design made
+sound, inspired by TRM's deep supervision and VARC's U-Net; it has no published numbers to match.
+docs/deep_recursive.md lists what the note's code got wrong and how it is fixed here.
 
-One step (all on the side x side canvas, side = sqrt(seq_len): 30 for ARC's 900 tokens):
-    h   = E_x[x] + softmax(y) @ E_y                     input tokens and the current answer y, embedded, summed
-    s_0 = stem(h) -> res blocks                         [B, C, S, S]
-    s_i = conv stride 2 (s_{i-1}) -> res blocks          channels C, 2C, 4C, then `latent_channels` at 1/8
-    z   = res blocks( FiLM(s_3; task) + W_z z )          the latent, carried between steps (task injected here)
-    y   = head( U-Net decoder(z, s_2, s_1, s_0) )        new answer logits [B, V, S, S]
-Task conditioning: TRM's per-puzzle vector (trm.SparseEmbedding, zero-initialised, trained by sign-SGD in
-train.py) -> FiLM at the bottleneck, z <- s_3 * (1 + gamma) + beta: at init (zero vectors) it is the identity.
-Deep recursion (training): n_outer segments of n_inner steps, every step of a segment differentiated, (y, z)
-detached between segments; loss = mean over segments of the per-sample mean CE over non-padding cells
-(labels -100 ignored), so padding gets no loss.
-  memory_efficient=True (default): each segment but the last is backpropagated inside forward, scaled by
-    forward's `loss_scale` argument (the factor the caller multiplies the returned loss by before backward;
-    train.py passes 1/global_batch_size), and forward returns only the last segment's share as `loss`;
-    peak activation memory is one segment's graph.
-  memory_efficient=False: all segments in one graph, one backward by the caller (same gradients: the
-    segments are detached, so the two modes differ by float rounding only).
-Evaluation (or no grad): `eval_n_steps` steps (default 9 = 3 x 3; more may help), loss of the final answer.
-Every sample halts after one call (the recursion is inside forward), so train.py / evaluate.py need no
-change; outputs are `logits` [B, L, V] and `preds` [B, L] over the canvas, so ARC voting applies unchanged
-(no `q_halt_logits`: vote ties break at confidence 0).
-Recommended: `--config ema_rate=0.9995` (the seed's EMA; train.py's default is TRM's 0.999) and
-`grad_clip=1.0` (the seed clips at 1.0).
+One step, on the side x side canvas (side = sqrt(seq_len): 30 for ARC's 900 tokens):
+    h   = E_x[x] + softmax(y) @ E_y                 input tokens and the current answer, embedded and summed
+    s_0 = res(stem(h));  s_i = res(conv_s2(s_i-1))  channels C, 2C, 4C, then latent_channels at 1/8 size
+    z   = res( FiLM(s_3; task) + W_z z )            the latent, carried between steps; the task enters here
+    y   = head( U-Net decoder(z, s_2, s_1, s_0) )   new answer logits [B, V, S, S]
+Task: TRM's per-puzzle vector (zero-initialised, sign-SGD in train.py) -> FiLM s_3 (1 + gamma) + beta, the
+identity at init. Training: n_outer segments of n_inner steps, each step differentiated, (y, z) detached
+between segments; objective = mean over segments of the per-sample mean CE over labelled cells (padding,
+label -100, gets none), summed over the batch. Evaluation (or no grad): eval_n_steps steps, the last answer.
+  memory_efficient=True: backward inside forward. Each segment but the last is back-propagated at once,
+    times forward's `loss_scale` (the factor the caller applies to the returned loss before its backward),
+    and forward returns only the last segment's share as `loss`; metrics["total_loss"] is the whole
+    objective, so the logged curve is the same in both modes. Peak activations: one segment's graph.
+  memory_efficient=False: one graph, one backward by the caller (same gradients up to float rounding).
+Every sample halts after one call; outputs are `logits` [B,L,V] and `preds` [B,L] (no q_halt_logits).
 
-Choices where the note is silent [OURS]: y is carried as logits and embedded as softmax(y) @ E_y (a soft
-token embedding; y_0 = 0 logits, the uniform answer); z_0 = 0; pre-activation residual blocks (GroupNorm,
-GELU, 3x3 conv, twice) with the second conv zero-initialised so every block starts as the identity and the
-recursion starts stable; GroupNorm with gcd(8, channels) groups computed in float32; stride-2 convs for
-down-sampling (30 -> 15 -> 8 -> 4), nearest up-sampling to each skip's size then a 3x3 conv over
-[upsampled, skip]; no dropout (the seed's Dropout2d 0.1 is left out); softmax CE (the seed's pixel CE;
-`loss_type=stablemax` is TRM's); convs keep float32 master weights cast to the forward dtype at use, as
-trm.CastedLinear. Parameters at the defaults: 28,224,268 (the seed guessed 15-20M without measuring)
-plus the puzzle-embedding table. Measured on CPU (tests/test_deep_recursive.py, bytes autograd saves for
-backward at the peak): memory-efficient mode holds 1/n_outer of the standard mode's activations (0.334 at
-3 segments). Not yet run under torch.compile (no GPU here): the inner .backward() calls are graph breaks;
-if compiling fails, pass compile=False.
+Choices: y carried as logits (y_0 = 0, the uniform answer), no z at the first step; pre-activation residual
+blocks (GroupNorm in float32, GELU, 3x3 conv, twice), the second conv zero-initialised so each block starts
+as the identity; stride-2 convs down, nearest up-sampling to each skip then a 3x3 conv over [up, skip]; no
+dropout; softmax CE (`loss_type=stablemax` is TRM's); float32 master weights cast at use. The note's
+recipe is TRAIN_DEFAULTS (EMA 0.9995, grad clip 1.0). Not yet run under torch.compile: the inner
+.backward() calls are graph breaks (pass compile=False if compiling fails). Measured: experiments/RESULTS.md.
 
 Run:  python train.py --model deep_recursive --config data=toy base_channels=16 latent_channels=64 ema=False
-      python train.py --model deep_recursive --config data=arc1 ema_rate=0.9995 grad_clip=1.0
+      python train.py --model deep_recursive --config data=arc1
       python evaluate.py --checkpoint runs/deep_recursive-arc1/checkpoint.pt
 """
 import math
@@ -63,6 +41,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import trm
+
+TRAIN_DEFAULTS = {"ema_rate": 0.9995, "grad_clip": 1.0}  # the design note's recipe (train.py: 0.999, no clip)
 
 
 @dataclass
@@ -140,6 +120,7 @@ class Carry:
 
 class Model(nn.Module):
     needs_demos = False  # True: the loader adds demo_inputs, demo_labels, demo_mask to every batch
+
     def __init__(self, config: Config):
         super().__init__()
         self.config = c = config
@@ -230,7 +211,7 @@ class Model(nn.Module):
                 else:
                     pending = pending + seg_loss
                 y, z = y.detach(), z.detach()
-            loss = pending
-            metrics["lm_loss"] = total
+            loss = pending  # memory-efficient: the last segment's share; standard: the whole objective
+            metrics["lm_loss"] = metrics["total_loss"] = total
         outputs = {"logits": logits.detach(), "preds": logits.argmax(-1)}
         return Carry(halted=halted), loss, metrics, outputs

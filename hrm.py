@@ -1,5 +1,5 @@
 """hrm.py — the Hierarchical Reasoning Model (Wang et al., "Hierarchical Reasoning Model", arXiv 2506.21734),
-the baseline TRM was measured against, as the TRM reference repository carries it (../shared/spec/trm.md §6).
+the baseline TRM was measured against, as the TRM reference repository carries it.
 
 Two networks instead of TRM's one: a slow high-level module `H_level` (H_layers blocks) and a fast low-level
 module `L_level` (L_layers blocks). Per ACT step, H_cycles rounds of: L_cycles updates of the low-level
@@ -15,9 +15,9 @@ q_halt > q_continue, and q_continue is trained towards a target bootstrapped fro
 This file is a subclass of trm.Model: it overrides `build_reasoning` (two modules) and `reason` (the
 one-step-gradient schedule); blocks, heads, ACT and loss come from trm.py unchanged. Reference checkpoints
 load with `convert_reference_state_dict` (the same prefix stripping as TRM's; HRM adds `H_level.layers.*`).
-Parameter count at the ARC config: 27,276,290 (as the reference, spec §9).
+Parameter count at the ARC config: 27,276,290 (as the reference's).
 
-Choices where the spec is silent: none beyond trm.py's. HRM has no `puzzle_emb_len` key; the default 0
+Choices of our own: none beyond trm.py's. HRM has no `puzzle_emb_len` key; the default 0
 here gives ceil(puzzle_emb_ndim / hidden_size) = 1 prefix slot, as the reference.
 
 Run:  python train.py --model hrm --config data=toy hidden_size=64 num_heads=4 H_layers=1 L_layers=1
@@ -51,7 +51,7 @@ class Model(trm.Model):
         self.L_level = ReasoningModule(c, c.L_layers, total_len)
 
     def reason(self, z_H, z_L, x):
-        """One ACT step with the one-step gradient (spec §6): all but the last L and last H update without
+        """One ACT step with HRM's one-step gradient: all but the last L and last H update without
         gradient; the hierarchy z_L <- L(z_L, z_H + x) L_cycles times, then z_H <- H(z_H, z_L)."""
         c, (cos, sin) = self.config, self.rope()
         with torch.no_grad():

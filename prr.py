@@ -1,72 +1,40 @@
 """prr.py — the Parallel Recursive Reasoner: K latent hypotheses refined at once by one shared tiny core,
 judged by a learned scorer, mixed by score-weighted soft communication, trained with a Best-of-K loss.
 
-Source: T. Reddi, PRR (github REDDITARUN/PRR, 2026-02-14; no paper, no published numbers). Spec:
-../shared/spec/prr.md §2.2 (the maths as implemented) and §2.3 (its defects); issue 8.
+Source: T. Reddi, PRR (github REDDITARUN/PRR, February 2026): code only, no paper, no published numbers.
+Built from trm.py's blocks (input embedding, post-norm core, LM head, sparse puzzle embedding, loss kernels).
 
-    x [B,L] --TRM embedding--> e [B,P+L,D]          (tokens + puzzle embedding in P slots, RoPE, x sqrt(D))
+    x [B,L] --trm.InputEmbedding--> e [B,P+L,D]     tokens + puzzle embedding in P slots, x sqrt(D)
     z_k(0) = b_k (+ N(0, σ²) in training)           K learned vectors broadcast over positions, [B,K,P+L,D]
     for t in 0..T-1 (the first T - grad_steps under no_grad):
-        z_k <- core(z_k, e [+ b_k])                 one batch of B*K sequences through the shared blocks
+        z_k <- core(z_k, e + b_k)                   one batch of B*K sequences through the shared blocks
         s_k = scorer(z_k[:, 0])                     MLP D -> D/2 -> 1 on the first (puzzle) slot
         if exchange after t:  w = softmax(s / temp);  z_k <- z_k + α (Σ_j w_j z_j - z_k)
-    logits_k = lm_head(z_k)[P:]                     [B,K,L,V]
+    logits_k = lm_head(z_k)[P:]                     [B,K,L,V]; the prediction is branch argmax_k s_k
     l_k = mean stablemax CE of branch k;  loss = -τ log Σ_k exp(-l_k / τ)
-          + scorer_weight CE(s, argmin_k l_k) + diversity_weight mean_{j≠k} cos(mean_pos z_j, mean_pos z_k)
+          + λ_s CE(s, argmin_k l_k) + λ_div mean_{j≠k} cos(mean_pos z_j, mean_pos z_k)
+No ACT: one forward runs the whole rollout and halts every sample (the carry holds only `halted`).
 
-There is no ACT: one forward runs the whole T-step rollout and halts every sample (the carry only holds
-`halted`). The K branches are one batch for the kernels: no Python loop over branches anywhere.
-
-The public code's two defects (spec §2.3 #1, #2), and what is done here by default [OURS]:
-  1. The "learned" branch vectors b_k never learn: they enter only at step 0, inside the no-grad phase.
-     Here b_k is also added to the injection at every step (core input z_k + e + b_k), so b_k reaches the
-     gradient window, and each branch keeps a persistent identity that communication cannot average away
-     (at eval, without noise, b_k is the only source of diversity; spec §2.3 #3).
-  2. No exchange happens inside the gradient window (exchanges after steps 1, 3, 5; the one after 7 is
-     skipped), so the "soft, differentiable communication" is neither. Here the schedule is counted from
-     the end: exchanges after steps t = T-2, T-2-c, ... >= 0 (c = comm_interval; T=8, c=2: after 0, 2, 4,
-     6). The last exchange is after step T-2, inside the gradient window whenever grad_steps >= 2, so the
-     main loss reaches the scorer through the weights w and the branches through the mixing.
-`public_schedule=True` reproduces the public code (init-only b_k, exchanges when (t+1) % c == 0 and
-t < T-1) for the ablation.
-
-Other choices [OURS]:
-- Prediction = the branch the scorer ranks first (argmax_k of the final-step scores); `q_halt_logits` is
-  its score, so evaluate.py's ARC vote uses it as the confidence unchanged. `outputs` also hold
-  `scores` [B,K], `branch_preds` [B,K,L], and `oracle_preds` [B,L] with its score `oracle_q_halt_logits`
-  [B] (the branch with the highest token accuracy against the labels: an upper bound that reads the
-  labels, for an oracle pass@K next to the scorer's).
-- Oracle metrics use the best branch against the labels (`oracle_exact_accuracy` = some branch exactly
-  right, i.e. pass@K over branches; `oracle_accuracy` = the best branch's token accuracy), so oracle >=
-  scorer always holds. The public code scores the lowest-loss branch instead, which is not an upper
-  bound. `scorer_picks_best` compares the scorer's pick with the lowest-loss branch k*, the scorer's target.
-- The soft-min and the scorer CE count only samples with at least one label (evaluation's padding rows
-  would otherwise add -τ log K each and have no k*). The scorer target stays the lowest-loss branch even
-  when none is right (spec §2.3 #7; not changed).
-- Scores, softmax weights and losses in float32 (the weights are cast to the state's dtype to mix it);
-  the state in forward_dtype.
-- Layers, embeddings and the loss kernels come from trm.py (the input embedding and RoPE methods are
-  borrowed from trm.Model, without its Q head or y0/z0 buffers, which PRR does not have).
-- The advertised "auxiliary grounding loss at intermediate steps" (spec §2.3 #4) is not implemented;
-  the public code does not have it either.
-
-Metrics (per sample, summed; train.py divides by count): accuracy / exact_accuracy (the scorer's pick,
-from trm.token_loss_and_metrics as every model reports), scorer_accuracy / scorer_exact_accuracy (the same
-numbers, named as PRR's README does; computed beside the oracle's so oracle >= scorer holds bit for bit), oracle_accuracy / oracle_exact_accuracy, scorer_picks_best, branch_accuracy_spread (best
-minus worst branch token accuracy), mean_branch_diversity (1 - mean off-diagonal cosine). Losses (summed
-over the batch, unweighted; train.py divides by the global batch): lm_loss (the soft-min), scorer_loss,
-diversity_loss. The logged `loss` is their unweighted sum, as TRM's is.
+Choices. The public code has two defects, fixed here by default (`public_schedule=True` restores them):
+- b_k joins the injection at every step, not only z(0): used only in the no-grad phase, the public inits never
+  learn; here they reach the gradient window and keep each branch distinct (at eval, without noise, b_k is
+  the only source of diversity, and every exchange pulls the branches together).
+- Exchanges are counted from the end, after t = T-2, T-2-c, ... >= 0 (T=8, c=2: after 0, 2, 4, 6). The public
+  schedule ((t+1) % c == 0 and t < T-1) exchanges only under no_grad, so its "differentiable" communication
+  gets no gradient; here the last exchange lies inside the gradient window whenever grad_steps >= 2.
+- Outputs: `preds`/`logits` of the scorer's top branch and its score as `q_halt_logits` (ARC voting uses it
+  unchanged), `scores` [B,K], `branch_preds` [B,K,L], `oracle_preds` (the branch most accurate against the
+  labels). Metrics add the oracle's (pass@K over branches), scorer_picks_best (pick == argmin_k l_k, the
+  scorer's target), the spread of branch accuracies and 1 - the mean branch cosine.
+- Rows without labels get no loss; scores, weights and losses in float32, the state in forward_dtype. The
+  auxiliary loss at intermediate steps that the public README advertises is not in its code, nor here.
+TRAIN_DEFAULTS: the public config's global batch of 256 (activations grow as B*K*L*D); its other training
+values are train.py's defaults. Measured runs: experiments/RESULTS.md.
 
 Run:  python train.py --model prr --config data=toy hidden_size=64 num_heads=4 num_branches=4 num_steps=4 \
           puzzle_emb_ndim=64 puzzle_emb_len=1 global_batch_size=32 lr=1e-3 ema=False    (CPU, minutes)
-      python train.py --model prr --config data=arc1 global_batch_size=128 ema=True     (one GPU)
-      torchrun --standalone --nproc_per_node=4 train.py --model prr --config data=arc1 global_batch_size=256
+      torchrun --standalone --nproc_per_node=4 train.py --model prr --config data=arc1
       python train.py --model prr --config data=arc1 public_schedule=True              (the public code)
-Training defaults from the public config (spec §2.2): lr 1e-4, warm-up 2000, lr_min_ratio 1.0, wd 0.1,
-puzzle_emb_lr 1e-2; memory grows as B*K*L*D per gradient step (effective batch B*K).
-Measured on CPU [OURS]: a 2-rule toy (tests/test_prr.py) is solved in ~50 steps; on the default 8-rule toy
-the small config above reaches only ~0.2 token accuracy after 400 steps, with either schedule (0.22 ours,
-0.19 public), with K=1 (0.33) or with grad_steps=T (0.18): give it many more steps there.
 """
 from dataclasses import dataclass
 
@@ -76,6 +44,8 @@ from torch import nn
 
 import kernels
 import trm
+
+TRAIN_DEFAULTS = {"global_batch_size": 256}  # the public config's (train.py's default, TRM's, is 768)
 
 
 @dataclass
@@ -146,6 +116,7 @@ class Scorer(nn.Module):
 
 class Model(nn.Module):
     needs_demos = False  # True: the loader adds demo_inputs, demo_labels, demo_mask to every batch
+
     def __init__(self, config: Config):
         super().__init__()
         self.config = c = config
@@ -153,7 +124,7 @@ class Model(nn.Module):
             raise ValueError(f"grad_steps must be in 1..num_steps={c.num_steps}, got {c.grad_steps}")
         self.dtype = trm.resolve_dtype(c.forward_dtype)
         D = c.hidden_size
-        self.puzzle_emb_len = (c.puzzle_emb_len or -(-c.puzzle_emb_ndim // D)) if c.puzzle_emb_ndim > 0 else 0
+        self.puzzle_emb_len = trm.puzzle_prefix_len(c)
         total_len = c.seq_len + self.puzzle_emb_len
         self.embed = trm.InputEmbedding(c, self.puzzle_emb_len, self.dtype)  # exactly TRM's input encoding
         self.lm_head = trm.CastedLinear(D, c.vocab_size)
@@ -162,7 +133,6 @@ class Model(nn.Module):
         self.core = trm.ReasoningModule(c, c.num_layers, total_len)   # shared by all branches and steps
         self.scorer = Scorer(D)
         self.branch_init = nn.Parameter(trm.trunc_normal_init_(torch.empty(c.num_branches, D), 1.0))  # b_k
-
 
     # -- the rollout ------------------------------------------------------------------------------------
     def exchanges_after(self, t):
@@ -219,7 +189,7 @@ class Model(nn.Module):
         return Carry(halted), loss, metrics, {k: v.detach() for k, v in outputs.items()}
 
     def loss_and_metrics(self, z, scores, logits, labels):
-        """Best-of-K soft-min + λ_s scorer CE + λ_div diversity (spec §2.2), summed over the batch."""
+        """Best-of-K soft-min + λ_s scorer CE + λ_div diversity (the module docstring), summed over the batch."""
         c = self.config
         B, K, L, V = logits.shape
         mask = labels != -100                                           # [B, L]

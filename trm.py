@@ -5,15 +5,14 @@ One small network (`L_level`, L_layers post-norm blocks) is applied recursively:
 refined L_cycles times from (z, y, x), then the answer y (`z_H`) once from (y, z); H_cycles such rounds make
 one ACT step, all but the last under no_grad (paper §4, "deep recursion"). Up to halt_max_steps ACT steps
 ("deep supervision") run per sample, the carry (z_H, z_L) detached between them; a Q head decides when to
-halt (paper §4.3). Every puzzle id gets a learned vector (a sparse embedding trained by sign-SGD in
-train.py) prepended to the sequence.
+halt (paper §4.6: TRM's ACT needs no second forward pass). Every puzzle id gets a learned vector (a sparse
+embedding trained by sign-SGD in train.py) prepended to the sequence.
 
 This file computes the same function as the reference implementation (SamsungSAILMontreal/
 TinyRecursiveModels) and loads its checkpoints: the state-dict keys are the reference's with the prefixes
-`_orig_mod.` and `model.inner.` removed (`convert_reference_state_dict`). Choices where the reference is
-broken (../shared/spec/trm.md §6b): with `no_ACT_continue=False` the reference crashes in training; here
-the bootstrapped Q-continue target is computed as HRM does. The stablemax CE is written branch-safe in
-float32 (kernels/cross_entropy.py) instead of float64.
+`_orig_mod.` and `model.inner.` removed (`convert_reference_state_dict`). Where the reference is broken:
+with `no_ACT_continue=False` it crashes in training; here the bootstrapped Q-continue target is computed as
+HRM does. The stablemax CE is written branch-safe in float32 (kernels/cross_entropy.py) instead of float64.
 
 The model protocol (all five models follow it; train.py and evaluate.py rely on nothing else):
     Config                        dataclass, paper defaults; `vocab_size`, `seq_len`,
@@ -21,14 +20,20 @@ The model protocol (all five models follow it; train.py and evaluate.py rely on 
     Model(config)                 nn.Module
     model.initial_carry(batch)    -> carry (every sample halted, so the first call loads the batch)
     model(carry, batch, loss_scale=1.0) -> (carry, loss, metrics, outputs)
-        loss_scale  the factor the caller multiplies `loss` by before backward(); a model that
-                 back-propagates part of its objective inside forward (deep_recursive) scales that by it
+        loss_scale  the factor the caller multiplies `loss` by before backward() (train.py: 1/global
+                 batch). Backward inside forward: a model may back-propagate part of its objective
+                 itself (deep_recursive's memory-efficient mode calls .backward() on all but its last
+                 segment, each times loss_scale, so its gradients add up with the caller's); `loss` is
+                 then only the part not yet back-propagated. Every other model ignores loss_scale.
         loss     scalar, summed over the local batch (train.py divides by the global batch)
         metrics  dict of summed tensors: `count` (samples that halted this call), per-sample metrics
-                 summed over them, and `*_loss` sums
+                 summed over them, and `*_loss` sums; `total_loss` (optional) is the whole objective,
+                 summed over the batch, when `loss` is only part of it: train.py logs it instead
         outputs  `logits` [B,L,V], `preds` [B,L], `q_halt_logits` [B] (optional), ...
     carry.halted                  [B] bool
     Model.needs_demos             bool: batches carry the task's demonstrations (etrm)
+    TRAIN_DEFAULTS (optional)     module-level dict of train.TrainConfig keys the model's recipe changes
+                                  (deep_recursive: EMA 0.9995, grad clip 1.0); the user's --config wins
 
 Run:  python train.py --model trm --config data=toy          (CPU, minutes)
       torchrun --standalone --nproc_per_node=8 train.py --model trm --config data=arc1
@@ -64,12 +69,11 @@ class Config:
     vocab_size: int = 12                # V (from the dataset)
     seq_len: int = 900                  # L (from the dataset)
     num_puzzle_identifiers: int = 1     # rows of the puzzle-embedding table (from the dataset)
-    batch_size: int = 768               # kept for the reference's config shape; not used by the maths
     forward_dtype: str = "auto"         # auto (bfloat16 on CUDA, float32 on CPU) | bfloat16 | float32
 
 
 # ----------------------------------------------------------------------------------------------------
-# Layers (spec §1)
+# Layers
 
 def trunc_normal_init_(t, std=1.0, lower=-2.0, upper=2.0):
     """Truncated normal whose *truncated* std is `std` (JAX semantics; torch's trunc_normal_ is off)."""
@@ -112,7 +116,7 @@ class SparseEmbedding(nn.Module):
 
     In training the rows of the batch are copied into `local_weights` (a leaf that requires grad);
     train.py's sign-SGD reads `local_weights.grad` and `local_ids`, all-gathers them across ranks and
-    updates those rows of `weights` (spec §8). In eval the table is read directly."""
+    updates those rows of `weights` (the reference's sparse embedding optimiser). In eval the table is read directly."""
 
     def __init__(self, num, dim, dtype):
         super().__init__()
@@ -129,7 +133,7 @@ class SparseEmbedding(nn.Module):
 
 
 def rope_tables(head_dim, length, theta):
-    """cos, sin [length, head_dim] in float32, built as concat(freqs, freqs) (spec §1)."""
+    """cos, sin [length, head_dim] in float32, built as concat(freqs, freqs) (rotate_half layout, as the reference)."""
     inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
     freqs = torch.outer(torch.arange(length, dtype=torch.float32), inv_freq)
     emb = torch.cat((freqs, freqs), dim=-1)
@@ -170,6 +174,14 @@ class InputEmbedding(nn.Module):
 
     def rope(self):
         return (self.rope_cos, self.rope_sin) if self.pos_encodings == "rope" else (None, None)
+
+
+def puzzle_prefix_len(config):
+    """P: sequence slots the puzzle embedding occupies: puzzle_emb_len, or ceil(ndim / D) when that is 0; 0
+    without a puzzle embedding (puzzle_emb_ndim 0)."""
+    if config.puzzle_emb_ndim <= 0:
+        return 0
+    return config.puzzle_emb_len or -(-config.puzzle_emb_ndim // config.hidden_size)
 
 
 def swiglu_width(expansion, width):
@@ -222,7 +234,7 @@ class Block(nn.Module):
 
 
 class ReasoningModule(nn.Module):
-    """net(h, injection): h + injection, then the blocks in order (spec §1)."""
+    """net(h, injection): h + injection, then the blocks in order (the input injection of TRM and HRM)."""
 
     def __init__(self, config, num_layers, total_len):
         super().__init__()
@@ -236,7 +248,7 @@ class ReasoningModule(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------------
-# Loss head (spec §5), shared by every model that predicts tokens
+# Loss head, shared by every model that predicts tokens
 
 def token_loss_and_metrics(logits, labels, halted, loss_type):
     """Per-sample mean CE summed over the batch, and the per-sample metrics summed over halted samples.
@@ -286,7 +298,7 @@ class Model(nn.Module):
         self.config = c = config
         self.dtype = resolve_dtype(c.forward_dtype)
         D = c.hidden_size
-        self.puzzle_emb_len = (c.puzzle_emb_len or -(-c.puzzle_emb_ndim // D)) if c.puzzle_emb_ndim > 0 else 0
+        self.puzzle_emb_len = puzzle_prefix_len(c)
         total_len = c.seq_len + self.puzzle_emb_len
         self.embed = InputEmbedding(c, self.puzzle_emb_len, self.dtype)
         self.lm_head = CastedLinear(D, c.vocab_size)
@@ -297,7 +309,7 @@ class Model(nn.Module):
         # Initial states y0, z0: fixed random vectors (persistent buffers, truncated normal std 1).
         self.register_buffer("H_init", trunc_normal_init_(torch.empty(D), 1.0).to(self.dtype))
         self.register_buffer("L_init", trunc_normal_init_(torch.empty(D), 1.0).to(self.dtype))
-        # Q head starts silent: zero weights, bias -5, so early training almost never halts (spec §3).
+        # Q head starts silent: zero weights, bias -5, so early training almost never halts (as the reference).
         with torch.no_grad():
             self.q_head.weight.zero_()
             self.q_head.bias.fill_(-5)
@@ -305,7 +317,7 @@ class Model(nn.Module):
     def build_reasoning(self, total_len):
         self.L_level = ReasoningModule(self.config, self.config.L_layers, total_len)
 
-    # -- input embedding (spec §2) ------------------------------------------------------------------
+    # -- input embedding ----------------------------------------------------------------------------
     def input_embeddings(self, inputs, puzzle_identifiers):
         prefix = self.puzzle_emb(puzzle_identifiers.long()) if self.puzzle_emb_len else None  # [B, ndim]
         return self.embed(inputs, prefix)
@@ -313,7 +325,7 @@ class Model(nn.Module):
     def rope(self):
         return self.embed.rope()
 
-    # -- one ACT step of recursion (paper Fig. 3; spec §3) ------------------------------------------
+    # -- one ACT step of recursion (paper Fig. 3) ----------------------------------------------------
     def reason(self, z_H, z_L, x):
         c, net, (cos, sin) = self.config, self.L_level, self.rope()
         with torch.no_grad():  # T-1 rounds without gradient: they only move the state
@@ -332,7 +344,7 @@ class Model(nn.Module):
         q = self.q_head(z_H[:, 0]).float()                   # [B, 2]: halt, continue
         return z_H.detach(), z_L.detach(), logits, q[:, 0], q[:, 1]
 
-    # -- ACT wrapper (spec §4) ------------------------------------------------------------------------
+    # -- ACT wrapper -------------------------------------------------------------------------------
     def initial_carry(self, batch):
         B = batch["inputs"].shape[0]
         shape = (B, self.config.seq_len + self.puzzle_emb_len, self.config.hidden_size)
@@ -353,13 +365,13 @@ class Model(nn.Module):
 
     @torch.no_grad()
     def halt(self, steps, q_halt, q_continue, z_H, z_L, x, outputs):
-        """Which samples stop after this step (spec §4); adds HRM's Q-learning target to `outputs`."""
+        """Which samples stop after this step; adds HRM's Q-learning target to `outputs` when no_ACT_continue is off."""
         c = self.config
         is_last = steps >= c.halt_max_steps
         halted = is_last
         if self.training and c.halt_max_steps > 1:  # in evaluation every sample runs halt_max_steps
             halted = halted | ((q_halt > 0) if c.no_ACT_continue else (q_halt > q_continue))
-            # Exploration (paper §4.3): sometimes force a random minimum of 2..N_sup steps.
+            # Exploration (HRM's ACT, kept by TRM): sometimes force a random minimum of 2..N_sup steps.
             explore = torch.rand_like(q_halt) < c.halt_exploration_prob
             min_halt = explore * torch.randint_like(steps, 2, c.halt_max_steps + 1)
             halted = halted & (steps >= min_halt)
@@ -382,7 +394,7 @@ class Model(nn.Module):
         return carry, loss, metrics, {k: v.detach() for k, v in outputs.items()}
 
     def act_loss(self, carry, outputs):
-        """loss = lm_loss + 0.5 (q_halt_loss + q_continue_loss) (spec §5)."""
+        """loss = lm_loss + 0.5 (q_halt_loss + q_continue_loss), each summed over the batch (the reference's)."""
         q_halt = outputs["q_halt_logits"]
         lm_loss, seq_correct, metrics = token_loss_and_metrics(
             outputs["logits"], carry.current_data["labels"], carry.halted, self.config.loss_type)
@@ -401,7 +413,7 @@ class Model(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------------
-# Reference checkpoints (spec §7)
+# Reference checkpoints
 
 def convert_reference_state_dict(sd):
     """A reference state dict (model wrapped in the loss head, maybe compiled) -> keys of this Model."""

@@ -40,3 +40,23 @@ def saved_and_reloaded(make_model):
     other = make_model().eval()
     other.load_state_dict(torch.load(buf))
     return model, other
+
+
+def hand_train(model, batches, lr=3e-3, emb_lr=1e-2):
+    """The training step written out, one per batch from a fresh carry: Adam on the weights, and sign-SGD on
+    the batch's puzzle-embedding rows (a buffer, as train.py updates it); loss_scale passed as train.py does.
+    Returns metrics["lm_loss"] / B per step."""
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    losses = []
+    for batch in batches:
+        B = batch["inputs"].shape[0]
+        _, loss, metrics, _ = model(model.initial_carry(batch), batch, loss_scale=1 / B)
+        (loss / B).backward()
+        opt.step()
+        opt.zero_grad()
+        emb = getattr(model, "puzzle_emb", None)
+        if emb is not None and emb.local_weights is not None and emb.local_weights.grad is not None:
+            with torch.no_grad():
+                emb.weights.index_add_(0, emb.local_ids.long(), -emb_lr * emb.local_weights.grad.sign())
+        losses.append(metrics["lm_loss"].item() / B)
+    return losses

@@ -1,11 +1,13 @@
-"""PRR model tests: the Best-of-K loss written out, the limits the issue lists, the two communication
-schedules and their gradients, the protocol, checkpoints, and a tiny PRR that learns the toy task.
+"""PRR model tests: the Best-of-K loss and the branch metrics written out, the soft-min's limits, the two
+communication schedules and their gradients, the protocol, checkpoints, a scorer that must learn to pick the
+right branch, and a tiny PRR that learns the toy task through train.py / evaluate.py.
 
-Run: python -m pytest -q tests/test_prr.py   (CPU, float32; ~35 s of CPU on 2 cores, ~60 s under shared load)
-Checks against: ../shared/spec/prr.md §2.2's formulas written out by hand (per-branch mean stablemax CE,
-soft-min, scorer CE toward the lowest-loss branch, mean off-diagonal cosine of the position-mean latents)
-and issue 8's "Tests must show" list.
+Run: python -m pytest -q tests/test_prr.py   (CPU, float32, well under a minute)
+Checks against: the public PRR code's formulas written out by hand (per-branch mean stablemax CE, soft-min,
+scorer CE toward the lowest-loss branch, mean off-diagonal cosine of the position-mean latents), the oracle
+and scorer metrics computed by hand from the branch predictions, and branch 0 / chance for the scorer.
 """
+import dataclasses
 import json
 import math
 
@@ -32,7 +34,7 @@ def test_defaults_and_parameter_count():
     assert (c.tau, c.scorer_weight, c.diversity_weight, c.loss_type) == (0.1, 0.5, 0.1, "stablemax")
     assert (c.puzzle_emb_ndim, c.puzzle_emb_len, c.public_schedule) == (256, 16, False)
     model = prr.Model(prr.Config(num_puzzle_identifiers=3, forward_dtype="float32"))
-    assert sum(p.numel() for p in model.parameters()) == 1_745_153  # spec §2.2: "the trunk is ≈1.7M"
+    assert sum(p.numel() for p in model.parameters()) == 1_745_153  # the public config's trunk: ~1.7M, not its README's 3M
     assert model.core.layers[0].mlp.down_proj.weight.shape == (256, 768)
     assert model.scorer.fc2.weight.abs().sum() == 0 and model.scorer.fc2.bias.item() == -5
 
@@ -57,7 +59,6 @@ def test_forward_shapes_and_protocol(train_mode):
               "branch_accuracy_spread", "mean_branch_diversity"):
         assert k in metrics, k
     assert metrics["count"].item() == 6
-    assert metrics["oracle_accuracy"] >= metrics["scorer_accuracy"]
     assert all(not v.requires_grad for v in out.values())
 
 
@@ -86,6 +87,25 @@ def test_loss_matches_the_formula_written_out():
         total += main + 0.7 * scorer + 0.2 * sum(cos) / len(cos)
     assert math.isclose(loss.item(), total, rel_tol=1e-5)
     assert metrics["count"].item() == B - 1
+    # The branch metrics from the branch predictions, by hand (row 0 has no label and counts nowhere).
+    want = dict.fromkeys(("scorer_accuracy", "scorer_exact_accuracy", "oracle_accuracy", "oracle_exact_accuracy",
+                          "scorer_picks_best", "branch_accuracy_spread"), 0.0)
+    for b in range(1, B):
+        lab = batch["labels"][b]
+        mask = lab != -100
+        acc = [((out["branch_preds"][b, k] == lab) & mask).sum().item() / mask.sum().item() for k in range(K)]
+        l = [cross_entropy_reference(logits[b, k], lab).sum().item() for k in range(K)]
+        pick = int(s[b].argmax())
+        want["scorer_accuracy"] += acc[pick]
+        want["scorer_exact_accuracy"] += acc[pick] == 1.0
+        want["oracle_accuracy"] += max(acc)
+        want["oracle_exact_accuracy"] += max(acc) == 1.0
+        want["scorer_picks_best"] += pick == min(range(K), key=lambda k: l[k])
+        want["branch_accuracy_spread"] += max(acc) - min(acc)
+    for k, v in want.items():
+        assert math.isclose(metrics[k].item(), v, abs_tol=1e-5), (k, metrics[k], v)
+    assert math.isclose(metrics["accuracy"].item(), want["scorer_accuracy"], abs_tol=1e-5)
+    assert want["oracle_accuracy"] > want["scorer_accuracy"]  # this batch tells the oracle from the scorer
 
 
 def test_k1_without_communication_or_diversity_is_plain_cross_entropy():
@@ -174,7 +194,7 @@ def test_grad_steps_equal_to_num_steps_trains_inits_even_in_public_schedule():
     model = prr.Model(tiny_config(num_steps=3, grad_steps=3, public_schedule=True)).train()
     batch = tiny_batch()
     model(model.initial_carry(batch), batch)[1].backward()
-    assert model.branch_init.grad.abs().sum() > 0  # spec §2.3 #1: only grad_steps = T trains them publicly
+    assert model.branch_init.grad.abs().sum() > 0  # the public code trains its inits only when grad_steps = T
 
 
 def test_noise_only_in_training_and_state_dict_round_trip():
@@ -199,9 +219,46 @@ def test_noise_only_in_training_and_state_dict_round_trip():
     assert "puzzle_emb.weights" in model.state_dict() and "branch_init" in model.state_dict()
 
 
+def test_scorer_learns_to_pick_the_right_branch():
+    """Branches that differ by construction: the trunk is frozen (no noise, no exchange), and each sample's
+    labels are the answer of branch (puzzle id mod K). Trained alone on its CE target for 30 steps, the scorer
+    must pick that branch on held-out inputs far more often than branch 0 (or any constant choice) is right.
+    Measured: picks the lowest-loss branch ~0.98 of the time, exact ~1.0; a constant scorer: ~0.25."""
+    torch.manual_seed(0)
+    K = 4
+    model = prr.Model(tiny_config(num_branches=K, comm_interval=0, init_noise_std=0.0, diversity_weight=0.0)).eval()
+    with torch.no_grad():
+        model.puzzle_emb.weights.normal_()
+    for name, p in model.named_parameters():
+        p.requires_grad_(name.startswith("scorer."))
+
+    def branch_task(B, seed):
+        batch = tiny_batch(B=B, seed=seed)
+        with torch.no_grad():
+            preds = model(model.initial_carry(batch), batch)[3]["branch_preds"]  # [B, K, L]
+        batch["labels"] = preds[torch.arange(B), batch["puzzle_identifiers"].long() % K].int()
+        return batch
+
+    opt = torch.optim.Adam(model.scorer.parameters(), lr=1e-2)
+    for step in range(30):
+        batch = branch_task(16, seed=step)
+        model(model.initial_carry(batch), batch)[1].backward()
+        opt.step()
+        opt.zero_grad()
+    test = branch_task(128, seed=10_000)
+    with torch.no_grad():
+        _, _, metrics, out = model(model.initial_carry(test), test)
+    exact = {k: (out["branch_preds"][:, k] == test["labels"]).all(-1).float().mean().item() for k in range(K)}
+    assert max(exact.values()) < 0.6  # the branches differ: no single branch answers most samples
+    assert metrics["oracle_exact_accuracy"].item() == 128  # and one of them always does
+    scorer_exact = metrics["exact_accuracy"].item() / 128
+    assert scorer_exact > exact[0] + 0.3 and scorer_exact > 0.8, (scorer_exact, exact)
+    assert metrics["scorer_picks_best"].item() / 128 > 0.8, metrics["scorer_picks_best"]
+
+
 def test_tiny_prr_learns_toy_task(tmp_path):
-    """Through train.main and evaluate.main on a small toy (2 rules, 6 tokens): the loss falls, the scorer's
-    pick is right, and the oracle (best branch against the labels) is at least the scorer's pick."""
+    """Through train.main and evaluate.main on a small toy (2 rules, 6 tokens): the loss falls and the scorer's
+    pick is right, in training and in evaluate.py from the checkpoint alone."""
     import data
     import evaluate
     import train
@@ -215,8 +272,13 @@ def test_tiny_prr_learns_toy_task(tmp_path):
     rows = [json.loads(line) for line in open(out / "metrics.jsonl") if '"loss"' in line]
     assert rows[-1]["lm_loss"] < 0.6 * rows[0]["lm_loss"], rows
     assert result["exact_accuracy"] >= 0.9, result
-    assert result["oracle_exact_accuracy"] >= result["scorer_exact_accuracy"]
-    assert result["oracle_accuracy"] >= result["scorer_accuracy"]
-    assert all(r["oracle_accuracy"] >= r["scorer_accuracy"] for r in rows)
     again = evaluate.main(["--checkpoint", str(out / "checkpoint.pt"), "--max-batches", "1"])
     assert again["count"] > 0 and again["exact_accuracy"] >= 0.9
+
+
+def test_training_recipe_names_train_config_keys_with_their_types():
+    train = pytest.importorskip("train")
+    assert prr.TRAIN_DEFAULTS == {"global_batch_size": 256}
+    defaults = {f.name: f.default for f in dataclasses.fields(train.TrainConfig)}
+    for key, value in prr.TRAIN_DEFAULTS.items():
+        assert key in defaults and type(value) is type(defaults[key]) and value != defaults[key], key

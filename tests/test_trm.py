@@ -1,8 +1,8 @@
-"""TRM model tests: layer facts from ../shared/spec/trm.md, ACT semantics, checkpoint conversion.
+"""TRM model tests: layer facts of the reference implementation, ACT semantics, checkpoint conversion.
 
 Run: python -m pytest -q tests/test_trm.py   (CPU, float32, a few seconds)
-Checks against: the spec's numbers (parameter count 6,829,058 at the ARC config, init statistics, SwiGLU
-width) and the ACT rules of spec §4 written out by hand.
+Checks against: the reference's numbers (parameter count 6,829,058 at the ARC config, init statistics, SwiGLU
+width) and the ACT rules (halting, exploration, carry reset) written out by hand.
 """
 import math
 
@@ -129,7 +129,7 @@ def test_convert_reference_state_dict_roundtrip():
 
 
 def test_mlp_t_block_norms_over_the_token_axis():
-    """The reference norms rms(h^T + mlp_t(h^T)) over tokens, before transposing back (spec §1)."""
+    """The reference norms rms(h^T + mlp_t(h^T)) over tokens, before transposing back."""
     torch.manual_seed(0)
     blk = trm.Block(tiny_config(mlp_t=True), total_len=10)
     h = torch.randn(2, 10, 32)
