@@ -187,4 +187,4 @@ def test_no_grad_and_shapes():
         out = attn.attention_triton(qkv, 2)
     assert out.shape == (1, 5, 64) and not out.requires_grad
     with pytest.raises(AssertionError):
-        attn.attention_triton(torch.randn(1, 5, 3 * 2 * 16, device=DEVICE), 2)  # head dim 16
+        attn.attention_triton(torch.randn(1, 5, 3 * 2 * 8, device=DEVICE), 2)  # head dim 8
