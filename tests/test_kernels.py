@@ -27,6 +27,7 @@ import pytest
 import torch
 
 import kernels
+from conftest import assert_rows_near_gold
 
 rms = importlib.import_module("kernels.rmsnorm")  # modules; kernels.rms_norm etc. are the dispatchers
 swi = importlib.import_module("kernels.swiglu")
@@ -71,10 +72,11 @@ def make(shape, dtype, layout="contiguous", scale=1.0, mean=0.5, seed=0):
     t = torch.randn(shape, generator=g) * scale + mean
     if layout == "contiguous":
         out = t.clone()
-    elif layout == "row_stride":  # last dim contiguous, rows wider than the data: the kernel uses the stride
-        wide = torch.zeros(*shape[:-1], shape[-1] + 8)
-        wide[..., 3:3 + shape[-1]] = t
-        out = wide[..., 3:3 + shape[-1]]
+    elif layout in ("row_stride", "row_stride_wide"):  # last dim contiguous, rows wider than the data
+        pad, off = (8, 3) if layout == "row_stride" else (24, 5)  # two different strides for two inputs
+        wide = torch.zeros(*shape[:-1], shape[-1] + pad)
+        wide[..., off:off + shape[-1]] = t
+        out = wide[..., off:off + shape[-1]]
     elif layout == "transposed":  # last dim not contiguous: the host copies
         out = t.transpose(0, -1).contiguous().transpose(0, -1)
         assert not out.is_contiguous() or min(shape) == 1
@@ -103,10 +105,20 @@ RMS_SHAPES = [
 ]
 
 
-def check_rms_norm(shape, dtype, tol, residual, layout="contiguous", eps=1e-5):
+def gold_check(name, got, ref, gold):
+    """bf16 / fp16 only: per-row max error against the float64 gold (see conftest.assert_rows_near_gold)."""
+    if got.dtype in (torch.bfloat16, torch.float16):
+        w = got.shape[-1]
+        # rows of width < 8: the RMSNorm gradient there is nearly pure cancellation, which the saved bf16 y
+        # resolves about one ulp worse than the reference's recomputation (measured: 1.04x the bound at 2 ulp)
+        assert_rows_near_gold(name, got.reshape(-1, w), ref.reshape(-1, w), gold.reshape(-1, w),
+                              ulps=2.0 if w >= 8 else 4.0)
+
+
+def check_rms_norm(shape, dtype, tol, residual, layout="contiguous", eps=1e-5, layout_r=None, layout_g="contiguous"):
     x = make(shape, dtype, layout, seed=1)
-    r = make(shape, dtype, layout, scale=0.7, mean=-0.3, seed=2) if residual else None
-    g = make(shape, dtype, seed=3, mean=0.1)  # one shared upstream gradient
+    r = make(shape, dtype, layout_r or layout, scale=0.7, mean=-0.3, seed=2) if residual else None
+    g = make(shape, dtype, layout_g, seed=3, mean=0.1)  # one shared upstream gradient
     xa, xb = leaf(x), leaf(x)
     ra, rb = (leaf(r), leaf(r)) if residual else (None, None)
     out = rms.rms_norm_triton(xa, ra, eps)
@@ -117,6 +129,11 @@ def check_rms_norm(shape, dtype, tol, residual, layout="contiguous", eps=1e-5):
     gb = grads(ref, [xb] + ([rb] if residual else []), g)
     for name, a, b in zip(["dx", "dresidual"], ga, gb):
         assert_close(name, a, b, **tol)
+    if dtype != torch.float32:  # float64 gold from the same inputs: per-row max error, not only RMS
+        xd, rd = leaf(x.double()), (leaf(r.double()) if residual else None)
+        gold = rms.rms_norm_reference(xd, rd, eps)
+        gold_check("y vs float64", out, ref, gold)
+        gold_check("dx vs float64", ga[0], gb[0], grads(gold, xd, g.double())[0])
 
 
 @pytest.mark.parametrize("residual", [False, True], ids=["plain", "residual"])
@@ -169,9 +186,9 @@ SWIGLU_SHAPES = [
 ]
 
 
-def check_swiglu(shape, dtype, tol, layout="contiguous"):
+def check_swiglu(shape, dtype, tol, layout="contiguous", layout_g="contiguous"):
     x = make(shape, dtype, layout, seed=11)
-    g = make((*shape[:-1], shape[-1] // 2), dtype, seed=12, mean=-0.2)
+    g = make((*shape[:-1], shape[-1] // 2), dtype, layout_g, seed=12, mean=-0.2)
     a, b = leaf(x), leaf(x)
     out = swi.swiglu_triton(a)
     ref = swi.swiglu_reference(b)
@@ -181,6 +198,11 @@ def check_swiglu(shape, dtype, tol, layout="contiguous"):
     half = shape[-1] // 2  # gate and up gradients checked apart: one could hide the other
     assert_close("dgate", da[..., :half], db[..., :half], **tol)
     assert_close("dup", da[..., half:], db[..., half:], **tol)
+    if dtype != torch.float32:
+        xd = leaf(x.double())
+        gold = swi.swiglu_reference(xd)
+        gold_check("c vs float64", out, ref, gold)
+        gold_check("dgate_up vs float64", da, db, grads(gold, xd, g.double())[0])
 
 
 @pytest.mark.parametrize("dtype,tol", DTYPES)
@@ -230,6 +252,9 @@ def check_ce(shape, dtype, tol, kind, layout="contiguous", labels=None, logits=N
     da, db = grads(out, a, g)[0], grads(ref, b, g)[0]
     assert (da[ign] == 0).all(), "ignored rows must have zero gradient"
     assert_close("dlogits", da, db, **tol)
+    if dtype != torch.float32:
+        xd = leaf(x.double())
+        gold_check("dlogits vs float64", da, db, grads(gold_ce(xd, y, kind), xd, g.double())[0])
     return da
 
 
@@ -244,6 +269,23 @@ def test_cross_entropy(shape, dtype, tol, kind):
 @pytest.mark.parametrize("kind", ["stablemax", "softmax"])
 def test_cross_entropy_noncontiguous(layout, kind):
     check_ce((5, 7, 12), *BF16, kind, layout=layout)
+
+
+@pytest.mark.parametrize("dtype,tol", [pytest.param(*F32, id="fp32"), pytest.param(*BF16, id="bf16")])
+def test_rms_norm_inputs_with_own_strides(dtype, tol):
+    """x, residual and the upstream gradient each with its own row stride (80, 88, 104 elements): a kernel
+    that reads one input with another's stride fails here, where equal layouts would hide it."""
+    check_rms_norm((5, 9, 80), dtype, tol, residual=True, layout="contiguous", layout_r="row_stride",
+                   layout_g="row_stride_wide")
+    check_rms_norm((5, 9, 80), dtype, tol, residual=True, layout="row_stride_wide", layout_r="contiguous",
+                   layout_g="row_stride")
+
+
+@pytest.mark.parametrize("dtype,tol", [pytest.param(*F32, id="fp32"), pytest.param(*BF16, id="bf16")])
+def test_swiglu_upstream_grad_with_own_stride(dtype, tol):
+    """The upstream gradient dc as a row-strided view (stride 96 + 24) next to a contiguous gate_up."""
+    check_swiglu((5, 9, 2 * 48), dtype, tol, layout_g="row_stride_wide")
+    check_swiglu((5, 9, 2 * 48), dtype, tol, layout="row_stride", layout_g="contiguous")
 
 
 @pytest.mark.parametrize("label_dtype", [torch.int32, torch.uint8])
@@ -343,7 +385,7 @@ def test_cross_entropy_gpu(shape, kind):
 
 
 # ----------------------------------------------------------------------------------------------------
-# End to end: one TRM training step with kernels on and off (issue 4, Correctness; style.md habit 15)
+# End to end: one TRM training step with kernels on and off
 
 def trm_step(monkeypatch, dtype, loss_type, use_triton):
     """Loss and parameter gradients of one training step of a tiny TRM (same init, batch and seed)."""
@@ -370,18 +412,24 @@ def trm_step(monkeypatch, dtype, loss_type, use_triton):
 @pytest.mark.parametrize("loss_type", ["stablemax", "softmax"])
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_trm_step_kernels_on_vs_off(monkeypatch, dtype, loss_type):
-    """Kernels on vs off, same seed and batch. Only this file's three ops switch to Triton (the
-    dispatcher is told every tensor is fit for it); attention stays on its reference, as
-    tests/test_attention.py covers it.
+    """Kernels on vs off, same seed and batch: every op of the model (RMSNorm, SwiGLU, cross-entropy and
+    attention with RoPE) runs its Triton path (the dispatcher is told every tensor is fit for it), against
+    a run with every op on its reference.
     fp32: loss and every parameter gradient within relative RMS 1e-4 of the references.
     bf16: the bf16 reference run is itself 1-4% (relative RMS) away from the fp32 run in its
-    gradients (measured), so kernels-on is held to being no further from the fp32 run than 1.5x the
+    gradients (measured), so kernels-on is held to being no further from the fp32 run than 2x the
     bf16 reference's own error plus 0.5% (measured under the interpreter, whose fp32 -> bf16
-    rounding is toward zero: at most 1.42x), and the two bf16 losses to 0.2% of each other."""
+    rounding is toward zero: at most 1.66x with the Triton attention, 1.42x without), and the two
+    bf16 losses to 0.2% of each other. The fp32 cases are the sharp check."""
     attn = importlib.import_module("kernels.attention")
-    monkeypatch.setattr(attn, "attention_triton", attn.attention_reference)
+    called = []
+    real = attn.attention_triton
+    monkeypatch.setattr(attn, "attention_triton", lambda *a: called.append(1) or real(*a))
     loss_on, g_on = trm_step(monkeypatch, dtype, loss_type, True)
+    assert called, "the Triton attention never ran inside the model"
+    n_on = len(called)
     loss_off, g_off = trm_step(monkeypatch, dtype, loss_type, False)
+    assert len(called) == n_on, "the all-reference run called the Triton attention"
     assert g_on.keys() == g_off.keys() and len(g_on) > 0
     if dtype == "float32":
         assert_close("loss", loss_on, loss_off, rel_rms=1e-5)
@@ -392,7 +440,7 @@ def test_trm_step_kernels_on_vs_off(monkeypatch, dtype, loss_type):
     _, g_gold = trm_step(monkeypatch, "float32", loss_type, False)
     for n in g_on:
         ref_err = ((g_off[n] - g_gold[n]).norm() / g_gold[n].norm().clamp_min(1e-12)).item()
-        assert_close(f"grad {n} (kernels on vs fp32 run)", g_on[n], g_gold[n], rel_rms=1.5 * ref_err + 5e-3)
+        assert_close(f"grad {n} (kernels on vs fp32 run)", g_on[n], g_gold[n], rel_rms=2.0 * ref_err + 5e-3)
 
 
 # ----------------------------------------------------------------------------------------------------
