@@ -67,20 +67,23 @@ def assert_close(name, got, want, atol=None, rtol=None, rel_rms=None):
 
 
 def make(shape, dtype, layout="contiguous", scale=1.0, mean=0.5, seed=0):
-    """Random non-zero-mean tensor of `shape` in one of three layouts (same values in all three)."""
+    """Random non-zero-mean tensor of `shape` in one of four layouts (same values in all of them). The
+    layout is built in the target dtype: `.to(dtype)` of a strided view would return a contiguous copy."""
     g = torch.Generator().manual_seed(seed)
-    t = torch.randn(shape, generator=g) * scale + mean
+    t = (torch.randn(shape, generator=g) * scale + mean).to(DEVICE, dtype)
     if layout == "contiguous":
-        out = t.clone()
-    elif layout in ("row_stride", "row_stride_wide"):  # last dim contiguous, rows wider than the data
+        return t
+    if layout in ("row_stride", "row_stride_wide"):  # last dim contiguous, rows wider than the data
         pad, off = (8, 3) if layout == "row_stride" else (24, 5)  # two different strides for two inputs
-        wide = torch.zeros(*shape[:-1], shape[-1] + pad)
+        wide = torch.zeros(*shape[:-1], shape[-1] + pad, device=DEVICE, dtype=dtype)
         wide[..., off:off + shape[-1]] = t
         out = wide[..., off:off + shape[-1]]
-    elif layout == "transposed":  # last dim not contiguous: the host copies
-        out = t.transpose(0, -1).contiguous().transpose(0, -1)
-        assert not out.is_contiguous() or min(shape) == 1
-    return out.to(DEVICE, dtype)
+        assert out.stride(-2) == shape[-1] + pad
+        return out
+    assert layout == "transposed"  # last dim not contiguous: the host copies
+    out = t.transpose(0, -1).contiguous().transpose(0, -1)
+    assert not out.is_contiguous() or min(shape) == 1
+    return out
 
 
 def grads(out, inputs, g):
