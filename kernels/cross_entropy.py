@@ -167,23 +167,40 @@ def cross_entropy_bwd(g, x, y, stablemax, ignore_index):
 
 
 # ----------------------------------------------------------------------------------------------------
-# Autograd
+# Custom ops (the autograd.Function of this file: forward, backward, and shape-only fakes for torch.compile)
 
-class CrossEntropyFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, logits, labels, stablemax, ignore_index):
-        x = _2d(logits)
-        y = labels.reshape(-1).contiguous()
-        loss = cross_entropy_fwd(x, y, stablemax, ignore_index)
-        ctx.save_for_backward(x, y)
-        ctx.args = (stablemax, ignore_index, logits.shape)
-        return loss.view(labels.shape)
+@torch.library.custom_op("nanotrm::cross_entropy_fwd", mutates_args=())
+def _ce_fwd_op(x: torch.Tensor, y: torch.Tensor, stablemax: bool, ignore_index: int) -> torch.Tensor:
+    return cross_entropy_fwd(x, y, stablemax, ignore_index)
 
-    @staticmethod
-    def backward(ctx, g):
-        x, y = ctx.saved_tensors
-        stablemax, ignore_index, shape = ctx.args
-        return cross_entropy_bwd(g, x, y, stablemax, ignore_index).view(shape), None, None, None
+
+@_ce_fwd_op.register_fake
+def _(x, y, stablemax, ignore_index):
+    return x.new_empty(x.shape[0], dtype=torch.float32)
+
+
+@torch.library.custom_op("nanotrm::cross_entropy_bwd", mutates_args=())
+def _ce_bwd_op(g: torch.Tensor, x: torch.Tensor, y: torch.Tensor, stablemax: bool, ignore_index: int) -> torch.Tensor:
+    return cross_entropy_bwd(g, x, y, stablemax, ignore_index)
+
+
+@_ce_bwd_op.register_fake
+def _(g, x, y, stablemax, ignore_index):
+    return x.new_empty(x.shape)
+
+
+def _setup_context(ctx, inputs, output):
+    x, y, stablemax, ignore_index = inputs
+    ctx.save_for_backward(x, y)  # nothing else: the row is re-read and S recomputed (V is small)
+    ctx.args = (stablemax, ignore_index)
+
+
+def _backward(ctx, g):
+    x, y = ctx.saved_tensors
+    return _ce_bwd_op(g, x, y, *ctx.args), None, None, None
+
+
+_ce_fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def cross_entropy_triton(logits, labels, kind="stablemax", ignore_index=-100):
@@ -193,4 +210,5 @@ def cross_entropy_triton(logits, labels, kind="stablemax", ignore_index=-100):
         f"cross_entropy: labels {tuple(labels.shape)} vs logits {tuple(logits.shape)}"
     if logits.numel() == 0 or logits.shape[-1] > MAX_V or logits.dtype == torch.float64:
         return cross_entropy_reference(logits, labels, kind, ignore_index)
-    return CrossEntropyFunction.apply(logits, labels, kind == "stablemax", int(ignore_index))
+    loss = _ce_fwd_op(_2d(logits), labels.reshape(-1).contiguous(), kind == "stablemax", int(ignore_index))
+    return loss.view(labels.shape)

@@ -21,6 +21,8 @@ arithmetic is silently NaN; kernels.md §5), eps is cast to float32 in the kerne
 The residual sum is rounded to the input dtype before the statistics, exactly as the reference.
 A residual with another shape or dtype (broadcasting, promotion) goes to the reference instead.
 """
+from typing import Optional
+
 import torch
 import triton
 import triton.language as tl
@@ -100,13 +102,13 @@ def _rows(t, N):
     return t2 if t2.stride(-1) == 1 else t2.contiguous()
 
 
-def rms_norm_fwd(x, residual, eps):
-    N = x.shape[-1]
-    x2 = _rows(x, N)
-    r2 = _rows(residual, N) if residual is not None else x2
-    M = x2.shape[0]
-    y = torch.empty((M, N), dtype=x.dtype, device=x.device)
-    rstd = torch.empty(M, dtype=torch.float32, device=x.device)
+def rms_norm_fwd(x2, r2, eps):
+    """x2, r2 [M, N] with unit last strides (r2 may be None) -> y [M, N], rstd [M] float32."""
+    residual = r2
+    r2 = x2 if r2 is None else r2
+    M, N = x2.shape
+    y = torch.empty((M, N), dtype=x2.dtype, device=x2.device)
+    rstd = torch.empty(M, dtype=torch.float32, device=x2.device)
     BLOCK_M, BLOCK_N, num_warps = _settings(N)
     _rms_fwd[((M + BLOCK_M - 1) // BLOCK_M,)](
         x2, r2, y, rstd, M, N, x2.stride(0), r2.stride(0), y.stride(0), eps,
@@ -126,26 +128,48 @@ def rms_norm_bwd(dy, y, rstd):
 
 
 # ----------------------------------------------------------------------------------------------------
-# Autograd
+# Custom ops (the autograd.Function of this file: forward, backward, and shape-only fakes for torch.compile)
 
-class RMSNormFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, residual, eps):
-        y, rstd = rms_norm_fwd(x, residual, eps)
-        ctx.save_for_backward(y, rstd)  # y is the output itself: no extra memory
-        ctx.has_res = residual is not None
-        return y.view(x.shape)
+@torch.library.custom_op("nanotrm::rms_norm_fwd", mutates_args=())
+def _rms_norm_fwd_op(x: torch.Tensor, residual: Optional[torch.Tensor], eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    return rms_norm_fwd(x, residual, eps)
 
-    @staticmethod
-    def backward(ctx, dy):
-        y, rstd = ctx.saved_tensors
-        dx = rms_norm_bwd(dy, y, rstd).view(dy.shape)
-        dres = dx if ctx.has_res and ctx.needs_input_grad[1] else None
-        return (dx if ctx.needs_input_grad[0] else None), dres, None
+
+@_rms_norm_fwd_op.register_fake
+def _(x, residual, eps):
+    M, N = x.shape
+    return x.new_empty(M, N), x.new_empty(M, dtype=torch.float32)
+
+
+@torch.library.custom_op("nanotrm::rms_norm_bwd", mutates_args=())
+def _rms_norm_bwd_op(dy: torch.Tensor, y: torch.Tensor, rstd: torch.Tensor) -> torch.Tensor:
+    return rms_norm_bwd(dy, y, rstd)
+
+
+@_rms_norm_bwd_op.register_fake
+def _(dy, y, rstd):
+    return torch.empty_like(y)
+
+
+def _setup_context(ctx, inputs, output):
+    y, rstd = output
+    ctx.save_for_backward(y, rstd)  # y is the output itself: no extra memory
+    ctx.has_res = inputs[1] is not None
+
+
+def _backward(ctx, dy, drstd):
+    y, rstd = ctx.saved_tensors
+    dx = _rms_norm_bwd_op(dy, y, rstd)
+    return dx, (dx if ctx.has_res else None), None  # d(x + residual) reaches both
+
+
+_rms_norm_fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def rms_norm_triton(x, residual=None, eps=1e-5):
     """rms(x + residual) in one fused pass; same function as rms_norm_reference."""
     if x.numel() == 0 or (residual is not None and (residual.shape != x.shape or residual.dtype != x.dtype)):
         return rms_norm_reference(x, residual, eps)
-    return RMSNormFunction.apply(x, residual, float(eps))
+    N = x.shape[-1]
+    y, _ = _rms_norm_fwd_op(_rows(x, N), _rows(residual, N) if residual is not None else None, float(eps))
+    return y.view(x.shape)

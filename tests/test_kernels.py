@@ -501,3 +501,60 @@ def test_cross_entropy_uint8_labels_above_127(kind):
     for name, fn in (("dispatcher", kernels.cross_entropy), ("reference", ce.cross_entropy_reference),
                      ("triton", ce.cross_entropy_triton)):
         assert_close(f"{name} vs float64", fn(x, y, kind), gold, atol=1e-5, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------------
+# torch.compile: the ops are torch.library custom ops with fake implementations, so a compiled training
+# step traces through them (forward and backward) in one graph. Shown on CPU with AOTAutograd and no
+# code generation (the Triton ops run through the interpreter at run time).
+
+def test_compiled_block_step_has_no_graph_break(monkeypatch):
+    trm = pytest.importorskip("trm")
+    from functorch.compile import make_boxed_func
+    from torch._dynamo.backends.common import aot_autograd
+    monkeypatch.setattr(kernels, "_triton_ok", lambda x: True)
+    cfg = trm.Config(hidden_size=64, num_heads=2, vocab_size=12, seq_len=10)
+    torch.manual_seed(0)
+    block = trm.Block(cfg, 10).to(DEVICE)
+    head = torch.nn.Linear(64, 12, device=DEVICE)
+    cos, sin = trm.rope_tables(32, 10, 10000.0)
+    h = torch.randn(3, 10, 64, device=DEVICE)
+    labels = make_labels((3, 10), 12)
+
+    def step(h, labels):
+        return kernels.cross_entropy(head(block(h, cos.to(DEVICE), sin.to(DEVICE))), labels, "stablemax").sum()
+
+    seen = []
+
+    def record(gm, example_inputs):
+        seen.extend(str(n.target) for n in gm.graph.nodes if "nanotrm" in str(n.target))
+        return make_boxed_func(gm.forward)
+
+    torch._dynamo.reset()
+    compiled = torch.compile(step, backend=aot_autograd(fw_compiler=record, bw_compiler=record), fullgraph=True)
+    loss_c = compiled(h, labels)
+    grads_c = torch.autograd.grad(loss_c, list(block.parameters()))
+    loss_e = step(h, labels)
+    grads_e = torch.autograd.grad(loss_e, list(block.parameters()))
+    torch._dynamo.reset()
+    for op in ("attention", "rms_norm", "swiglu", "cross_entropy"):
+        for part in ("fwd", "bwd"):
+            assert f"nanotrm.{op}_{part}.default" in seen, f"{op}_{part} not in the compiled graphs: {sorted(set(seen))}"
+    assert_close("loss", loss_c.reshape(1), loss_e.reshape(1), atol=1e-5, rtol=1e-5)
+    for a, b in zip(grads_c, grads_e):
+        assert_close("grad", a, b, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("op,make_args", [
+    ("rms_norm_fwd", lambda: (make((7, 40), torch.float32, seed=1).requires_grad_(),
+                              make((7, 40), torch.float32, seed=2).requires_grad_(), 1e-5)),
+    ("swiglu_fwd", lambda: (make((7, 2 * 24), torch.float32, seed=3).requires_grad_(),)),
+    ("cross_entropy_fwd", lambda: (make((9, 12), torch.float32, seed=4).requires_grad_(),
+                                   make_labels((9,), 12), True, -100)),
+    ("attention_fwd", lambda: (make((2, 5, 3 * 2 * 16), torch.float32, seed=5).requires_grad_(), 2,
+                               make((5, 16), torch.float32, seed=6), make((5, 16), torch.float32, seed=7))),
+])
+def test_custom_op_registration(op, make_args):
+    """torch.library.opcheck: schema, fake (shape) implementation and autograd registration agree with the op."""
+    torch.library.opcheck(getattr(torch.ops.nanotrm, op).default, make_args(),
+                          test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
