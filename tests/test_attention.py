@@ -104,7 +104,9 @@ def run_case(N, L, H, D, dtype, rope, out_tol, grad_tol, strided=False, seed=0, 
     for i, part in enumerate("qkv"):  # per third: dq is small next to dv, a shared norm would hide it
         sl = slice(i * H * D, (i + 1) * H * D)
         assert_close(f"d{part}", a.grad[..., sl], b.grad[..., sl], **grad_tol)
-    if dtype == torch.bfloat16:  # float64 gold from the same bf16 inputs: max error per (head, 32-row tile)
+    # float64 gold from the same bf16 inputs: max error per (head, 32-row tile). Not at the PRR / ARC shapes,
+    # where a float64 SDPA would need tens of GB for its N x H x L x L scores.
+    if dtype == torch.bfloat16 and N * H * L * L <= 2 ** 25:
         c = qkv.detach().double().requires_grad_()
         gold = attn.attention_reference(c, H, cos, sin)
         gold.backward(g.double())
