@@ -1,4 +1,4 @@
-"""Per-token stablemax / softmax cross-entropy with ignore_index (TRM spec §5; kernels.md §6).
+"""Per-token stablemax / softmax cross-entropy with ignore_index (the TRM / HRM training loss).
 
     cross_entropy_reference(logits, labels, kind="stablemax", ignore_index=-100)   pure PyTorch
     cross_entropy_triton(logits, labels, kind="stablemax", ignore_index=-100)      one Triton pass each way
@@ -14,7 +14,7 @@ The bracket matters: m + log Z - x_y loses |m| x 2^-24 to cancellation (1e-3 nat
 
 The TRM reference computes the loss in float64 (an fp64 copy of the logits and a chain of fp64
 element-wise kernels); here it is float32 inside one kernel (fp32 and fp64 agree to ~1e-7,
-kernels.md §6), and no log-probability tensor is ever written. The whole vocabulary is one block
+measured), and no log-probability tensor is ever written. The whole vocabulary is one block
 (V is 6-12 for our tasks; up to MAX_V is supported), and each program takes BLOCK_M rows, because
 one 12-wide row per program would be all launch overhead.
 
@@ -41,7 +41,7 @@ MAX_V = 16384  # one block over the vocabulary; beyond this a looped kernel woul
 def _log_stablemax(x):
     # s(x) = x + 1 for x >= 0, 1 / (1 - x) for x < 0. Branch-safe: each branch sees only inputs in its
     # own domain, so neither produces inf/NaN gradients that `where` would then multiply by zero
-    # (the original's 1/(1-x+1e-30) gives NaN gradients at x == 1.0 in fp32/bf16; kernels.md §6).
+    # (the original's 1/(1-x+1e-30) gives NaN gradients at x == 1.0 in fp32/bf16: its unused branch overflows).
     pos = x >= 0
     s = torch.where(pos, x.clamp(min=0) + 1, 1 / (1 - x.clamp(max=0)))
     return torch.log(s) - torch.log(s.sum(-1, keepdim=True))
@@ -129,9 +129,9 @@ def _ce_bwd(X, Y, G, DX, M, V, stride_x, stride_dx, ignore_index,
 def _settings(V):
     """(BLOCK_M, BLOCK_V, num_warps) from the vocabulary only (the row count may be symbolic under
     torch.compile). About 8K logits per program on the GPU: at V = 12 (padded to 16) that is 512
-    rows, inside kernels.md §2's 128-1024, and ARC's 175,872 tokens make 344 programs, a couple of
+    rows (128-1024 rows per program is the usual range for tiny vocabularies), and ARC's 175,872 tokens make 344 programs, a couple of
     waves on 132 SMs; a vocabulary of a few thousand gets 1-2 rows per program. Not yet tuned on
-    the H100. Under the interpreter, cost is per program (kernels.md §5), so tiles are up to 4x
+    the H100. Under the interpreter, cost is per program (not per byte), so tiles are up to 4x
     larger there (at most 1024 rows)."""
     BLOCK_V = max(16, 1 << (V - 1).bit_length())
     budget = 32768 if INTERPRET else 8192

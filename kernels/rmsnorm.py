@@ -1,11 +1,11 @@
-"""Fused RMSNorm without weight, and the post-norm form rms(x + residual) (TRM spec §1).
+"""Fused RMSNorm without weight, and the post-norm form rms(x + residual) (TRM's post-norm block).
 
     rms_norm_reference(x, residual=None, eps=1e-5)   pure PyTorch, the definition
     rms_norm_triton(x, residual=None, eps=1e-5)      the same function in one Triton pass each way
 
 y = s * rstd with s = x + residual (rounded to x.dtype, as the reference does) and
 rstd = rsqrt(mean(s^2) + eps) in float32. TRM's norm has no weight, so there is no dW reduction and
-both passes are purely row-parallel (kernels.md §2: don't copy Liger's persistent-grid backward).
+both passes are purely row-parallel (no persistent-grid dW reduction as in Liger-Kernel's RMSNorm).
 
 Forward (`_rms_fwd`): reads x (and residual) once, writes y once, plus rstd [M] float32 (4 bytes a
 row, 0.4% of the traffic at hidden 512 bf16). Backward (`_rms_bwd`): with y = s * rstd,
@@ -17,7 +17,7 @@ Saving y rather than s costs nothing (y is written anyway) where saving s would 
 the price is that y is rounded to bf16, which moves ds by about one bf16 ulp (inside test tolerance).
 
 Numerics: every load is upcast to float32 right away (needed under TRITON_INTERPRET=1, where bf16
-arithmetic is silently NaN; kernels.md §5), eps is cast to float32 in the kernel (kernels.md §4.2).
+arithmetic is silently NaN), eps is cast to float32 in the kernel (an fp64 scalar would promote the chain).
 The residual sum is rounded to the input dtype before the statistics, exactly as the reference.
 A residual with another shape or dtype (broadcasting, promotion) goes to the reference instead.
 """
@@ -48,7 +48,7 @@ def rms_norm_reference(x, residual=None, eps=1e-5):
 @triton.jit
 def _rms_fwd(X, R, Y, RSTD, M, N, stride_x, stride_r, stride_y, eps,
              HAS_RES: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    pid = tl.program_id(0).to(tl.int64)  # int64 before the stride multiply (kernels.md §4.6)
+    pid = tl.program_id(0).to(tl.int64)  # int64 before the stride multiply (int32 overflows past 2^31 elements)
     rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.arange(0, BLOCK_N)
     mask = (rows[:, None] < M) & (cols[None, :] < N)
@@ -85,10 +85,10 @@ def _rms_bwd(DY, Y, RSTD, DX, M, N, stride_dy, stride_y, stride_dx,
 def _settings(N):
     """(BLOCK_M, BLOCK_N, num_warps) from the row width only (the row count may be a symbolic size
     under torch.compile, so no heuristic depends on it). Whole rows per tile; about 8K elements per
-    program on the GPU: a 512-wide bf16 row is only 1 KB, so one row per program leaves 4 warps with 8-byte loads
-    (kernels.md §2, §4.9); 16 rows x 512 gives 16-byte vectors and 16 KB in flight per program.
-    Not yet tuned on the H100 (no GPU in the session that wrote this). Under the interpreter the
-    cost is per program, not per byte (kernels.md §5), so tiles are 4x larger there."""
+    program on the GPU: a 512-wide bf16 row is only 1 KB, so one row per program (Liger-style, made for
+    wide LLM rows) leaves 4 warps with 8-byte loads; 16 rows x 512 gives 16-byte vectors and 16 KB in
+    flight per program. Not yet tuned on the H100 (no GPU in the session that wrote this). Under the interpreter the
+    cost is per program, not per byte, so tiles are 4x larger there."""
     BLOCK_N = 1 << (N - 1).bit_length()  # next power of two
     budget = 32768 if INTERPRET else 8192
     BLOCK_M = max(1, min(budget // BLOCK_N, 64))

@@ -1,4 +1,4 @@
-"""SwiGLU gate from the packed gate_up projection: silu(gate) * up (TRM spec §1).
+"""SwiGLU gate from the packed gate_up projection: silu(gate) * up (TRM's MLP).
 
     swiglu_reference(gate_up)   pure PyTorch, the definition: chunk, silu, multiply
     swiglu_triton(gate_up)      the same function, one Triton pass forward and one backward
@@ -14,7 +14,7 @@ d(gate_up) [..., 2I] buffer (no cat):
     dg = dc * u * sig(g) * (1 + g * (1 - sig(g))),    du = dc * silu(g)
 Only gate_up is saved for the backward (it is the matmul's output and is alive anyway).
 
-Numerics: loads upcast to float32 right away (the interpreter needs it; kernels.md §5), sigmoid in
+Numerics: loads upcast to float32 right away (the interpreter needs it: bf16 arithmetic there is silently NaN), sigmoid in
 float32, one rounding to the output dtype. The reference rounds twice in bf16 (silu, then the
 product), so bf16 results differ from it by about one ulp.
 """
@@ -78,10 +78,10 @@ def _swiglu_bwd(DC, GU, DGU, M, I, stride_dc, stride_gu, stride_dgu,
 def _settings(I):
     """(BLOCK_M, BLOCK_N, num_warps) from the inner width only (the row count may be symbolic under
     torch.compile). Column tiles of at most 1024 that divide I where possible:
-    I = 1536 at ARC, and one 2048 tile would leave 25% of the lanes idle, so it gets three 512 tiles
-    (kernels.md §2). About 4K elements of output per program on the GPU (the forward moves 3x that,
+    I = 1536 at ARC, and one 2048 tile would leave 25% of the lanes idle, so it gets three 512 tiles.
+    About 4K elements of output per program on the GPU (the forward moves 3x that,
     the backward 5x); not yet tuned on the H100. Under the interpreter, cost is per program
-    (kernels.md §5), so tiles are 8x larger there."""
+    (not per byte), so tiles are 8x larger there."""
     BLOCK_N = min(1 << (I - 1).bit_length(), 1024)
     for b in (1024, 512, 256):
         if I % b == 0 and b <= BLOCK_N:

@@ -13,7 +13,7 @@ wide row, and non-contiguous inputs (a row stride wider than the row, and a tran
 be copied). Tolerances are written in each parametrize tuple: fp32 elementwise atol/rtol; bf16 and
 fp16 relative RMS error ||a - b|| / ||b||, since the kernels round once where the reference rounds
 two or three times (bf16 ulp is 2^-8 = 0.4%; the interpreter also rounds fp32 -> bf16 toward zero
-where the GPU rounds to nearest-even, kernels.md / attention tests). Measured under the interpreter:
+where the GPU rounds to nearest-even; see tests/test_attention.py). Measured under the interpreter:
 bf16 about 0.4% (0.7% for the RMSNorm gradient at width 3), fp16 about 0.035%, fp32 below 2e-7;
 an indexing or masking bug shows up as 10% or more.
 It also checks: stablemax at logits exactly 1.0 and 0 (no NaN gradients, where the original fp32
@@ -171,7 +171,7 @@ def test_rms_norm_shared_ancestor():
 def test_rms_norm_rounds_residual_sum_like_reference(dtype):
     """rms(x + r) must equal rms of the input-dtype sum bit for bit: the kernel rounds the sum to the
     input dtype before the statistics, as the reference does. GPU only: the interpreter rounds
-    fp32 -> bf16 toward zero where torch's `x + r` rounds to nearest-even (kernels.md §5)."""
+    fp32 -> bf16 toward zero where torch's `x + r` rounds to nearest-even (probed)."""
     x = make((64, 512), dtype, seed=51, scale=30.0)  # large values: many sums are inexact in bf16/fp16
     r = make((64, 512), dtype, seed=52)
     assert torch.equal(rms.rms_norm_triton(x, r), rms.rms_norm_triton(x + r))
@@ -300,7 +300,7 @@ def test_cross_entropy_label_dtypes(label_dtype):
 @pytest.mark.parametrize("dtype,tol", [pytest.param(*F32, id="fp32"), pytest.param(*BF16, id="bf16")])
 def test_stablemax_at_one_and_zero(dtype, tol):
     """Logits exactly 1.0 and 0 (and -1, ties) must give finite gradients. The original
-    where(x < 0, 1/(1 - x + 1e-30), x + 1) gives NaN at 1.0 in fp32/bf16 (kernels.md §6)."""
+    where(x < 0, 1/(1 - x + 1e-30), x + 1) gives NaN at 1.0 in fp32/bf16 (its unused branch overflows)."""
     V = 12
     x = (torch.randn(8, 16, V, generator=torch.Generator().manual_seed(31)) * 2).to(dtype)
     x[0] = 1.0
