@@ -44,9 +44,11 @@ def rope_tables(L, D, theta=10000.0):
 
 
 def random_tables(L, D, seed=7):
-    """Arbitrary cos, sin [L, D] whose two halves differ (the kernels may not assume concat(freqs, freqs))."""
+    """Arbitrary cos, sin [L, D] in [-1, 1] whose two halves differ (the kernels may not assume
+    concat(freqs, freqs), nor cos^2 + sin^2 = 1). Bounded like real tables, so scores stay in a range
+    where the fp32 tolerances still mean something."""
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(L, D, generator=g).to(DEVICE), torch.randn(L, D, generator=g).to(DEVICE)
+    return tuple((torch.rand(L, D, generator=g) * 2 - 1).to(DEVICE) for _ in range(2))
 
 
 def tiles(x, N, L, H, D, T=32):
