@@ -1,23 +1,27 @@
 """kernels/attention.py: the Triton flash-attention path against the pure-PyTorch reference.
 
-Run: `python3 -m pytest tests/test_attention.py -q` (about 25 s of CPU time on 2 cores, 20-90 s wall; conftest.py sets
-TRITON_INTERPRET=1 when there is no CUDA, so the kernels run in Triton's interpreter). On a GPU machine
-the same command runs the kernels compiled, plus the GPU-only cases (L = 900, 916, the ARC/PRR shapes,
-head dim 128).
+Run: `python3 -m pytest tests/test_attention.py -q` (about 13 s of CPU time, 20-30 s wall on 2 busy cores;
+conftest.py sets TRITON_INTERPRET=1 when there is no CUDA, so the kernels run in Triton's interpreter). On a
+GPU machine the same command runs the kernels compiled, plus the GPU-only cases (L = 900, 916, the
+ARC/PRR/Sudoku shapes, head dims 32/64/128).
 
 What it compares: `attention_triton` against `attention_reference` (RoPE in fp32 rounded to the input
 dtype, then torch SDPA) on the same random, non-zero-mean packed qkv [N, L, 3*H*D]: the forward
 output, and the gradient dqkv from one shared random upstream gradient, checked per q/k/v third.
-fp32: elementwise atol/rtol. bf16: relative RMS error ||a-b||/||b||, since both sides round P, the
-output and the RoPE'd q/k to bf16 at slightly different points. Worst measured over these cases
-(interpreter, bf16): forward 0.72%, dq 1.9%, dk 1.7%, dv 1.5% (tolerances 1.5% / 3%); fp32: at most 0.17
-of the atol + rtol*|ref| budget. Against a float64 gold the bf16 reference itself is at 0.2% / 0.45%, the
-kernel at about 3x that under the interpreter because the interpreter rounds fp32 -> bf16 toward zero
-(probed), where the GPU rounds to nearest-even; hence the tighter GPU tolerances (1% / 2%). The bf16
-checks are coarse: dropping the key mask moves the L = 81 outputs by only 2-6% rel RMS (caught, barely);
-the fp32 cases are the sharp check (the same bug is 1000x their tolerance).
-Lengths 1, 7, 81 and 200 are not multiples of the blocks (the interpreter config is 64 x 32), so the
-row and column masks are exercised; 81 and 200 also exercise the online-softmax rescaling across key blocks.
+fp32: elementwise atol/rtol (worst measured under the interpreter: 0.19 of the atol + rtol*|ref| budget).
+bf16: relative RMS error ||a-b||/||b|| (worst measured: forward 0.72%, dq 1.9%, dk 1.7%, dv 1.5%;
+tolerances 1.5% / 3%), and beside it a float64 gold computed from the same bf16 inputs, with the
+maximum error of every (sequence, head, 32-row tile) held to 4x the bf16 reference's own error on that
+tile plus 2 ulp: a bug confined to one tile fails there even when the whole-tensor RMS
+hides it. Measured under the interpreter, the kernel's per-tile max error is up to 6x the reference's
+(before the ulp floor): the interpreter rounds fp32 -> bf16 toward zero (probed), the GPU to nearest-even.
+The fp32 cases are the sharp check.
+Inputs chosen so that indexing bugs show: RoPE tables with arbitrary values whose two halves differ
+(head dim 32 cases and the strided test), and an upstream gradient with its own token stride, unlike
+the output's. Lengths 1, 7, 81 and 200 are not multiples of the blocks (the interpreter config is
+64 x 32), so the row and column masks are exercised; 81 and 200 also exercise the online-softmax
+rescaling across key blocks and several dQ atomic adds per tile. The grid test checks every launch
+against CUDA's grid limits, which the interpreter does not enforce.
 """
 import importlib
 import math
@@ -123,7 +127,7 @@ def run_case(N, L, H, D, dtype, rope, out_tol, grad_tol, strided=False, seed=0, 
 
 FP32 = dict(atol=1e-5, rtol=1e-4) if not CUDA else dict(atol=5e-5, rtol=5e-4)  # GPU: ex2.approx, sums over 916
 BF16 = dict(rel_rms=1.5e-2) if not CUDA else dict(rel_rms=1e-2)  # forward output
-GOLD_SLACK = 4.0 if not CUDA else 3.0  # see the docstring
+GOLD_SLACK = 4.0  # see the docstring; not yet measured on a GPU, where rounding is to nearest-even
 BF16_GRAD = dict(rel_rms=3e-2) if not CUDA else dict(rel_rms=2e-2)  # dq, dk, dv (one more bf16 rounding: dS)
 
 
