@@ -310,7 +310,8 @@ def _attn_bwd(QK, V, DO, LSE, DELTA, DQ, DQKV, COS, SIN, sm_scale, L, H,
             dsT = dsT.to(tl.float32)
         dk = tl.dot(dsT, q, dk, input_precision=PRECISION)  # (4) dK += dS^T Q
         dq = tl.dot(tl.trans(dsT), k, input_precision=PRECISION)  # (5) dQ += dS K, summed over key blocks
-        tl.atomic_add(dq_base + offs_m[:, None] * stride_dq_l + offs_d[None, :], dq, mask=mask_m[:, None])
+        tl.atomic_add(dq_base + offs_m[:, None] * stride_dq_l + offs_d[None, :], dq, mask=mask_m[:, None],
+                      sem="relaxed")  # only the sum matters: no ordering (acq_rel, the default, adds fences)
 
     _store_rope_bwd(DQKV + n * stride_dqkv_n + (H + h) * HEAD_DIM, dk * sm_scale, offs_n * stride_dqkv_l, offs_n,
                     mask_n, COS, SIN, stride_cs, BLOCK_N, HEAD_DIM, ROPE)
