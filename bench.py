@@ -1,35 +1,34 @@
-"""bench.py: time the kernels against eager PyTorch and torch.compile, at the real ARC shapes.
+"""bench.py: time the kernels against eager PyTorch and torch.compile, and a TRM training step, at the real ARC shapes.
 
+    python bench.py --check               # FIRST THING ON A NEW GPU MACHINE: GPU tests, kernel benchmarks and the
+                                          # TRM step (kernels on/off, eager/compiled) in <= 8 minutes; one table,
+                                          # appended to BENCHMARKS.md (date, device, versions, commit, command)
     python bench.py                       # every registered benchmark
     python bench.py rms_norm swiglu       # some of them (names: python bench.py --list)
-    python bench.py --record              # also append the table to BENCHMARKS.md (date, device, commit, command)
+    python bench.py --record              # also append the table to BENCHMARKS.md
     python bench.py --tokens 4096         # another token count (default: ARC's 192 x 916 = 175,872 on CUDA)
 
-Style of the Triton tutorials (style.md habit 17): `triton.testing.do_bench` (it flushes the 50 MB L2
-between calls) with quantiles [0.5, 0.2, 0.8]; every result carries an explicit byte (or FLOP) count
-written next to the benchmark, from which GB/s (TFLOP/s) and the fraction of the device's copy
-bandwidth, measured in the same run, are derived. The byte counts are the *minimum* traffic of the op
-(each input read once, each output written once), the same for every provider, so GB/s is "effective
-bandwidth": a provider that makes extra passes shows up as a lower number, not a larger count.
-Columns: median ms (20th-80th percentile), GB/s, % of copy bandwidth, ms at 85% of copy bandwidth
-(the issue's target), and speedup over torch.compile.
+Triton-tutorial style: `triton.testing.do_bench` (it flushes the 50 MB L2 between calls) with quantiles
+[0.5, 0.2, 0.8]; every result carries an explicit byte (or FLOP) count written next to the benchmark,
+from which GB/s (TFLOP/s) and the fraction of the device's copy bandwidth, measured in the same run,
+are derived. Byte counts are the *minimum* traffic of the op (each input read once, each output
+written once), the same for every provider, so a provider that makes extra passes shows a lower GB/s.
+Columns: median ms (20th-80th percentile), GB/s or TFLOP/s, % of copy bandwidth, ms at 85% of copy
+bandwidth, speedup over the anchor (`compile`: torch.compile of the reference; for the TRM step
+`torch+compile`: the reference ops under torch.compile, our in-house anchor), and the target.
 
 Providers: `triton` (the kernels' `*_triton` function), `eager` (the pure-PyTorch reference) and
-`compile` (torch.compile(reference, dynamic=False), warmed up; kernels.md §2 and §4.10). Forward is
-timed on inputs without grad; forward+backward with `torch.autograd.grad` on leaf inputs, so no
-`.grad` accumulation is timed.
+`compile` (torch.compile(reference, dynamic=False), warmed up). Forward is timed on inputs without grad;
+forward+backward with `torch.autograd.grad` on leaf inputs, so no `.grad` accumulation is timed.
+Adding a benchmark: `@register("x", "description")` on `def bench_x(ctx) -> list[Row]`.
 
-Adding a benchmark (attention, a TRM step, ...): write `def bench_x(ctx): ... return rows` and
-decorate it with `@register("x", "one-line description")`. `ctx` gives the device, dtype, token count,
-the timer and the provider helper; each row is a `Row` with either `bytes` (memory-bound ops) or
-`flops` (matmul-bound ops) set. The table, plot and BENCHMARKS.md record pick it up unchanged.
-
-Without CUDA the GPU benchmarks are skipped; the harness still runs at a tiny shape (Triton through
-TRITON_INTERPRET=1, timed with a plain timer, no torch.compile) so a CPU machine can check it works.
-Those times mean nothing and are never recorded.
+Without CUDA the harness runs at a tiny shape (Triton through TRITON_INTERPRET=1, a plain timer, no
+torch.compile) so a CPU machine can check it works; those times mean nothing and are never recorded,
+and `--check` refuses to run. Plots go under out/bench/ (never the repository root).
 """
 import argparse
 import datetime
+import importlib
 import os
 import platform
 import subprocess
@@ -41,9 +40,7 @@ import torch
 
 CUDA = torch.cuda.is_available()
 if not CUDA:
-    os.environ.setdefault("TRITON_INTERPRET", "1")  # before `kernels` is imported (kernels.md §5)
-
-import importlib  # noqa: E402
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # before `kernels` is imported: the jit object is chosen then
 
 _rms = importlib.import_module("kernels.rmsnorm")
 _swi = importlib.import_module("kernels.swiglu")
@@ -65,6 +62,7 @@ class Row:
     ms_hi: float  # 80th percentile
     bytes: float = None  # minimum bytes moved, for GB/s
     flops: float = None  # for TFLOP/s
+    peak_gb: float = None  # peak device memory (training steps)
 
 
 class Ctx:
@@ -75,21 +73,21 @@ class Ctx:
         self.dtype = DTYPES[args.dtype]
         self.tokens = args.tokens or (ARC_TOKENS if CUDA else CPU_TOKENS)
         self.elt = torch.finfo(self.dtype).bits // 8
+        self.quick = getattr(args, "check", False)  # --check: only the shapes its time budget allows
 
-    def time(self, fn):
-        """(median, p20, p80) in ms."""
+    def time(self, fn, warmup=25, rep=100):
+        """(median, p20, p80) in ms; warmup and rep in ms of device time, as do_bench takes them."""
         if CUDA:
             import triton.testing
             fn()  # compile / autotune outside the timed region
-            return tuple(triton.testing.do_bench(fn, warmup=25, rep=100, quantiles=[0.5, 0.2, 0.8]))
+            return tuple(triton.testing.do_bench(fn, warmup=warmup, rep=rep, quantiles=[0.5, 0.2, 0.8]))
         fn()
         ts = []
         for _ in range(3):
             t0 = time.perf_counter()
             fn()
             ts.append((time.perf_counter() - t0) * 1e3)
-        q = torch.tensor(ts).quantile(torch.tensor([0.5, 0.2, 0.8])).tolist()
-        return tuple(q)
+        return tuple(torch.tensor(ts).quantile(torch.tensor([0.5, 0.2, 0.8])).tolist())
 
     def providers(self, triton_fn, reference):
         """A fresh name -> callable dict (a new torch.compile object each call, so the forward-only
@@ -101,10 +99,8 @@ class Ctx:
         return p
 
     def run(self, op, shape, triton_fn, reference, make_inputs, fwd, bytes_fwd, bytes_fwdbwd):
-        """The common pattern for an element-wise op: time fwd and fwd+bwd for every provider.
-
-        make_inputs(requires_grad) -> tuple of tensors; fwd(f, inputs) -> output tensor;
-        the gradient is taken with respect to the inputs that require grad."""
+        """Time fwd and fwd+bwd for every provider. make_inputs(requires_grad) -> tuple of tensors;
+        fwd(f, inputs) -> output; the gradient is taken with respect to the inputs that require grad."""
         rows = []
         for name, f in self.providers(triton_fn, reference).items():
             inp = make_inputs(False)
@@ -121,21 +117,17 @@ class Ctx:
         return rows
 
     def randn(self, *shape, requires_grad=False, mean=0.5):
-        t = (torch.randn(*shape, device=self.device) + mean).to(self.dtype)
-        return t.requires_grad_(requires_grad)
+        return (torch.randn(*shape, device=self.device) + mean).to(self.dtype).requires_grad_(requires_grad)
 
 
 # ----------------------------------------------------------------------------------------------------
-# Registry: name -> (function(ctx) -> list[Row], description). Others add attention, trm_step, ...
+# Registry: name -> (function(ctx) -> list[Row], description)
 
 BENCHMARKS = {}
 
 
 def register(name, description):
-    def deco(fn):
-        BENCHMARKS[name] = (fn, description)
-        return fn
-    return deco
+    return lambda fn: BENCHMARKS.setdefault(name, (fn, description))[0]
 
 
 @register("rms_norm", "post-norm rms(h + r), hidden 512 (the TRM block's two norms)")
@@ -169,12 +161,9 @@ def bench_cross_entropy(ctx):
     labels = torch.randint(0, V, (T,), device=ctx.device)
     labels[torch.rand(T, device=ctx.device) < 0.1] = -100
 
-    def make(rg):
-        return ((torch.randn(T, V, device=ctx.device) * 3).to(ctx.dtype).requires_grad_(rg),)
-
+    make = lambda rg: ((torch.randn(T, V, device=ctx.device) * 3).to(ctx.dtype).requires_grad_(rg),)  # noqa: E731
     return ctx.run("stablemax CE", f"[{T}, {V}]", _ce.cross_entropy_triton, _ce.cross_entropy_reference, make,
-                   lambda f, inp: f(inp[0], labels),
-                   bytes_fwd, bytes_fwdbwd)
+                   lambda f, inp: f(inp[0], labels), bytes_fwd, bytes_fwdbwd)
 
 
 def random_batch(ctx, B, L, ids, demos=0):
@@ -206,13 +195,12 @@ def step_row(ctx, mod, cfg, batch, label, provider, compiled=False, flops=None):
         state["carry"] = carry
     if CUDA:
         torch.cuda.reset_peak_memory_stats()
-    t = ctx.time(step)
+    t = ctx.time(step, warmup=500, rep=2500)  # whole steps of 0.2-0.6 s: about 3 warm-up and 5-10 timed
     peak = torch.cuda.max_memory_allocated() / 1e9 if CUDA else 0.0
     del model, opt, run, state
-    if CUDA:
-        torch.cuda.empty_cache()
+    torch.cuda.empty_cache() if CUDA else None
     return Row(label, f"{B / t[0] * 1e3:.0f} samples/s, {peak:.1f} GB", provider,
-               f"[{B}, {batch['inputs'].shape[1]}]", *t, flops=flops)
+               f"[{B}, {batch['inputs'].shape[1]}]", *t, flops=flops, peak_gb=peak)
 
 
 @register("attention", "non-causal attention from packed qkv [N, 916, 3*8*64], RoPE: TRM (N=192), PRR (N=512)")
@@ -220,25 +208,21 @@ def bench_attention(ctx):
     # Providers: triton (kernels.attention), eager / compile (the reference path: RoPE in fp32 + layout
     # copies + SDPA), the reference with SDPA pinned to the flash or cuDNN backend, and SDPA alone on
     # ready-made [N, H, L, D] q, k, v (no RoPE, no layout copies). FLOPs: 4*N*H*L^2*D for the forward,
-    # 2.5x that for the backward, so 3.5x for fwd+bwd (kernels.md §3; the Triton tutorial's count).
+    # 2.5x that for the backward, so 3.5x for fwd+bwd (the Triton fused-attention tutorial's count).
     import torch.nn.functional as F
     attn = importlib.import_module("kernels.attention")
     H, D, L = (8, 64, 916) if CUDA else (2, 32, 40)  # CPU: a tiny shape, only to check the harness
     N = max(1, ctx.tokens // L) if CUDA else 2  # CPU: 4 heads of 40 tokens keep the interpreter to seconds
-    shapes = [("TRM", N)] + ([("PRR", 64 * 8)] if CUDA and ctx.tokens == ARC_TOKENS else [])
-    inv = 1.0 / 10000.0 ** (torch.arange(0, D, 2, device=ctx.device, dtype=torch.float32) / D)
-    emb = torch.outer(torch.arange(L, device=ctx.device, dtype=torch.float32), inv).repeat(1, 2)
-    cos, sin = emb.cos(), emb.sin()  # [L, D] as trm.rope_tables builds them: concat(freqs, freqs)
+    shapes = [("TRM", N)] + ([("PRR", 64 * 8)] if CUDA and ctx.tokens == ARC_TOKENS and not ctx.quick else [])
+    import trm
+    cos, sin = (t.to(ctx.device) for t in trm.rope_tables(D, L, 10000.0))  # [L, D] float32, as the model's
 
     def reference(qkv):
         return attn.attention_reference(qkv, H, cos, sin)
 
     def pinned(fn, backend):
-        def f(*a):
-            from torch.nn.attention import sdpa_kernel
-            with sdpa_kernel(backend):
-                return fn(*a)
-        return f
+        from torch.nn.attention import sdpa_kernel
+        return lambda *a: _with(sdpa_kernel(backend), fn, *a)
 
     rows = []
     for tag, N in shapes:
@@ -268,17 +252,22 @@ def bench_attention(ctx):
                     continue
                 rows.append(Row(op, mode, name, shape, *t, flops=flops_fwd * (3.5 if rg else 1.0)))
             del qkv, q, k, v, g, g4, calls
-            if CUDA:
-                torch.cuda.empty_cache()
+            torch.cuda.empty_cache() if CUDA else None
     return rows
+
+
+def _with(context, fn, *args):
+    with context:
+        return fn(*args)
 
 
 @register("trm_step", "one TRM training step, ARC-AGI-1 config (batch 192, H3 L4, bf16), eager and compiled")
 def bench_trm_step(ctx):
     """Samples/s and peak memory of a full step (forward, backward, AdamATan2) with kernels on and off.
 
-    FLOPs per step (trm.md §10): (15 forward + 5 x 2 backward) network calls x 17.4 MFLOP/token x tokens.
-    Reference on one H100, torch 2.11: 221 ms compiled (869 samples/s, 37.7 GB), 554 ms eager."""
+    FLOPs per step: (15 forward + 5 x 2 backward) network calls x 17.4 MFLOP/token x tokens. The
+    reference TRM code, measured by others on one H100 (torch 2.11): 221 ms compiled (869 samples/s,
+    37.7 GB), 554 ms eager; `torch+compile` here is our anchor for it."""
     import kernels
     import trm
     B = 192 if CUDA else 2
@@ -298,15 +287,13 @@ def bench_trm_step(ctx):
 
 @register("models", "a training step of every model at its paper config (GPU): samples/s and peak memory")
 def bench_models(ctx):
-    """Forward + backward + AdamATan2 for each model (+ variants the issues ask about: PRR K=1 vs K=8,
+    """Forward + backward + AdamATan2 for each model (+ variants worth comparing: PRR K=1 vs K=8,
     deep_recursive memory-efficient vs standard). Batches carry demos for etrm. Eager, kernels on."""
-    import importlib
     B = 64 if CUDA else 2
     shape = dict(seq_len=900, vocab_size=12, num_puzzle_identifiers=1000) if CUDA else \
         dict(seq_len=16, vocab_size=12, num_puzzle_identifiers=10)
-    tiny = {} if CUDA else {"trm": dict(hidden_size=32, num_heads=2), "hrm": dict(hidden_size=32, num_heads=2),
-                            "etrm": dict(hidden_size=32, num_heads=2), "prr": dict(hidden_size=32, num_heads=2),
-                            "deep_recursive": dict(base_channels=8, latent_channels=16)}
+    tiny = {} if CUDA else dict({m: dict(hidden_size=32, num_heads=2) for m in ("trm", "hrm", "etrm", "prr")},
+                                deep_recursive=dict(base_channels=8, latent_channels=16))
     variants = [("trm", {}), ("hrm", {}), ("etrm", {}), ("prr", {"num_branches": 1}), ("prr", {"num_branches": 8}),
                 ("deep_recursive", {"memory_efficient": True}), ("deep_recursive", {"memory_efficient": False})]
     rows = []
@@ -324,7 +311,7 @@ def bench_models(ctx):
 # Copy bandwidth, table, plot, record
 
 def copy_bandwidth(ctx):
-    """GB/s of a device-to-device copy of 1 GiB (2 x bytes moved; kernels.md §1); 64 MiB on CPU."""
+    """GB/s of a device-to-device copy of 1 GiB (2 x bytes moved); 64 MiB on CPU."""
     n = (1 << 30) if CUDA else (64 << 20)
     src = torch.empty(n, dtype=torch.uint8, device=ctx.device)
     dst = torch.empty_like(src)
@@ -333,19 +320,37 @@ def copy_bandwidth(ctx):
     return 2 * n / (ms * 1e-3) / 1e9
 
 
+# Targets for one H100/H200 (the project's, none measured yet): (op, mode, provider) -> (text, test(row, anchor_ms)).
+TARGETS = {
+    ("rms_norm(h+r)", "fwd+bwd", "triton"): ("<= 0.45 ms", lambda r, a: r.ms <= 0.45),
+    ("swiglu", "fwd+bwd", "triton"): ("<= 1.8 ms", lambda r, a: r.ms <= 1.8),
+    ("attention TRM", "fwd", "triton"): (">= 380 TFLOP/s", lambda r, a: r.flops / r.ms * 1e-9 >= 380),
+    ("attention TRM", "fwd+bwd", "triton"): (">= 1.1x compile", lambda r, a: a is not None and a / r.ms >= 1.1),
+    ("trm_step", None, "triton+compile"): (">= 1.15x torch+compile, <= 30 GB",
+                                           lambda r, a: a is not None and a / r.ms >= 1.15 and r.peak_gb <= 30),
+}
+
+
 def table(rows, copy_gbs):
-    compile_ms = {(r.op, r.mode): r.ms for r in rows if r.provider == "compile"}
-    head = ["op", "mode", "provider", "shape", "ms (p20-p80)", "GB/s", "% copy", "ms @85% copy", "vs compile"]
+    anchor = {r.op: {} for r in rows}
+    for r in rows:  # the anchor of an (op, mode): torch.compile of the reference
+        if r.provider in ("compile", "torch+compile"):
+            anchor[r.op][r.mode if r.provider == "compile" else None] = r.ms
+    head = ["op", "mode", "provider", "shape", "ms (p20-p80)", "GB/s", "% copy", "ms @85% copy", "vs compile",
+            "target"]
     out = []
     for r in rows:
         gbs = r.bytes / (r.ms * 1e-3) / 1e9 if r.bytes else None
         tfl = r.flops / (r.ms * 1e-3) / 1e12 if r.flops else None
-        c = compile_ms.get((r.op, r.mode))
+        mode_key = None if r.op == "trm_step" else r.mode
+        c = anchor[r.op].get(mode_key)
+        tgt = TARGETS.get((r.op, mode_key, r.provider))
         out.append([r.op, r.mode, r.provider, r.shape, f"{r.ms:.3f} ({r.ms_lo:.3f}-{r.ms_hi:.3f})",
                     f"{gbs:.4g}" if gbs else (f"{tfl:.0f} TFLOP/s" if tfl else "-"),
                     f"{100 * gbs / copy_gbs:.0f}%" if gbs else "-",
                     f"{r.bytes / (0.85 * copy_gbs * 1e9) * 1e3:.3f}" if r.bytes else "-",
-                    f"{c / r.ms:.2f}x" if c else "-"])
+                    f"{c / r.ms:.2f}x" if c else "-",
+                    f"{tgt[0]}: {'met' if tgt[1](r, c) else 'MISSED'}" if tgt and CUDA else "-"])
     return head, out
 
 
@@ -361,35 +366,30 @@ def plain(head, body):
 
 
 def plot(rows, copy_gbs, path, title):
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib not installed: no plot")
-        return
+    """Effective GB/s per provider for the memory-bound rows, against the measured copy bandwidth."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
     rows = [r for r in rows if r.bytes]
     groups = list(dict.fromkeys((r.op, r.mode) for r in rows))
     provs = list(dict.fromkeys(r.provider for r in rows))
     width = 0.8 / max(len(provs), 1)
     fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(groups)), 4))
     for i, p in enumerate(provs):
-        xs, ys = [], []
-        for j, g in enumerate(groups):
-            for r in rows:
-                if (r.op, r.mode) == g and r.provider == p:
-                    xs.append(j + i * width)
-                    ys.append(r.bytes / (r.ms * 1e-3) / 1e9)
-        ax.bar(xs, ys, width, label=p)
+        pts = [(j + i * width, r.bytes / (r.ms * 1e-3) / 1e9) for j, g in enumerate(groups) for r in rows
+               if (r.op, r.mode) == g and r.provider == p]
+        ax.bar([x for x, _ in pts], [y for _, y in pts], width, label=p)
     ax.axhline(copy_gbs, color="k", ls="--", lw=1, label=f"device copy {copy_gbs:.0f} GB/s")
-    ax.axhline(0.85 * copy_gbs, color="gray", ls=":", lw=1, label="85% of copy (target)")
+    ax.axhline(0.85 * copy_gbs, color="gray", ls=":", lw=1, label="85% of copy")
     ax.set_xticks([j + width * (len(provs) - 1) / 2 for j in range(len(groups))])
     ax.set_xticklabels([f"{o}\n{m}" for o, m in groups], fontsize=8)
     ax.set_ylabel("effective GB/s (minimum bytes / median time)")
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=120)
+    plt.close(fig)
     print(f"plot saved to {path}")
 
 
@@ -403,64 +403,98 @@ def commit():
         return "unknown"
 
 
+CHECK_BUDGET_S = 480  # --check: 8 minutes in all
+CHECK_BENCHMARKS = ["trm_step", "rms_norm", "swiglu", "cross_entropy", "attention"]  # most important first
+
+
+def gpu_tests(timeout):
+    """Run the kernel tests on the GPU; -> (ok, pytest's summary line)."""
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_kernels.py", "tests/test_attention.py"]
+    try:
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                             cwd=os.path.dirname(os.path.abspath(__file__)))
+    except subprocess.TimeoutExpired:
+        return False, f"timed out after {timeout:.0f} s"
+    lines = [ln for ln in res.stdout.splitlines() if ln.strip()]
+    print("\n".join(ln for ln in lines if ln.startswith(("FAILED", "ERROR"))))
+    return res.returncode == 0, (lines[-1] if lines else f"no output (exit {res.returncode})")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog="benchmarks:\n" + "\n".join(f"  {k:<16}{d}" for k, (_, d) in BENCHMARKS.items()))
     ap.add_argument("names", nargs="*", help="benchmarks to run (default: all); see the list below")
+    ap.add_argument("--check", action="store_true",
+                    help="first run on a GPU machine: GPU tests + kernel benchmarks + TRM step, recorded (<= 8 min)")
     ap.add_argument("--list", action="store_true", help="list the benchmarks and exit")
     ap.add_argument("--record", action="store_true", help="append the results to BENCHMARKS.md (CUDA only)")
     ap.add_argument("--tokens", type=int, default=None,
                     help=f"tokens per call (default {ARC_TOKENS} on CUDA, {CPU_TOKENS} on CPU)")
     ap.add_argument("--dtype", default="bf16", choices=list(DTYPES),
                     help="activation dtype (default bf16, as in training)")
-    ap.add_argument("--plot", default="bench_kernels.png", help="where to save the plot ('' for none)")
+    ap.add_argument("--plot", default=os.path.join("out", "bench", "bench_kernels.png"),
+                    help="where to save the plot ('' for none)")
     args = ap.parse_args(argv)
     if args.list:
         for k, (_, d) in BENCHMARKS.items():
             print(f"{k:<16}{d}")
-        return
+        return 0
+    if args.check and not CUDA:
+        raise SystemExit("error: bench.py --check needs a CUDA GPU (none found); on a CPU run `python bench.py` "
+                         "to check the harness, or the tests under TRITON_INTERPRET=1")
     unknown = [n for n in args.names if n not in BENCHMARKS]
     if unknown:
         ap.error(f"unknown benchmark(s) {unknown}; known: {list(BENCHMARKS)}")
-    names = args.names or list(BENCHMARKS)
+    names = args.names or (CHECK_BENCHMARKS if args.check else list(BENCHMARKS))
     ctx = Ctx(args)
-    if CUDA:
-        device = torch.cuda.get_device_name()
-    else:
-        device = f"CPU ({platform.machine()}), Triton interpreter"
+    start = time.monotonic()
+    notes = []
+    tests_ok = True
+    if args.check:
+        tests_ok, summary = gpu_tests(timeout=CHECK_BUDGET_S * 0.45)
+        notes.append(f"GPU tests (tests/test_kernels.py, tests/test_attention.py): {summary}")
+        print(notes[-1])
+    device = torch.cuda.get_device_name() if CUDA else f"CPU ({platform.machine()}), Triton interpreter"
+    if not CUDA:
         print("no CUDA: skipping GPU benchmarks; running a tiny shape on CPU to check the harness "
               f"({ctx.tokens} tokens, Triton interpreter, plain timer, no torch.compile). These times mean nothing.")
     copy_gbs = copy_bandwidth(ctx)
     print(f"device: {device} | torch {torch.__version__} | copy bandwidth {copy_gbs:.0f} GB/s")
     rows = []
     for n in names:
-        fn, _ = BENCHMARKS[n]
-        rows += fn(ctx)
-        if CUDA:
-            torch.cuda.empty_cache()
+        if args.check and time.monotonic() - start > CHECK_BUDGET_S * 0.85:
+            notes.append(f"{n}: skipped, past {CHECK_BUDGET_S * 0.85:.0f} s of the {CHECK_BUDGET_S} s budget")
+            print(notes[-1])
+            continue
+        rows += BENCHMARKS[n][0](ctx)
+        torch.cuda.empty_cache() if CUDA else None
     head, body = table(rows, copy_gbs)
     print(plain(head, body))
-    if args.plot:
+    if args.plot and any(r.bytes for r in rows):
         plot(rows, copy_gbs, args.plot, f"{device}, {args.dtype}, {ctx.tokens} tokens")
-    if args.record:
+    notes.append(f"wall time {time.monotonic() - start:.0f} s")
+    if args.record or args.check:
         if not CUDA:
             print("--record ignored without CUDA: interpreter times are not benchmarks")
-            return
-        cmd = "python " + " ".join([os.path.basename(sys.argv[0])] + (argv if argv is not None else sys.argv[1:]))
-        record("BENCHMARKS.md", names, device, copy_gbs, head, body, cmd)
+        else:
+            cmd = "python " + " ".join([os.path.basename(sys.argv[0])] + (argv if argv is not None else sys.argv[1:]))
+            record("BENCHMARKS.md", names, device, copy_gbs, head, body, cmd, notes)
+    return 0 if tests_ok else 1
 
 
-def record(path, names, device, copy_gbs, head, body, cmd):
+def record(path, names, device, copy_gbs, head, body, cmd, notes=()):
     """Append one run to `path` (the end of the file, a self-describing block, so other sections stay put)."""
     import triton
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), path)
     with open(path, "a") as f:
         f.write(f"\n#### bench.py {' '.join(names)}: {stamp}, {device}, torch {torch.__version__}, "
                 f"triton {triton.__version__}, commit {commit()}, `{cmd}`\n\n"
                 f"Device copy bandwidth measured in the same run: {copy_gbs:.0f} GB/s.\n\n"
-                + markdown(head, body) + "\n")
+                + "".join(f"- {n}\n" for n in notes) + "\n" + markdown(head, body) + "\n")
     print(f"appended to {path}")
 
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

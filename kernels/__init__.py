@@ -8,7 +8,12 @@
 Dispatch (nanochat's override hook): Triton on CUDA tensors, the pure-PyTorch reference on CPU.
 `NANOTRM_KERNELS=torch` in the environment forces the reference everywhere; tests flip the
 module-level switch `USE_TRITON` instead. Each op's file holds, in order: the reference, the
-Triton kernel(s), the autograd.Function, the public function.
+Triton kernel(s), the host launch functions, the autograd registration, the public function.
+
+torch.compile: every Triton forward and backward is a torch.library custom op (`torch.ops.nanotrm.*`,
+with a fake implementation giving output shapes, and autograd registered on the forward op), so a
+compiled training step keeps them in its graph, opaque, with no graph break. Needs torch >= 2.4
+(torch.library.custom_op); the project targets torch 2.11 and newer.
 
 Under TRITON_INTERPRET=1 (set before this package is imported) the Triton kernels also run on CPU
 tensors; the kernel tests call each file's `*_triton` function directly to exercise that path.

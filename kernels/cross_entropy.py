@@ -1,4 +1,4 @@
-"""Per-token stablemax / softmax cross-entropy with ignore_index (TRM spec §5; kernels.md §6).
+"""Per-token stablemax / softmax cross-entropy with ignore_index (the TRM / HRM training loss).
 
     cross_entropy_reference(logits, labels, kind="stablemax", ignore_index=-100)   pure PyTorch
     cross_entropy_triton(logits, labels, kind="stablemax", ignore_index=-100)      one Triton pass each way
@@ -9,11 +9,12 @@ Stablemax (Prieto et al., ICLR 2025): s(x) = x + 1 for x >= 0, 1 / (1 - x) for x
     loss = log S - log s(x_y)
     dloss/dx_i = s'(x_i) / S - [i = y] / (1 + |x_y|),    s'(x) = 1 (x >= 0), s(x)^2 (x < 0)
 No max subtraction (stablemax is not shift-invariant and cannot overflow: S <= V (1 + max|x|)).
-Softmax: loss = m + log sum exp(x - m) - x_y, dloss/dx = softmax(x) - onehot(y).
+Softmax: loss = log sum exp(x - m) - (x_y - m) with m = max x, dloss/dx = softmax(x) - onehot(y).
+The bracket matters: m + log Z - x_y loses |m| x 2^-24 to cancellation (1e-3 nats at logits near 1e4).
 
 The TRM reference computes the loss in float64 (an fp64 copy of the logits and a chain of fp64
 element-wise kernels); here it is float32 inside one kernel (fp32 and fp64 agree to ~1e-7,
-kernels.md §6), and no log-probability tensor is ever written. The whole vocabulary is one block
+measured), and no log-probability tensor is ever written. The whole vocabulary is one block
 (V is 6-12 for our tasks; up to MAX_V is supported), and each program takes BLOCK_M rows, because
 one 12-wide row per program would be all launch overhead.
 
@@ -40,7 +41,7 @@ MAX_V = 16384  # one block over the vocabulary; beyond this a looped kernel woul
 def _log_stablemax(x):
     # s(x) = x + 1 for x >= 0, 1 / (1 - x) for x < 0. Branch-safe: each branch sees only inputs in its
     # own domain, so neither produces inf/NaN gradients that `where` would then multiply by zero
-    # (the original's 1/(1-x+1e-30) gives NaN gradients at x == 1.0 in fp32/bf16; kernels.md §6).
+    # (the original's 1/(1-x+1e-30) gives NaN gradients at x == 1.0 in fp32/bf16: its unused branch overflows).
     pos = x >= 0
     s = torch.where(pos, x.clamp(min=0) + 1, 1 / (1 - x.clamp(max=0)))
     return torch.log(s) - torch.log(s.sum(-1, keepdim=True))
@@ -49,8 +50,9 @@ def _log_stablemax(x):
 def cross_entropy_reference(logits, labels, kind="stablemax", ignore_index=-100):
     x = logits.float()
     logp = _log_stablemax(x) if kind == "stablemax" else F.log_softmax(x, -1)
+    labels = labels.long()  # before comparing: uint8 labels would wrap ignore_index -100 to 156
     mask = labels != ignore_index
-    safe = torch.where(mask, labels, 0).long()
+    safe = torch.where(mask, labels, 0)
     nll = -logp.gather(-1, safe.unsqueeze(-1)).squeeze(-1)
     return torch.where(mask, nll, 0.0)
 
@@ -84,7 +86,9 @@ def _ce_fwd(X, Y, LOSS, M, V, stride_x, ignore_index,
         e = tl.where(mask, tl.exp(x - m[:, None]), 0.0)
         x_y = tl.sum(tl.where(onehot, x, 0.0), axis=1)
         Z = tl.where(rmask, tl.sum(e, axis=1), 1.0)
-        loss = m + tl.log(Z) - x_y
+        # log Z - (x_y - m), not m + log Z - x_y: x_y - m is exact (Sterbenz) when x_y is near the max, where
+        # m + log Z would round at ulp(m) (about 1e-3 nats at logits near 1e4) and cancel against x_y
+        loss = tl.log(Z) - (x_y - m)
     tl.store(LOSS + rows, tl.where(valid, loss, 0.0), mask=rmask)
 
 
@@ -125,9 +129,9 @@ def _ce_bwd(X, Y, G, DX, M, V, stride_x, stride_dx, ignore_index,
 def _settings(V):
     """(BLOCK_M, BLOCK_V, num_warps) from the vocabulary only (the row count may be symbolic under
     torch.compile). About 8K logits per program on the GPU: at V = 12 (padded to 16) that is 512
-    rows, inside kernels.md §2's 128-1024, and ARC's 175,872 tokens make 344 programs, a couple of
+    rows (128-1024 rows per program is the usual range for tiny vocabularies), and ARC's 175,872 tokens make 344 programs, a couple of
     waves on 132 SMs; a vocabulary of a few thousand gets 1-2 rows per program. Not yet tuned on
-    the H100. Under the interpreter, cost is per program (kernels.md §5), so tiles are up to 4x
+    the H100. Under the interpreter, cost is per program (not per byte), so tiles are up to 4x
     larger there (at most 1024 rows)."""
     BLOCK_V = max(16, 1 << (V - 1).bit_length())
     budget = 32768 if INTERPRET else 8192
@@ -163,23 +167,40 @@ def cross_entropy_bwd(g, x, y, stablemax, ignore_index):
 
 
 # ----------------------------------------------------------------------------------------------------
-# Autograd
+# Custom ops (the autograd.Function of this file: forward, backward, and shape-only fakes for torch.compile)
 
-class CrossEntropyFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, logits, labels, stablemax, ignore_index):
-        x = _2d(logits)
-        y = labels.reshape(-1).contiguous()
-        loss = cross_entropy_fwd(x, y, stablemax, ignore_index)
-        ctx.save_for_backward(x, y)
-        ctx.args = (stablemax, ignore_index, logits.shape)
-        return loss.view(labels.shape)
+@torch.library.custom_op("nanotrm::cross_entropy_fwd", mutates_args=())
+def _ce_fwd_op(x: torch.Tensor, y: torch.Tensor, stablemax: bool, ignore_index: int) -> torch.Tensor:
+    return cross_entropy_fwd(x, y, stablemax, ignore_index)
 
-    @staticmethod
-    def backward(ctx, g):
-        x, y = ctx.saved_tensors
-        stablemax, ignore_index, shape = ctx.args
-        return cross_entropy_bwd(g, x, y, stablemax, ignore_index).view(shape), None, None, None
+
+@_ce_fwd_op.register_fake
+def _(x, y, stablemax, ignore_index):
+    return x.new_empty(x.shape[0], dtype=torch.float32)
+
+
+@torch.library.custom_op("nanotrm::cross_entropy_bwd", mutates_args=())
+def _ce_bwd_op(g: torch.Tensor, x: torch.Tensor, y: torch.Tensor, stablemax: bool, ignore_index: int) -> torch.Tensor:
+    return cross_entropy_bwd(g, x, y, stablemax, ignore_index)
+
+
+@_ce_bwd_op.register_fake
+def _(g, x, y, stablemax, ignore_index):
+    return x.new_empty(x.shape)
+
+
+def _setup_context(ctx, inputs, output):
+    x, y, stablemax, ignore_index = inputs
+    ctx.save_for_backward(x, y)  # nothing else: the row is re-read and S recomputed (V is small)
+    ctx.args = (stablemax, ignore_index)
+
+
+def _backward(ctx, g):
+    x, y = ctx.saved_tensors
+    return _ce_bwd_op(g, x, y, *ctx.args), None, None, None
+
+
+_ce_fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def cross_entropy_triton(logits, labels, kind="stablemax", ignore_index=-100):
@@ -189,4 +210,5 @@ def cross_entropy_triton(logits, labels, kind="stablemax", ignore_index=-100):
         f"cross_entropy: labels {tuple(labels.shape)} vs logits {tuple(logits.shape)}"
     if logits.numel() == 0 or logits.shape[-1] > MAX_V or logits.dtype == torch.float64:
         return cross_entropy_reference(logits, labels, kind, ignore_index)
-    return CrossEntropyFunction.apply(logits, labels, kind == "stablemax", int(ignore_index))
+    loss = _ce_fwd_op(_2d(logits), labels.reshape(-1).contiguous(), kind == "stablemax", int(ignore_index))
+    return loss.view(labels.shape)

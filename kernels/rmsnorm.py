@@ -1,11 +1,11 @@
-"""Fused RMSNorm without weight, and the post-norm form rms(x + residual) (TRM spec §1).
+"""Fused RMSNorm without weight, and the post-norm form rms(x + residual) (TRM's post-norm block).
 
     rms_norm_reference(x, residual=None, eps=1e-5)   pure PyTorch, the definition
     rms_norm_triton(x, residual=None, eps=1e-5)      the same function in one Triton pass each way
 
 y = s * rstd with s = x + residual (rounded to x.dtype, as the reference does) and
 rstd = rsqrt(mean(s^2) + eps) in float32. TRM's norm has no weight, so there is no dW reduction and
-both passes are purely row-parallel (kernels.md §2: don't copy Liger's persistent-grid backward).
+both passes are purely row-parallel (no persistent-grid dW reduction as in Liger-Kernel's RMSNorm).
 
 Forward (`_rms_fwd`): reads x (and residual) once, writes y once, plus rstd [M] float32 (4 bytes a
 row, 0.4% of the traffic at hidden 512 bf16). Backward (`_rms_bwd`): with y = s * rstd,
@@ -17,10 +17,12 @@ Saving y rather than s costs nothing (y is written anyway) where saving s would 
 the price is that y is rounded to bf16, which moves ds by about one bf16 ulp (inside test tolerance).
 
 Numerics: every load is upcast to float32 right away (needed under TRITON_INTERPRET=1, where bf16
-arithmetic is silently NaN; kernels.md §5), eps is cast to float32 in the kernel (kernels.md §4.2).
+arithmetic is silently NaN), eps is cast to float32 in the kernel (an fp64 scalar would promote the chain).
 The residual sum is rounded to the input dtype before the statistics, exactly as the reference.
 A residual with another shape or dtype (broadcasting, promotion) goes to the reference instead.
 """
+from typing import Optional
+
 import torch
 import triton
 import triton.language as tl
@@ -46,7 +48,7 @@ def rms_norm_reference(x, residual=None, eps=1e-5):
 @triton.jit
 def _rms_fwd(X, R, Y, RSTD, M, N, stride_x, stride_r, stride_y, eps,
              HAS_RES: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    pid = tl.program_id(0).to(tl.int64)  # int64 before the stride multiply (kernels.md §4.6)
+    pid = tl.program_id(0).to(tl.int64)  # int64 before the stride multiply (int32 overflows past 2^31 elements)
     rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.arange(0, BLOCK_N)
     mask = (rows[:, None] < M) & (cols[None, :] < N)
@@ -83,10 +85,10 @@ def _rms_bwd(DY, Y, RSTD, DX, M, N, stride_dy, stride_y, stride_dx,
 def _settings(N):
     """(BLOCK_M, BLOCK_N, num_warps) from the row width only (the row count may be a symbolic size
     under torch.compile, so no heuristic depends on it). Whole rows per tile; about 8K elements per
-    program on the GPU: a 512-wide bf16 row is only 1 KB, so one row per program leaves 4 warps with 8-byte loads
-    (kernels.md §2, §4.9); 16 rows x 512 gives 16-byte vectors and 16 KB in flight per program.
-    Not yet tuned on the H100 (no GPU in the session that wrote this). Under the interpreter the
-    cost is per program, not per byte (kernels.md §5), so tiles are 4x larger there."""
+    program on the GPU: a 512-wide bf16 row is only 1 KB, so one row per program (Liger-style, made for
+    wide LLM rows) leaves 4 warps with 8-byte loads; 16 rows x 512 gives 16-byte vectors and 16 KB in
+    flight per program. Not yet tuned on the H100 (no GPU in the session that wrote this). Under the interpreter the
+    cost is per program, not per byte, so tiles are 4x larger there."""
     BLOCK_N = 1 << (N - 1).bit_length()  # next power of two
     budget = 32768 if INTERPRET else 8192
     BLOCK_M = max(1, min(budget // BLOCK_N, 64))
@@ -100,13 +102,13 @@ def _rows(t, N):
     return t2 if t2.stride(-1) == 1 else t2.contiguous()
 
 
-def rms_norm_fwd(x, residual, eps):
-    N = x.shape[-1]
-    x2 = _rows(x, N)
-    r2 = _rows(residual, N) if residual is not None else x2
-    M = x2.shape[0]
-    y = torch.empty((M, N), dtype=x.dtype, device=x.device)
-    rstd = torch.empty(M, dtype=torch.float32, device=x.device)
+def rms_norm_fwd(x2, r2, eps):
+    """x2, r2 [M, N] with unit last strides (r2 may be None) -> y [M, N], rstd [M] float32."""
+    residual = r2
+    r2 = x2 if r2 is None else r2
+    M, N = x2.shape
+    y = torch.empty((M, N), dtype=x2.dtype, device=x2.device)
+    rstd = torch.empty(M, dtype=torch.float32, device=x2.device)
     BLOCK_M, BLOCK_N, num_warps = _settings(N)
     _rms_fwd[((M + BLOCK_M - 1) // BLOCK_M,)](
         x2, r2, y, rstd, M, N, x2.stride(0), r2.stride(0), y.stride(0), eps,
@@ -126,26 +128,48 @@ def rms_norm_bwd(dy, y, rstd):
 
 
 # ----------------------------------------------------------------------------------------------------
-# Autograd
+# Custom ops (the autograd.Function of this file: forward, backward, and shape-only fakes for torch.compile)
 
-class RMSNormFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, residual, eps):
-        y, rstd = rms_norm_fwd(x, residual, eps)
-        ctx.save_for_backward(y, rstd)  # y is the output itself: no extra memory
-        ctx.has_res = residual is not None
-        return y.view(x.shape)
+@torch.library.custom_op("nanotrm::rms_norm_fwd", mutates_args=())
+def _rms_norm_fwd_op(x: torch.Tensor, residual: Optional[torch.Tensor], eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    return rms_norm_fwd(x, residual, eps)
 
-    @staticmethod
-    def backward(ctx, dy):
-        y, rstd = ctx.saved_tensors
-        dx = rms_norm_bwd(dy, y, rstd).view(dy.shape)
-        dres = dx if ctx.has_res and ctx.needs_input_grad[1] else None
-        return (dx if ctx.needs_input_grad[0] else None), dres, None
+
+@_rms_norm_fwd_op.register_fake
+def _(x, residual, eps):
+    M, N = x.shape
+    return x.new_empty(M, N), x.new_empty(M, dtype=torch.float32)
+
+
+@torch.library.custom_op("nanotrm::rms_norm_bwd", mutates_args=())
+def _rms_norm_bwd_op(dy: torch.Tensor, y: torch.Tensor, rstd: torch.Tensor) -> torch.Tensor:
+    return rms_norm_bwd(dy, y, rstd)
+
+
+@_rms_norm_bwd_op.register_fake
+def _(dy, y, rstd):
+    return torch.empty_like(y)
+
+
+def _setup_context(ctx, inputs, output):
+    y, rstd = output
+    ctx.save_for_backward(y, rstd)  # y is the output itself: no extra memory
+    ctx.has_res = inputs[1] is not None
+
+
+def _backward(ctx, dy, drstd):
+    y, rstd = ctx.saved_tensors
+    dx = _rms_norm_bwd_op(dy, y, rstd)
+    return dx, (dx if ctx.has_res else None), None  # d(x + residual) reaches both
+
+
+_rms_norm_fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def rms_norm_triton(x, residual=None, eps=1e-5):
     """rms(x + residual) in one fused pass; same function as rms_norm_reference."""
     if x.numel() == 0 or (residual is not None and (residual.shape != x.shape or residual.dtype != x.dtype)):
         return rms_norm_reference(x, residual, eps)
-    return RMSNormFunction.apply(x, residual, float(eps))
+    N = x.shape[-1]
+    y, _ = _rms_norm_fwd_op(_rows(x, N), _rows(residual, N) if residual is not None else None, float(eps))
+    return y.view(x.shape)

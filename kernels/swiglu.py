@@ -1,4 +1,4 @@
-"""SwiGLU gate from the packed gate_up projection: silu(gate) * up (TRM spec §1).
+"""SwiGLU gate from the packed gate_up projection: silu(gate) * up (TRM's MLP).
 
     swiglu_reference(gate_up)   pure PyTorch, the definition: chunk, silu, multiply
     swiglu_triton(gate_up)      the same function, one Triton pass forward and one backward
@@ -14,7 +14,7 @@ d(gate_up) [..., 2I] buffer (no cat):
     dg = dc * u * sig(g) * (1 + g * (1 - sig(g))),    du = dc * silu(g)
 Only gate_up is saved for the backward (it is the matmul's output and is alive anyway).
 
-Numerics: loads upcast to float32 right away (the interpreter needs it; kernels.md §5), sigmoid in
+Numerics: loads upcast to float32 right away (the interpreter needs it: bf16 arithmetic there is silently NaN), sigmoid in
 float32, one rounding to the output dtype. The reference rounds twice in bf16 (silu, then the
 product), so bf16 results differ from it by about one ulp.
 """
@@ -78,10 +78,10 @@ def _swiglu_bwd(DC, GU, DGU, M, I, stride_dc, stride_gu, stride_dgu,
 def _settings(I):
     """(BLOCK_M, BLOCK_N, num_warps) from the inner width only (the row count may be symbolic under
     torch.compile). Column tiles of at most 1024 that divide I where possible:
-    I = 1536 at ARC, and one 2048 tile would leave 25% of the lanes idle, so it gets three 512 tiles
-    (kernels.md §2). About 4K elements of output per program on the GPU (the forward moves 3x that,
+    I = 1536 at ARC, and one 2048 tile would leave 25% of the lanes idle, so it gets three 512 tiles.
+    About 4K elements of output per program on the GPU (the forward moves 3x that,
     the backward 5x); not yet tuned on the H100. Under the interpreter, cost is per program
-    (kernels.md §5), so tiles are 8x larger there."""
+    (not per byte), so tiles are 8x larger there."""
     BLOCK_N = min(1 << (I - 1).bit_length(), 1024)
     for b in (1024, 512, 256):
         if I % b == 0 and b <= BLOCK_N:
@@ -99,18 +99,16 @@ def _rows(t, W):
     return t2 if t2.stride(-1) == 1 else t2.contiguous()
 
 
-def swiglu_fwd(gate_up):
-    W = gate_up.shape[-1]
-    assert W % 2 == 0, f"swiglu: last dim {W} of gate_up must be even (gate | up)"
+def swiglu_fwd(gu):
+    """gu [M, 2I] with a unit last stride -> c [M, I]."""
+    M, W = gu.shape
     I = W // 2
-    gu = _rows(gate_up, W)
-    M = gu.shape[0]
-    c = torch.empty((M, I), dtype=gate_up.dtype, device=gate_up.device)
+    c = torch.empty((M, I), dtype=gu.dtype, device=gu.device)
     BLOCK_M, BLOCK_N, num_warps = _settings(I)
     grid = ((M + BLOCK_M - 1) // BLOCK_M, (I + BLOCK_N - 1) // BLOCK_N)
     _swiglu_fwd[grid](gu, c, M, I, gu.stride(0), c.stride(0),
                       BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, num_warps=num_warps)
-    return gu, c
+    return c
 
 
 def swiglu_bwd(dc, gu):
@@ -126,24 +124,45 @@ def swiglu_bwd(dc, gu):
 
 
 # ----------------------------------------------------------------------------------------------------
-# Autograd
+# Custom ops (the autograd.Function of this file: forward, backward, and shape-only fakes for torch.compile)
 
-class SwiGLUFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, gate_up):
-        gu, c = swiglu_fwd(gate_up)
-        ctx.save_for_backward(gu)  # the 2-D view (or copy) the kernel read; sigmoid is recomputed
-        ctx.shape = gate_up.shape
-        return c.view(*gate_up.shape[:-1], gate_up.shape[-1] // 2)
+@torch.library.custom_op("nanotrm::swiglu_fwd", mutates_args=())
+def _swiglu_fwd_op(gu: torch.Tensor) -> torch.Tensor:
+    return swiglu_fwd(gu)
 
-    @staticmethod
-    def backward(ctx, dc):
-        (gu,) = ctx.saved_tensors
-        return swiglu_bwd(dc, gu).view(ctx.shape)
+
+@_swiglu_fwd_op.register_fake
+def _(gu):
+    M, W = gu.shape
+    return gu.new_empty(M, W // 2)
+
+
+@torch.library.custom_op("nanotrm::swiglu_bwd", mutates_args=())
+def _swiglu_bwd_op(dc: torch.Tensor, gu: torch.Tensor) -> torch.Tensor:
+    return swiglu_bwd(dc, gu)
+
+
+@_swiglu_bwd_op.register_fake
+def _(dc, gu):
+    return gu.new_empty(gu.shape)
+
+
+def _setup_context(ctx, inputs, output):
+    ctx.save_for_backward(inputs[0])  # the matmul's output, alive anyway; sigmoid is recomputed
+
+
+def _backward(ctx, dc):
+    (gu,) = ctx.saved_tensors
+    return _swiglu_bwd_op(dc, gu)
+
+
+_swiglu_fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def swiglu_triton(gate_up):
     """silu(gate) * up from packed [..., 2*I]; same function as swiglu_reference."""
+    W = gate_up.shape[-1]
+    assert W % 2 == 0, f"swiglu: last dim {W} of gate_up must be even (gate | up)"
     if gate_up.numel() == 0:
         return swiglu_reference(gate_up)
-    return SwiGLUFunction.apply(gate_up)
+    return _swiglu_fwd_op(_rows(gate_up, W)).view(*gate_up.shape[:-1], W // 2)

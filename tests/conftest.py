@@ -60,3 +60,19 @@ def hand_train(model, batches, lr=3e-3, emb_lr=1e-2):
                 emb.weights.index_add_(0, emb.local_ids.long(), -emb_lr * emb.local_weights.grad.sign())
         losses.append(metrics["lm_loss"].item() / B)
     return losses
+
+
+def assert_rows_near_gold(name, got, ref, gold, slack=2.0, ulps=2.0):
+    """Per row of 2-D [rows, cols] tensors: the kernel's max error against a float64 `gold` stays within
+    `slack` x the reference's own max error on that row plus `ulps` units of the row's largest value in
+    got's dtype. A bug confined to a few rows or one tile fails here even where a whole-tensor RMS hides it."""
+    eps = torch.finfo(got.dtype).eps
+    got, ref, gold = got.detach().double(), ref.detach().double(), gold.detach().double()
+    e_got = (got - gold).abs().amax(1)
+    e_ref = (ref - gold).abs().amax(1)
+    bound = slack * e_ref + ulps * eps * gold.abs().amax(1)
+    bad = ~(e_got <= bound)  # NaN counts as bad
+    worst = (e_got / bound.clamp_min(1e-30)).nan_to_num(float("inf")).max().item()
+    assert not bad.any(), (f"{name}: {int(bad.sum())} of {len(bad)} rows beyond {slack} x the reference's "
+                           f"error + {ulps} ulp (worst ratio {worst:.2f}); first rows {bad.nonzero()[:5].flatten().tolist()}")
+    return worst
