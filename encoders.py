@@ -254,14 +254,16 @@ class PaperGridEncoder(nn.Module):
 
 class Gaussian(nn.Module):
     """q(z | h) = N(mu, exp(logvar)), logvar clamped to [-10, 10]; z reparameterised in training, mu in eval
-    (LPN §3). Returns (z, KL per row, mu). The log-variance head starts at zero: sigma = 1 everywhere."""
+    (LPN §3). Returns (z, KL per row, mu). The log-variance head starts constant, at `init_logvar` (the public
+    code: 0, so sigma = 1 everywhere; at small sizes that noise slows learning a lot, experiments/RESULTS.md)."""
 
-    def __init__(self, width, latent):
+    def __init__(self, width, latent, init_logvar):
         super().__init__()
         self.mu = trm.CastedLinear(width, latent, bias=True)
         self.logvar = trm.CastedLinear(width, latent, bias=True)
         with torch.no_grad():
             self.logvar.weight.zero_()
+            self.logvar.bias.fill_(init_logvar)
 
     def forward(self, h):
         mu, logvar = self.mu(h).float(), self.logvar(h).float().clamp(-10, 10)
@@ -299,7 +301,7 @@ class DemoEncoder(nn.Module):
         if self.aggregate == "set":
             self.set = SetEncoder(c)
         if self.vae:
-            self.gaussian = Gaussian(width, latent)
+            self.gaussian = Gaussian(width, latent, c.encoder_init_logvar)
         if self.aggregate == "mean" or self.vae == "pooled":
             self.head = trm.CastedLinear(latent, self.T * D)
 

@@ -60,6 +60,7 @@ class Config(trm.Config):
     encoder_L_cycles: int = 1             # iterative: latent updates per round (public final run: 1)
     encoder_L_layers: int = 2             # iterative: blocks of its recursion network
     kl_weight: float = 1e-4               # beta of the KL term (variational encoders; LPN's value)
+    encoder_init_logvar: float = 0.0      # initial log sigma^2 of the Gaussians (public: 0, sigma = 1)
     act_mode: str = "dynamic"             # dynamic (ETRM, TRM's ACT) | fixed (ETRM-FCT)
     num_act_steps: int = 1                # N: ACT steps per sample in fixed mode (training)
     leave_one_out: float = 0.0            # p: chance a training query is swapped for one of its demos
@@ -76,11 +77,11 @@ class Config(trm.Config):
 TRAIN_DEFAULTS = {"grad_clip": 1.0}
 # Keys that only matter when a model is first built (train.py / evaluate.py may clear them when rebuilding
 # a model from one of its own checkpoints, whose weights already hold the initialisation).
-INIT_ONLY_KEYS = ("decoder_init",)
+INIT_ONLY_KEYS = ("decoder_init", "encoder_init_logvar")
 # Keys that change neither the weights' shapes nor what given weights compute in training (evaluation- or
 # training-only knobs; safe to differ between a checkpoint and a run that evaluates or starts from it).
 RUNTIME_KEYS = ("tto_steps", "tto_lr", "tto_target", "tto_act_steps", "decoder_init", "leave_one_out", "kl_weight",
-                "collapse_patience")
+                "collapse_patience", "encoder_init_logvar")
 COLLAPSED = 1e-3  # context_var below this fraction of the context's mean square counts as collapsed
 
 
