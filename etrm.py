@@ -159,7 +159,7 @@ class Model(trm.Model):
         with gradient (no cache in training)."""
         mask = data["demo_mask"].bool()
         z, kl, mu = self.encoder.latent(data["demo_inputs"], data["demo_labels"], mask)
-        context = self.encoder.project(z, mask)
+        context = self.encoder.project(z, mask).to(self.dtype)   # a Gaussian's z is float32
         if mu is None or not self.training:  # deterministic, or evaluation (z is mu)
             return context, kl, context.detach()
         with torch.no_grad():
