@@ -48,8 +48,7 @@ class Config(trm.Config):
     # TRM decoder fields are inherited (D = hidden_size 512, 8 heads, T=3 H_cycles, n=4 L_cycles, ...).
     puzzle_emb_len: int = 16              # T: context tokens from the encoder (TRM's puzzle-embedding slots)
     puzzle_emb_ndim: int = 0              # unused: ETRM has no puzzle-embedding table
-    encoder_type: str = "standard"        # standard | lpn_standard | lpn_variational | lpn_variational_v2 |
-                                          # hybrid_standard | hybrid_variational | lpn | lpn_var | iterative
+    encoder_type: str = "standard"        # one of nine (encoders.py): standard, hybrid_*, lpn_*, lpn(_var), iterative
     encoder_num_layers: int = 2           # blocks of the per-pair grid encoder (public final hybrid run: 4)
     encoder_pooling_method: str = "mean"  # standard / iterative grid encoder: mean | attention | weighted
     encoder_set_layers: int = 1           # cross-attention layers of the set encoder
