@@ -1,22 +1,29 @@
-"""Tests of etrm.py, the encoder TRM (../shared/spec/etrm.md). Run: python3 -m pytest -q tests/test_etrm.py
+"""Tests of etrm.py and encoders.py, the encoder TRM. Run: python -m pytest -q tests/test_etrm.py
 
-What they check, on tiny configs (hidden 32) on CPU:
-- every encoder gives a context [B, T, D] and respects the demo mask: garbage in a masked demo slot changes
-  neither the context nor the logits; permuting the demo slots changes nothing (all encoders are set functions);
-- gradients reach every encoder weight at every ACT step, in both training modes (dynamic, fixed);
-- leave-one-out never lets a pair see itself; the KL term equals its closed form on a known case;
-- test-time optimisation lowers the demos' loss (context and latent targets) and leaves the weights alone;
-- state-dict round trip; loading a TRM checkpoint into the decoder (puzzle embedding skipped);
-- a tiny ETRM learns a family of colour-permutation puzzles, each defined only by its demos, and scores above
-  chance on permutations never seen in training (a hand-built loop; train.py's loader is not needed).
+What they check, on tiny configs (hidden 32) on CPU, for every encoder type:
+- the context is [B, T, D] and respects the demo mask (garbage in a masked demo slot changes neither the
+  context nor the logits; a sample without demos gets a zero context); permuting the demo slots changes nothing;
+- gradients reach every encoder weight at every ACT step, in both training modes; ETRM-FCT takes fresh samples
+  exactly as fast as TRM's ACT with the same steps per sample;
+- the KL term equals its closed form (clamp included); `context_var` is the variance of the mean context, so a
+  collapsed variational encoder logs 0 although its samples vary; the collapse warning is printed once;
+- leave-one-out never lets a pair see itself; test-time optimisation lowers the demos' loss to the value it
+  reports, changes predictions and leaves the weights alone; checkpoints and TRM decoder init round-trip;
+- a tiny ETRM learns a family of colour maps, each defined only by its demos, and solves maps it never saw;
+  two controls must score far lower: another puzzle's demos, and the trained decoder given the encoder's
+  initial weights (so an encoder that never trains fails the test).
 """
+import copy
 import itertools
 
 import pytest
 import torch
 
+import encoders
 import etrm
+import train
 import trm
+
 
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
@@ -28,14 +35,15 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-ENCODERS = [("standard", "mean"), ("standard", "attention"), ("standard", "weighted"),
-            ("lpn_standard", "mean"), ("lpn_variational", "mean")]
+ENCODERS = list(encoders.KINDS)
+VARIATIONAL = [e for e, (_, vae, _) in encoders.KINDS.items() if vae]
 V, L, K, B = 7, 8, 4, 3
 
 
 def tiny_config(**kw):
     base = dict(hidden_size=32, num_heads=4, expansion=2, H_cycles=2, L_cycles=2, L_layers=1, puzzle_emb_len=4,
-                halt_max_steps=3, vocab_size=V, seq_len=L, encoder_num_layers=1)
+                halt_max_steps=3, vocab_size=V, seq_len=L, encoder_num_layers=1, lpn_width=16, lpn_latent_dim=8,
+                encoder_H_cycles=2, encoder_L_layers=1)
     return etrm.Config(**(base | kw))
 
 
@@ -57,43 +65,48 @@ def run(model, batch, seed=0, calls=1):
     return carry, loss, metrics, out
 
 
-@pytest.mark.parametrize("encoder,pooling", ENCODERS)
+@pytest.mark.parametrize("encoder,pooling", [(e, "mean") for e in ENCODERS] + [("standard", "attention"),
+                                                                              ("standard", "weighted")])
 def test_context_shape_mask_and_permutation(encoder, pooling):
     torch.manual_seed(0)
     model = etrm.Model(tiny_config(encoder_type=encoder, encoder_pooling_method=pooling))
     batch = random_batch()
-    carry, loss, metrics, out = run(model, batch)
+    carry, loss, metrics, out = run(model, batch, calls=2)
     assert out["context"].shape == (B, 4, 32) and out["logits"].shape == (B, L, V) and out["preds"].shape == (B, L)
     assert torch.isfinite(loss) and "context_var" in metrics
-    assert ("kl_loss" in metrics) == (encoder == "lpn_variational")
+    assert ("kl_loss" in metrics) == (encoder in VARIATIONAL)
+    assert out["context"].abs().sum() > 0
 
     garbage = dict(batch, demo_inputs=batch["demo_inputs"].clone(), demo_labels=batch["demo_labels"].clone())
     garbage["demo_inputs"][~batch["demo_mask"]] = 5
     garbage["demo_labels"][~batch["demo_mask"]] = 3
-    _, loss_g, _, out_g = run(model, garbage)
+    _, loss_g, _, out_g = run(model, garbage, calls=2)
     torch.testing.assert_close(out_g["context"], out["context"], rtol=0, atol=0)
     torch.testing.assert_close(out_g["logits"], out["logits"], rtol=0, atol=0)
     torch.testing.assert_close(loss_g, loss, rtol=0, atol=0)
 
-    model.eval()  # deterministic encoders (the variational one uses mu), so slot order is the only change
-    _, _, _, ref = run(model, batch)
+    model.eval()  # deterministic encoders (the variational ones use mu), so slot order is the only change
+    _, _, _, ref = run(model, batch, calls=2)
     perm = torch.tensor([2, 0, 3, 1])
     permuted = dict(batch, **{k: batch[k][:, perm] for k in ("demo_inputs", "demo_labels", "demo_mask")})
-    _, _, _, out_p = run(model, permuted)
-    # Equal up to float32 summation order (the demos are summed in another order), grown through 6 blocks.
+    _, _, _, out_p = run(model, permuted, calls=2)
+    # Equal up to float32 summation order (the demos are summed in another order), grown through the blocks.
     torch.testing.assert_close(out_p["context"], ref["context"], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(out_p["logits"], ref["logits"], rtol=1e-3, atol=2e-4)
+    other = dict(batch, demo_labels=batch["demo_labels"].roll(1, 0))  # the demos do matter
+    assert not torch.allclose(run(model, other, calls=2)[3]["context"], ref["context"])
 
 
-def test_sample_without_demos_gets_zero_context():
-    model = etrm.Model(tiny_config())
+@pytest.mark.parametrize("encoder", ENCODERS)
+def test_sample_without_demos_gets_zero_context(encoder):
+    model = etrm.Model(tiny_config(encoder_type=encoder))
     batch = random_batch(mask=torch.tensor([[1, 1, 0, 0], [0, 0, 0, 0], [1, 0, 0, 0]], dtype=torch.bool))
     _, loss, _, out = run(model, batch)
     assert torch.isfinite(loss) and out["context"][1].abs().sum() == 0 and out["context"][0].abs().sum() > 0
 
 
 @pytest.mark.parametrize("mode", ["dynamic", "fixed"])
-@pytest.mark.parametrize("encoder", ["standard", "lpn_variational"])
+@pytest.mark.parametrize("encoder", ["standard", "lpn_variational", "hybrid_variational", "lpn_var", "iterative"])
 def test_gradient_reaches_encoder_every_step(mode, encoder):
     torch.manual_seed(0)
     model = etrm.Model(tiny_config(encoder_type=encoder, act_mode=mode, num_act_steps=3, halt_max_steps=4))
@@ -109,6 +122,22 @@ def test_gradient_reaches_encoder_every_step(mode, encoder):
         assert carry.halted.all() and (carry.steps == 3).all()
 
 
+def test_iterative_encoder_state_persists_across_act_steps():
+    """Its context moves from one ACT step to the next (its own carry) and restarts with a new sample."""
+    torch.manual_seed(0)
+    model = etrm.Model(tiny_config(encoder_type="iterative", halt_max_steps=3)).eval()
+    batch = random_batch()
+    carry = model.initial_carry(batch)
+    contexts = []
+    with torch.no_grad():
+        for _ in range(4):
+            carry, _, _, out = model(carry, batch)
+            contexts.append(out["context"])
+    assert not torch.allclose(contexts[1], contexts[0]) and not torch.allclose(contexts[2], contexts[1])
+    torch.testing.assert_close(contexts[3], contexts[0])  # step 4 = a new sample's first step
+    torch.testing.assert_close(carry.enc_H, contexts[3])
+
+
 def test_fixed_mode_holds_the_batch():
     model = etrm.Model(tiny_config(act_mode="fixed", num_act_steps=2))
     a, b = random_batch(0), random_batch(1)
@@ -119,6 +148,30 @@ def test_fixed_mode_holds_the_batch():
     assert torch.equal(carry.current_data["inputs"], a["inputs"]) and carry.halted.all()
     carry, *_ = model(carry, b)
     assert torch.equal(carry.current_data["inputs"], b["inputs"])
+
+
+def fresh_samples_per_call(model, batches):
+    """How many rows take a new sample from the loader's batch at each call (TRM's protocol: halted rows)."""
+    carry, taken = model.initial_carry(batches[0]), []
+    torch.manual_seed(0)
+    for batch in batches:
+        taken.append(int(carry.halted.sum()))
+        carry, *_ = model(carry, batch)
+    return taken
+
+
+def test_fixed_mode_takes_data_as_fast_as_act():
+    """ETRM-FCT with N steps per sample takes B/N fresh samples per optimizer step on average, as ETRM's and
+    TRM's ACT do when their samples run N steps: no mode drops more of the loader's data than another."""
+    N, batches = 3, [random_batch(seed) for seed in range(9)]
+    fct = etrm.Model(tiny_config(act_mode="fixed", num_act_steps=N, halt_max_steps=16))
+    act = etrm.Model(tiny_config(halt_max_steps=N, halt_exploration_prob=0.0))
+    tcfg = {k: v for k, v in vars(tiny_config(halt_max_steps=N, halt_exploration_prob=0.0)).items()
+            if k in trm.Config.__dataclass_fields__}
+    base = trm.Model(trm.Config(**(tcfg | dict(puzzle_emb_ndim=32, num_puzzle_identifiers=1))))
+    taken = fresh_samples_per_call(fct, batches)
+    assert taken == [B, 0, 0] * 3 and sum(taken) == len(batches) * B // N
+    assert fresh_samples_per_call(act, batches) == taken == fresh_samples_per_call(base, batches)
 
 
 def test_leave_one_out_never_sees_itself():
@@ -154,42 +207,116 @@ def test_leave_one_out_never_sees_itself():
     assert (carry.current_data["demo_mask"].sum(-1) == torch.where(n >= 2, n - 1, n)).all()
 
 
-def test_kl_closed_form():
-    mu, logvar = torch.tensor([[0.0, 1.0, -2.0]]), torch.tensor([[0.0, 0.0, 2.0 * torch.log(torch.tensor(3.0))]])
-    # 1/2 sum (s^2 + mu^2 - 1 - log s^2): 0 + 1/2 + 1/2 (9 + 4 - 1 - log 9)
-    expect = 0.5 + 0.5 * (9 + 4 - 1 - torch.log(torch.tensor(9.0)))
-    torch.testing.assert_close(etrm.gaussian_kl(mu, logvar), expect.view(1))
-    # In the encoder: zero weights, known biases -> every demo has that Gaussian; KL is the mean over valid demos.
-    model = etrm.Model(tiny_config(encoder_type="lpn_variational", latent_dim=3, kl_weight=0.5))
+def set_gaussian(model, mu, logvar):
+    """Zero weights and known biases: every q(z | h) becomes N(mu, exp(logvar)), whatever the demos."""
     with torch.no_grad():
-        for lin, bias in ((model.encoder.mu, mu[0]), (model.encoder.logvar, logvar[0])):
+        for lin, bias in ((model.encoder.gaussian.mu, mu), (model.encoder.gaussian.logvar, logvar)):
             lin.weight.zero_()
             lin.bias.copy_(bias)
+
+
+@pytest.mark.parametrize("encoder", VARIATIONAL)
+def test_kl_closed_form(encoder):
+    mu, logvar = torch.tensor([0.0, 1.0, -2.0]), torch.tensor([0.0, 0.0, 2.0 * torch.log(torch.tensor(3.0))])
+    # 1/2 sum (s^2 + mu^2 - 1 - log s^2): 0 + 1/2 + 1/2 (9 + 4 - 1 - log 9)
+    expect = 0.5 + 0.5 * (9 + 4 - 1 - torch.log(torch.tensor(9.0)))
+    torch.testing.assert_close(encoders.gaussian_kl(mu[None], logvar[None]), expect.view(1))
+    # In the encoder: per demo or pooled, every sample's KL is that value (the mean over its valid demos).
+    model = etrm.Model(tiny_config(encoder_type=encoder, latent_dim=3, lpn_latent_dim=3, kl_weight=0.5))
+    set_gaussian(model, mu, logvar)
     batch = random_batch()
     _, loss, metrics, _ = run(model, batch)
     torch.testing.assert_close(metrics["kl_loss"], B * expect)
     model.config.kl_weight = 0.0
     _, loss0, _, _ = run(model, batch)
     torch.testing.assert_close(loss - loss0, 0.5 * B * expect)
+    # log sigma^2 is clamped to [-10, 10]: a bias of 30 counts as 10 (KL 1/2 (e^10 - 1 - 10) per dim).
+    set_gaussian(model, torch.zeros(3), torch.full((3,), 30.0))
+    _, _, metrics, _ = run(model, batch)
+    torch.testing.assert_close(metrics["kl_loss"], B * 1.5 * (torch.tensor(10.0).exp() - 11))
 
 
-@pytest.mark.parametrize("encoder,target", [("standard", "context"), ("standard", "latent"), ("lpn_variational", "latent")])
-def test_test_time_optimisation_lowers_demo_loss(encoder, target):
+def test_context_variance_by_hand():
+    ctx = torch.zeros(3, 2, 2)
+    ctx[1] = 2.0                     # rows 0, 1: values 0 and 2 -> variance 1 in every entry; row 2 is padding
+    ctx[2] = 100.0
+    assert etrm.context_variance(ctx, torch.tensor([True, True, False])).item() == 1.0
+    ctx = torch.randn(5, 3, 4)
+    rows = torch.tensor([True, True, False, True, False])
+    torch.testing.assert_close(etrm.context_variance(ctx, rows), ctx[rows].var(0, unbiased=False).mean())
+    assert etrm.context_variance(ctx[:1].expand(4, 3, 4), torch.ones(4, dtype=torch.bool)) < 1e-12  # collapse
+
+
+@pytest.mark.parametrize("encoder", VARIATIONAL)
+def test_context_var_reads_the_mean_in_training(encoder):
+    """In training the logged context_var is the cross-sample variance of the context of mu (what evaluation
+    uses), not of the sampled z: a collapsed encoder (mu the same for every task) logs 0 however much its samples
+    vary."""
     torch.manual_seed(0)
-    model = etrm.Model(tiny_config(encoder_type=encoder, tto_steps=6, tto_lr=0.02, tto_target=target, tto_act_steps=2))
+    model = etrm.Model(tiny_config(encoder_type=encoder, halt_max_steps=1))
+    batch = random_batch()
+    _, _, metrics, out = run(model.train(), batch)
+    model.eval()
+    with torch.no_grad():
+        mean_ctx = model.encode(batch)[0]                  # evaluation: z = mu
+    model.train()
+    expect = mean_ctx.var(0, unbiased=False).mean()        # all B rows halted (halt_max_steps=1) and are real
+    torch.testing.assert_close(metrics["context_var"] / metrics["count"], expect)
+    assert metrics["count"] == B and expect > 1e-4
+    assert not torch.allclose(out["context"], mean_ctx)    # the decoder did get a sample
+    d = model.encoder.gaussian.mu.bias.numel()
+    set_gaussian(model, torch.full((d,), 0.3), torch.zeros(d))          # collapsed: mu = 0.3, sigma = 1 for all
+    _, _, metrics, out = run(model, batch)
+    assert metrics["context_var"].item() < 1e-12
+    assert out["context"].float().var(0).mean() > 1e-3     # while the sampled contexts still differ
+
+
+def test_collapse_warning_is_printed_once(capsys):
+    model = etrm.Model(tiny_config(collapse_patience=3, halt_max_steps=1))
+    varied = random_batch()
+    same = dict(varied, **{k: varied[k][:1].expand_as(varied[k]).clone() for k in ("demo_inputs", "demo_labels", "demo_mask")})
+    carry = model.initial_carry(varied)
+    for batch in (same, same, varied, same, same):  # the varied batch restarts the count
+        carry, *_ = model(carry, batch)
+    assert capsys.readouterr().out == ""
+    for _ in range(4):
+        carry, *_ = model(carry, same)
+    printed = capsys.readouterr().out
+    assert printed.count("etrm: warning") == 1 and "collapse" in printed and "Try:" in printed
+
+
+def test_train_defaults_are_train_keys():
+    assert etrm.TRAIN_DEFAULTS == {"grad_clip": 1.0}
+    assert set(etrm.TRAIN_DEFAULTS) <= set(train.TrainConfig.__dataclass_fields__)
+
+
+@pytest.mark.parametrize("encoder,target,lr", [("standard", "context", 0.05), ("standard", "latent", 0.05),
+                                               ("lpn_variational", "latent", 0.05), ("hybrid_variational", "latent", 0.05),
+                                               ("lpn_var", "context", 0.03)])
+def test_test_time_optimisation(encoder, target, lr):
+    torch.manual_seed(0)
+    model = etrm.Model(tiny_config(encoder_type=encoder, tto_steps=6, tto_lr=lr, tto_target=target, tto_act_steps=2))
     model.eval()
     batch = random_batch(mask=torch.tensor([[1, 1, 0, 0], [1, 1, 1, 0], [1, 1, 1, 1]], dtype=torch.bool))
     with torch.no_grad():  # as evaluate.py calls it
         carry, _, metrics, out = run(model, batch, calls=3)
     assert carry.halted.all() and metrics["count"] == B
     init, best = carry.tto_loss.unbind(-1)
-    assert (best <= init).all() and (best < init - 1e-3).all(), (init, best)
-    assert metrics["tto_demo_loss_best"] < metrics["tto_demo_loss_init"]
+    assert (best < init - 1e-3).all(), (init, best)
+    torch.testing.assert_close(metrics["tto_demo_loss_best"], best.sum())
+    # The kept context really has the reported loss on the demos (not, say, the last step's context).
+    mask = batch["demo_mask"]
+    owner, slot = mask.nonzero(as_tuple=True)
+    with torch.no_grad():
+        per_demo = model.demo_loss(carry.context[owner], batch["demo_inputs"][owner, slot],
+                                   etrm.to_targets(batch["demo_labels"][owner, slot]))
+    torch.testing.assert_close(torch.zeros(B).index_add(0, owner, per_demo) / mask.sum(-1), best, rtol=1e-4, atol=1e-5)
     assert all(p.grad is None for p in model.parameters())
-    model.config.tto_steps = 0  # without it the context is the encoder's output
+    model.config.tto_steps = 0  # without it the context is the encoder's output and the answer differs
     with torch.no_grad():
         _, _, _, plain = run(model, batch, calls=3)
     assert not torch.allclose(plain["context"], out["context"])
+    assert (plain["preds"] != out["preds"]).any()
 
 
 def test_checkpoint_round_trip_and_trm_decoder_init(tmp_path):
@@ -203,7 +330,7 @@ def test_checkpoint_round_trip_and_trm_decoder_init(tmp_path):
     again = etrm.Model(cfg).eval()
     again.load_state_dict(torch.load(path)["model"])
     torch.testing.assert_close(run(again, batch, calls=3)[3]["logits"], run(model, batch, calls=3)[3]["logits"], rtol=0, atol=0)
-    assert not any(isinstance(m, trm.SparseEmbedding) for m in model.modules())  # nothing for sign-SGD
+    assert not any(isinstance(m, trm.SparseEmbedding) for m in model.modules())  # no puzzle table at all
 
     # A TRM with the same decoder shape (its puzzle table of any size) initialises the decoder.
     tcfg = trm.config_from(trm.Config, {**vars(cfg), "puzzle_emb_ndim": 32 * 4, "num_puzzle_identifiers": 11})
@@ -222,6 +349,14 @@ def test_checkpoint_round_trip_and_trm_decoder_init(tmp_path):
         etrm.load_trm_decoder(etrm.Model(tiny_config(hidden_size=64)), teacher.state_dict())
 
 
+def test_bad_settings_are_refused():
+    for kw, match in ((dict(encoder_type="vae"), "encoder_type must be one of"), (dict(act_mode="fast"), "act_mode"),
+                      (dict(encoder_type="iterative", tto_steps=2), "feed-forward encoder"),
+                      (dict(encoder_pooling_method="max"), "encoder_pooling_method")):
+        with pytest.raises(ValueError, match=match):
+            etrm.Model(tiny_config(**kw))
+
+
 def colour_map_batch(maps, b, gen, colours=4, length=6):
     """Puzzles of one family: recolour every cell by a map f: colours -> colours, known only from the demos.
     Demo k is a grid of one colour c_k (all colours shown, in random order) and its image f(c_k); the query is
@@ -236,26 +371,21 @@ def colour_map_batch(maps, b, gen, colours=4, length=6):
                 demo_mask=torch.ones(b, colours, dtype=torch.bool))
 
 
-def test_learns_a_family_and_generalises_to_unseen_members():
-    """256 colour maps on 4 colours: train on 200, score on the 56 never seen. Chance per cell is 1/4; the
-    decoder alone cannot beat it on a map it never saw, so a high score means the encoder reads the demos.
-    ~18 s of CPU. Learning has a sharp transition (400 steps gave 0.60-1.0 held-out over seeds); with 600 steps
-    seeds 0, 2, 3 reached 1.0, 0.99, 1.0 held-out cell accuracy, so the 0.6 bar has a wide margin."""
-    held_out, wrong_demos = _learn_colour_maps()
-    assert held_out > 0.6 and wrong_demos < held_out - 0.25, (held_out, wrong_demos)
-
-
-def _learn_colour_maps():
+def learn_colour_maps(encoder, steps, init_logvar):
+    """Train on 200 of the 256 maps of 4 colours; return held-out exact accuracy on the 56 others, with the right
+    demos, with another puzzle's demos, and with the encoder's initial weights put back under the trained decoder."""
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(1)
     maps = list(itertools.product(range(4), repeat=4))
     order = torch.randperm(len(maps), generator=gen).tolist()
     seen, unseen = [maps[i] for i in order[:200]], [maps[i] for i in order[200:]]
     model = etrm.Model(etrm.Config(hidden_size=32, num_heads=4, expansion=2, H_cycles=1, L_cycles=1, L_layers=1,
-                                   puzzle_emb_len=4, halt_max_steps=1, vocab_size=6, seq_len=6,
-                                   encoder_num_layers=1, loss_type="softmax"))
+                                   puzzle_emb_len=4, halt_max_steps=1, vocab_size=6, seq_len=6, encoder_num_layers=1,
+                                   lpn_width=32, lpn_latent_dim=16, encoder_H_cycles=2, encoder_L_layers=1,
+                                   loss_type="softmax", encoder_type=encoder, encoder_init_logvar=init_logvar))
+    initial = copy.deepcopy(model.encoder.state_dict())
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
-    for _ in range(600):
+    for _ in range(steps):
         batch = colour_map_batch(seen, 32, gen)
         _, loss, _, _ = model(model.initial_carry(batch), batch)
         opt.zero_grad()
@@ -263,35 +393,45 @@ def _learn_colour_maps():
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
     model.eval()
+    test = colour_map_batch(unseen, 256, torch.Generator().manual_seed(5))
+    shifted = dict(test, **{k: test[k].roll(1, 0) for k in ("demo_inputs", "demo_labels", "demo_mask")})
+    exact = lambda b: model(model.initial_carry(b), b)[2]["exact_accuracy"].item() / 256
     with torch.no_grad():
-        test = colour_map_batch(unseen, 256, torch.Generator().manual_seed(5))
-        _, _, metrics, _ = model(model.initial_carry(test), test)
-        held_out = metrics["accuracy"].item() / 256
-        # Control: the same queries with another puzzle's demos must score far lower.
-        shifted = dict(test, **{k: test[k].roll(1, 0) for k in ("demo_inputs", "demo_labels", "demo_mask")})
-        _, _, metrics, _ = model(model.initial_carry(shifted), shifted)
-        wrong_demos = metrics["accuracy"].item() / 256
-    return held_out, wrong_demos
+        held_out, wrong_demos = exact(test), exact(shifted)
+        model.encoder.load_state_dict(initial)
+        initial_encoder = exact(test)
+    return held_out, wrong_demos, initial_encoder
+
+
+# encoder -> (steps, initial log sigma^2) past the sharp learning transition on this family (seed 0: held-out exact
+# 0.85 and 0.99; 0.39 and 0.64 a hundred steps earlier). The other encoders, measured over longer runs, are in
+# experiments/RESULTS.md: started at sigma = 1 as the public code does, the variational ones stay near chance
+# for 800 steps, so this one starts at sigma = e^-2.
+LEARN = {"standard": (400, 0.0), "lpn_variational_v2": (300, -4.0)}
+
+
+@pytest.mark.parametrize("encoder", list(LEARN))
+def test_learns_a_family_and_generalises_to_unseen_members(encoder):
+    """256 colour maps on 4 colours: train on 200, solve the 56 never seen (exact: all 6 cells; chance 4^-6).
+    The decoder alone cannot solve a map it never saw, so held-out success means the demos are read; with the
+    encoder's initial weights back under the trained decoder it must fail, so the encoder itself has learnt
+    (a random, never-trained encoder is readable enough on this family to pass the other two checks)."""
+    held_out, wrong_demos, initial_encoder = learn_colour_maps(encoder, *LEARN[encoder])
+    assert held_out > 0.6, (held_out, wrong_demos, initial_encoder)
+    assert wrong_demos < held_out - 0.4 and initial_encoder < held_out - 0.4, (held_out, wrong_demos, initial_encoder)
 
 
 def test_train_and_evaluate_end_to_end(tmp_path):
     """train.py / evaluate.py drive etrm through the protocol alone (loader with demos, metrics, checkpoint)."""
     import data
     import evaluate
-    import train
     path = data.build_toy(str(tmp_path / "toy"), num_train=256, num_test=64)
     result = train.main(["--model", "etrm", "--out", str(tmp_path / "run"), "--config", f"data={path}",
                          "hidden_size=32", "num_heads=4", "expansion=2.0", "H_cycles=1", "L_cycles=1", "L_layers=1",
                          "puzzle_emb_len=2", "halt_max_steps=2", "encoder_num_layers=1", "global_batch_size=16",
-                         "max_steps=4", "eval_batches=1", "ema=False", "grad_clip=1.0", "leave_one_out=0.5", "tto_steps=2"])
-    assert result["count"] > 0 and 0 <= result["accuracy"] <= 1 and "context_var" in result
-    assert result["tto_demo_loss_best"] <= result["tto_demo_loss_init"]
+                         "max_steps=4", "eval_batches=1", "ema=False", "leave_one_out=0.5", "tto_steps=2",
+                         "encoder_type=hybrid_variational"])
+    assert result["count"] > 0 and "context_var" in result
+    assert result["tto_demo_loss_best"] < result["tto_demo_loss_init"]  # two Adam steps lowered the demo loss
     again = evaluate.main(["--checkpoint", str(tmp_path / "run" / "checkpoint.pt"), "--max-batches", "1"])
     assert again["count"] == result["count"] and abs(again["accuracy"] - result["accuracy"]) < 1e-6
-
-
-def test_context_variance_ignores_padding_rows():
-    ctx = torch.randn(5, 3, 4)
-    rows = torch.tensor([True, True, False, True, False])
-    torch.testing.assert_close(etrm.context_variance(ctx, rows), ctx[rows].var(0, unbiased=False).mean())
-    assert etrm.context_variance(ctx[:1].expand(4, 3, 4), torch.ones(4, dtype=torch.bool)) < 1e-12  # collapse
