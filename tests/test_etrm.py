@@ -290,8 +290,9 @@ def test_train_defaults_are_train_keys():
     assert set(etrm.TRAIN_DEFAULTS) <= set(train.TrainConfig.__dataclass_fields__)
 
 
-@pytest.mark.parametrize("encoder,target,lr", [("standard", "context", 0.05), ("standard", "latent", 0.05),
-                                               ("lpn_variational", "latent", 0.05), ("hybrid_variational", "latent", 0.05),
+# lr 0.05 overshoots in latent space for some untrained inits (a step that never beats the start); 0.01 does not.
+@pytest.mark.parametrize("encoder,target,lr", [("standard", "context", 0.05), ("standard", "latent", 0.01),
+                                               ("lpn_variational", "latent", 0.01), ("hybrid_variational", "latent", 0.01),
                                                ("lpn_var", "context", 0.03)])
 def test_test_time_optimisation(encoder, target, lr):
     torch.manual_seed(0)
