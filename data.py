@@ -43,7 +43,6 @@ import sys
 import textwrap
 
 import numpy as np
-import torch
 
 from puzzles.arc import build_arc
 from puzzles.arc_small import build_arc_small
@@ -167,6 +166,7 @@ def demo_tensors(sources, max_demos, seq_len, pad_id=0):
     """Per batch row None or (inputs, labels, example indices) of its demonstrations -> demo_inputs, demo_labels
     int32 [B, K, L] (raw tokens, PAD kept: the encoder reads them, they are not targets), demo_mask bool [B, K];
     the first K = max_demos demos in order."""
+    import torch   # here and in _collate only: building datasets (the CLI) then starts without torch's 5-8 s import
     B, K = len(sources), max_demos
     d_in = np.full((B, K, seq_len), pad_id, np.int32)
     d_lab = np.full((B, K, seq_len), pad_id, np.int32)
@@ -182,14 +182,12 @@ def demo_tensors(sources, max_demos, seq_len, pad_id=0):
             "demo_mask": torch.from_numpy(mask)}
 
 
-class PuzzleDataset(torch.utils.data.IterableDataset):
-    """Iterates batches (dicts of tensors: inputs, labels, puzzle_identifiers, plus demo_* with with_demos) over
-    one split of a dataset folder (module docstring). Use it directly or with DataLoader(num_workers=0):
-    state_dict() lives in this object."""
+class PuzzleDataset:
+    """Iterates batches (dicts of torch tensors: inputs, labels, puzzle_identifiers, plus demo_* with with_demos)
+    over one split of a dataset folder (module docstring); state_dict() / load_state_dict() resume the order."""
 
     def __init__(self, path, split, global_batch_size, rank=0, world_size=1, seed=0, epochs_per_iter=1,
                  with_demos=False, max_demos=10):
-        super().__init__()
         if global_batch_size < 1 or global_batch_size % world_size:
             raise ValueError(f"global_batch_size {global_batch_size} must be >= 1 and divisible by world_size "
                              f"{world_size}")
@@ -280,6 +278,7 @@ class PuzzleDataset(torch.utils.data.IterableDataset):
 
     def _collate(self, idx):
         """Global example indices -> this rank's batch dict, padded to local_batch_size."""
+        import torch
         m, a, B = self.metadata, self.arrays, self.local_batch_size
         mine = idx[self.rank * B:(self.rank + 1) * B]
         n, L = len(mine), m["seq_len"]
@@ -428,7 +427,8 @@ def main(argv=None):
         print(f"error: {e}", file=sys.stderr)
         return 2
     except OSError as e:                                   # read-only folder, disk full: the build removed its files
-        print(f"error: {e.filename or args.out}: {e.strerror or e}; nothing was written", file=sys.stderr)
+        where = str(e.filename or args.out).replace(f".tmp-{os.getpid()}", "")   # the path the user asked for
+        print(f"error: {where}: {e.strerror or e}; nothing was written", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("error: interrupted; nothing was written", file=sys.stderr)

@@ -23,7 +23,7 @@ import time
 import numpy as np
 
 from puzzles.arc_sources import ARC_SUBSETS, load_arc_tasks
-from puzzles.common import AtomicDir, NpyWriter, Progress, metadata, write_json
+from puzzles.common import AtomicDir, NpyWriter, Progress, metadata, save_npy, write_json
 from puzzles.grids import EOS, GRID, SWAPS_SHAPE, aug_name, dihedral, layout
 
 _MASK = [(1 << i.bit_length()) - 1 for i in range(4096)]
@@ -278,6 +278,6 @@ def _write_arc_split(out, split, groups, ident, num_ids, stream, canvas, label, 
     for field, arr, dt in (("puzzle_identifiers", puzzle_ids, np.int32), ("puzzle_indices", puzzle_idx, np.int32),
                            ("group_indices", group_idx, np.int32),
                            ("is_demo", np.concatenate(is_demo) if is_demo else [], np.uint8)):
-        np.save(os.path.join(d, f"all__{field}.npy"), np.asarray(arr, dtype=dt))
+        save_npy(os.path.join(d, f"all__{field}.npy"), np.asarray(arr, dtype=dt))
     write_json(os.path.join(d, "dataset.json"), metadata(canvas * canvas, 12, num_ids, len(groups), n_puz, n_ex),
                indent=1)

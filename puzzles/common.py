@@ -139,24 +139,44 @@ class AtomicDir:
         return False
 
 
+def _named(e, path):
+    """The OSError of a failed write (disk full, file too large) with the file's name, for the one-line message."""
+    return OSError(e.errno, e.strerror or str(e), path) if e.filename is None else e
+
+
 class NpyWriter:
     """Writes a .npy of known final shape row block by row block (header first, then the rows in order), so a
-    6.5 GB array never sits in memory."""
+    6.5 GB array never sits in memory. Same bytes as np.save."""
 
     def __init__(self, path, dtype, shape):
-        self.f = open(path, "wb")
+        self.path, self.f = path, open(path, "wb")
         self.dtype, self.shape, self.rows = np.dtype(dtype), shape, 0
-        np.lib.format.write_array_header_1_0(self.f, {"descr": np.lib.format.dtype_to_descr(self.dtype),
-                                                      "fortran_order": False, "shape": shape})
+        self._do(np.lib.format.write_array_header_1_0, self.f, {"descr": np.lib.format.dtype_to_descr(self.dtype),
+                                                                "fortran_order": False, "shape": shape})
+
+    def _do(self, fn, *args):
+        try:
+            fn(*args)
+        except OSError as e:
+            self.f.close()
+            raise _named(e, self.path) from None
 
     def write(self, block):
         block = np.ascontiguousarray(block, dtype=self.dtype)
-        self.f.write(block.data)
+        self._do(self.f.write, block.data)
         self.rows += len(block)
 
     def close(self):
-        self.f.close()
+        self._do(self.f.close)
         assert self.rows == self.shape[0], f"wrote {self.rows} rows, expected {self.shape[0]}"
+
+
+def save_npy(path, arr):
+    """np.save through NpyWriter (a failed write names its file)."""
+    arr = np.asarray(arr)
+    w = NpyWriter(path, arr.dtype, arr.shape)
+    w.write(arr)
+    w.close()
 
 
 def metadata(seq_len, vocab, num_ids, groups, puzzles, examples, total_puzzles=None):
@@ -167,8 +187,11 @@ def metadata(seq_len, vocab, num_ids, groups, puzzles, examples, total_puzzles=N
 
 
 def write_json(path, obj, **kw):
-    with open(path, "w") as f:
-        json.dump(obj, f, **kw)
+    try:
+        with open(path, "w") as f:
+            json.dump(obj, f, **kw)
+    except OSError as e:
+        raise _named(e, path) from None
 
 
 def write_split(out, split, inputs, labels, puzzle_ids, puzzle_indices, group_indices, meta, is_demo=None):
@@ -179,7 +202,7 @@ def write_split(out, split, inputs, labels, puzzle_ids, puzzle_indices, group_in
                        ("puzzle_indices", puzzle_indices), ("group_indices", group_indices), ("is_demo", is_demo)):
         if arr is not None:
             dtype = np.uint8 if field in ("inputs", "labels", "is_demo") else np.int32
-            np.save(os.path.join(d, f"all__{field}.npy"), np.asarray(arr, dtype=dtype))
+            save_npy(os.path.join(d, f"all__{field}.npy"), np.asarray(arr, dtype=dtype))
     write_json(os.path.join(d, "dataset.json"), meta, indent=1)
 
 

@@ -9,10 +9,12 @@ import hashlib
 import json
 import os
 import subprocess
+import shutil
 import sys
 
 import numpy as np
 import pytest
+import torch
 
 import data
 from puzzles import arc
@@ -394,7 +396,7 @@ def test_loader_splits_ranks_without_overlap(toy):
 
 def test_loader_batch_contents(toy):
     b = next(iter(data.PuzzleDataset(toy, "train", 32)))
-    assert b["inputs"].dtype == data.torch.int32 and len(b["inputs"]) == 32
+    assert b["inputs"].dtype == torch.int32 and len(b["inputs"]) == 32
     assert (b["labels"][:, 14:] == -100).all() and (b["labels"][:, :14] >= 2).all()
     assert ((b["puzzle_identifiers"] >= 1) & (b["puzzle_identifiers"] <= 8)).all()
     batches = list(data.PuzzleDataset(toy, "test", 20))     # 48 test examples: 20, 20, then 8 + padding
@@ -447,3 +449,207 @@ def test_loader_demos(toy, tmp_path):
         k = int(b["demo_mask"][row].sum())
         assert k == hi - lo
         assert (b["demo_inputs"][row, :k].numpy() == tr.arrays["inputs"][lo:hi]).all()
+
+
+# ---- bad input through the real command line: exit 2, one line, nothing left or changed -------------------------
+
+SUDOKU_ROW = "x," + "." * 80 + "1," + "1" * 81 + ",0\n"
+HEADER = "source,question,answer,rating\n"
+TASK = {"train": [{"input": [[1, 2]], "output": [[2, 1]]}], "test": [{"input": [[3]], "output": [[3]]}]}
+
+
+def _files(root, spec):
+    """Write {relative path: text or bytes or JSON-able} under root."""
+    for rel, content in spec.items():
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, bytes):
+            p.write_bytes(content)
+        else:
+            p.write_text(content if isinstance(content, str) else json.dumps(content))
+
+
+def _kaggle(challenges=None, solutions=None):
+    good = {"a1": TASK, "b2": TASK}
+    spec = {f"src/arc-agi_{s}_challenges.json": good for s in ("training", "evaluation")}
+    if challenges is not None:
+        spec["src/arc-agi_training_challenges.json"] = challenges
+    if solutions is not None:
+        spec["src/arc-agi_training_solutions.json"] = solutions
+    return spec
+
+
+def _sudoku(train=HEADER + SUDOKU_ROW, test=HEADER + SUDOKU_ROW):
+    return {k: v for k, v in (("src/train.csv", train), ("src/test.csv", test)) if v is not None}
+
+
+def _tree(root):
+    """Every file and folder under root with its size and content hash."""
+    out = {}
+    for d, dirs, files in os.walk(root):
+        for name in dirs:
+            out[os.path.relpath(os.path.join(d, name), root)] = "dir"
+        for name in files:
+            p = os.path.join(d, name)
+            out[os.path.relpath(p, root)] = hashlib.sha256(open(p, "rb").read()).hexdigest()
+    return out
+
+
+CLI_BAD = [  # (name, files to write, arguments, words the one line must contain)
+    ("csv header only", _sudoku(train=HEADER), ["sudoku", "--source", "src"], ["train.csv", "no rows"]),
+    ("csv empty file", _sudoku(test=""), ["sudoku", "--source", "src"], ["test.csv", "header"]),
+    ("csv non-utf8", _sudoku(train=HEADER.encode() + b"x,\xff\xfe" + SUDOKU_ROW[2:].encode()),
+     ["sudoku", "--source", "src"], ["train.csv", "not UTF-8"]),
+    ("csv short board", _sudoku(train=HEADER + SUDOKU_ROW.replace("1,", ",", 1)), ["sudoku", "--source", "src"],
+     ["train.csv", "row 2", "80 characters, expected 81"]),
+    ("csv three columns", _sudoku(test=HEADER + "x," + "." * 81 + ",0\n"), ["sudoku", "--source", "src"],
+     ["test.csv", "row 2", "3 columns"]),
+    ("csv bad rating", _sudoku(train=HEADER + SUDOKU_ROW.replace(",0\n", ",hard\n")), ["sudoku", "--source", "src"],
+     ["train.csv", "rating 'hard'"]),
+    ("csv missing test", _sudoku(test=None), ["sudoku", "--source", "src"], ["test.csv", "no such file"]),
+    ("csv nothing at min difficulty", _sudoku(), ["sudoku", "--source", "src", "--min-difficulty", "99"],
+     ["train.csv", "rating >= 99"]),
+    ("maze wrong width", _sudoku(), ["maze", "--source", "src"], ["train.csv", "expected 900"]),
+    ("challenges is a list", _kaggle(challenges=[TASK]), ["arc1", "--source", "src"],
+     ["training_challenges.json", "got a list"]),
+    ("challenges task is a list", _kaggle(challenges={"a1": [1]}), ["arc1", "--source", "src"],
+     ["training_challenges.json", "task a1", "expected an object"]),
+    ("challenges truncated", _kaggle(challenges='{"a1": {"train": ['), ["arc1", "--source", "src"],
+     ["training_challenges.json", "not valid JSON"]),
+    ("challenges empty object", _kaggle(challenges={}), ["arc1", "--source", "src"],
+     ["training_challenges.json", "no tasks"]),
+    ("solutions is a list", _kaggle(solutions=[[[1]]]), ["arc1", "--source", "src"],
+     ["training_solutions.json", "expected a JSON object"]),
+    ("solutions miss a test", _kaggle(solutions={"a1": []}), ["arc1", "--source", "src"],
+     ["training_solutions.json", "task a1", "1 output grids"]),
+    ("task without test", _kaggle(challenges={"a1": {"train": TASK["train"]}}), ["arc1", "--source", "src"],
+     ["task a1", "no test pairs"]),
+    ("grid value 10", _kaggle(challenges={"a1": {**TASK, "train": [{"input": [[10]], "output": [[1]]}]}}),
+     ["arc1", "--source", "src"], ["task a1", "value 10 outside 0-9"]),
+    ("source missing", {}, ["arc1", "--source", "nowhere"], ["nowhere", "no such folder"]),
+    ("concept missing", _kaggle(), ["arc1", "--source", "src", "--concept", "nowhere"], ["nowhere", "no such folder"]),
+    ("num-aug -1", _kaggle(), ["arc1", "--source", "src", "--num-aug", "-1"], ["num_aug=-1", ">= 0"]),
+    ("num-train -5", {}, ["toy", "--num-train", "-5"], ["num_train=-5", ">= 0"]),
+    ("num-test -1", _sudoku(), ["sudoku", "--source", "src", "--num-test", "-1"], ["num_test=-1"]),
+    ("max-tasks 0", _kaggle(), ["arc1", "--source", "src", "--max-tasks", "0"], ["max_tasks=0", ">= 1"]),
+    ("workers 0", {}, ["maze", "--workers", "0"], ["workers=0", ">= 1"]),
+    ("seed -1", {}, ["toy", "--seed", "-1"], ["seed=-1"]),
+    ("canvas 31", _kaggle(), ["arc_small", "--source", "src", "--canvas", "31"], ["canvas=31", "30x30"]),
+    ("option of another dataset", {}, ["toy", "--num-aug", "3"], ["'toy'", "no option 'num_aug'"]),
+    ("not an integer", {}, ["toy", "--num-train", "many"], ["--num-train", "many"]),
+    ("unknown dataset", {}, ["imagenet"], ["imagenet", "invalid choice"]),
+    ("out is a file", {"mine.txt": "my notes"}, ["toy", "--out", "mine.txt"], ["mine.txt", "not a folder"]),
+    ("out holds other files", {"notes/a.txt": "x", "notes/train/keep": "y"}, ["toy", "--out", "notes"],
+     ["notes", "a.txt", "not a dataset folder"]),
+    ("out below a file", {"mine.txt": "my notes"}, ["toy", "--out", "mine.txt/sub"], ["mine.txt", "Not a directory"]),
+]
+
+
+def _run_cli(args, cwd, limit_bytes=None):
+    def limit():
+        import resource
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
+    return subprocess.run([sys.executable, os.path.join(ROOT, "data.py"), *args], cwd=cwd, capture_output=True,
+                          text=True, preexec_fn=limit if limit_bytes else None, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+
+
+def _assert_one_line_error(r, words):
+    lines = (r.stdout + r.stderr).strip().splitlines()
+    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr and len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    assert all(w in lines[0] for w in words), (words, lines[0])
+
+
+@pytest.mark.parametrize("name,files,args,words", CLI_BAD, ids=[c[0] for c in CLI_BAD])
+def test_cli_bad_input(tmp_path, name, files, args, words):
+    _files(tmp_path, files)
+    if "--out" not in args:
+        args = args + ["--out", "built"]
+    before = _tree(tmp_path)
+    r = _run_cli(args, tmp_path)
+    _assert_one_line_error(r, words)
+    assert _tree(tmp_path) == before                          # nothing written, nothing moved or changed
+
+
+def test_cli_disk_full_leaves_nothing(tmp_path):
+    """A write that fails half way (a 4 kB file size limit stands in for a full disk): one line, no temp files."""
+    r = _run_cli(["toy", "--out", "built"], tmp_path, limit_bytes=4096)
+    _assert_one_line_error(r, ["all__", "File too large", "nothing was written"])
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_cli_read_only_out(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        r = _run_cli(["toy", "--out", str(ro / "toy")], tmp_path)
+        _assert_one_line_error(r, ["ro", "Permission denied"])
+        assert os.listdir(ro) == []
+    finally:
+        ro.chmod(0o755)
+
+
+def test_cli_replaces_a_dataset_folder_and_logs_plain_lines(tmp_path):
+    """An existing dataset folder is rebuilt in place; progress in a log (no terminal) is plain lines, no \\r."""
+    _files(tmp_path, _kaggle())
+    for num_aug in ("1", "2"):
+        r = _run_cli(["arc1", "--source", "src", "--num-aug", num_aug, "--out", "built"], tmp_path)
+        assert r.returncode == 0, r.stderr
+    assert "\r" not in r.stderr and "augmenting task 4/4" in r.stderr
+    assert sorted(os.listdir(tmp_path)) == ["built", "src"]
+    assert data.load_metadata(str(tmp_path / "built"), "train")["total_puzzles"] == 4 * 3
+
+
+# ---- a dataset folder is checked when it is opened -----------------------------------------------------------------
+
+def _npy(arr):
+    import io
+    buf = io.BytesIO()
+    np.save(buf, arr)
+    return buf.getvalue()
+
+
+def _meta_with(**kw):
+    return lambda d: (d / "train" / "dataset.json").write_text(
+        json.dumps({**json.loads((d / "train" / "dataset.json").read_text()), **kw}))
+
+
+BAD_FOLDERS = [  # (name, damage done to a good toy folder, words the message must contain)
+    ("truncated inputs", lambda d: (d / "train" / "all__inputs.npy").write_bytes(
+        (d / "train" / "all__inputs.npy").read_bytes()[:300]), ["train/all__inputs.npy", "truncated"]),
+    ("garbage labels", lambda d: (d / "test" / "all__labels.npy").write_bytes(b"not numpy"),
+     ["test/all__labels.npy", "not a readable"]),
+    ("missing labels", lambda d: (d / "train" / "all__labels.npy").unlink(), ["train/all__labels.npy", "missing"]),
+    ("seq_len disagrees", _meta_with(seq_len=20), ["train/all__inputs.npy", "seq_len"]),
+    ("truncated dataset.json", lambda d: (d / "train" / "dataset.json").write_text('{"pad_id": 0, "seq'),
+     ["train/dataset.json", "not valid JSON"]),
+    ("metadata key missing", _meta_with(vocab_size=None), ["train/dataset.json", "vocab_size"]),
+    ("no test split", lambda d: shutil.rmtree(d / "test"), ["no test/ split"]),
+    ("labels shorter", lambda d: (d / "train" / "all__labels.npy").write_bytes(_npy(np.zeros((3, 16), np.uint8))),
+     ["train/all__labels.npy", "(3, 16)"]),
+    ("puzzle indices past the end", lambda d: (d / "train" / "all__puzzle_indices.npy").write_bytes(
+        _npy(np.arange(101, dtype=np.int32) * 5)), ["train/all__puzzle_indices.npy", "offsets"]),
+    ("groups disagree with dataset.json", _meta_with(total_groups=7), ["train/all__group_indices.npy", "total_groups"]),
+    ("identifier out of range", _meta_with(num_puzzle_identifiers=3), ["train/all__puzzle_identifiers.npy", "3"]),
+    ("is_demo length", lambda d: (d / "train" / "all__is_demo.npy").write_bytes(_npy(np.zeros(5, np.uint8))),
+     ["train/all__is_demo.npy", "5 flags"]),
+    ("splits disagree", lambda d: (d / "test" / "dataset.json").write_text(json.dumps(
+        {**json.loads((d / "test" / "dataset.json").read_text()), "vocab_size": 13})), ["test/dataset.json", "vocab_size"]),
+    ("identifiers.json short", lambda d: (d / "identifiers.json").write_text('["<blank>"]'), ["identifiers.json"]),
+]
+
+
+@pytest.mark.parametrize("name,damage,words", BAD_FOLDERS, ids=[c[0] for c in BAD_FOLDERS])
+def test_bad_dataset_folder_is_one_line_at_open(tmp_path, name, damage, words):
+    path = tmp_path / "toy"
+    data.build_toy(str(path), num_train=400, num_test=40)
+    damage(path)
+    with pytest.raises(data.DataError) as e:
+        data.ensure_dataset(str(path))
+    assert all(w in str(e.value) for w in words) and "\n" not in str(e.value), str(e.value)
+    split = "test" if "test/" in words[0] or "test" in name else "train"
+    if name not in ("no test split", "splits disagree", "identifiers.json short"):
+        with pytest.raises(data.DataError):
+            data.PuzzleDataset(str(path), split, 8)
