@@ -23,7 +23,7 @@ import time
 import numpy as np
 
 from puzzles.arc_sources import ARC_SUBSETS, load_arc_tasks
-from puzzles.common import AtomicDir, NpyWriter, Progress, metadata, save_npy, write_json
+from puzzles.common import AtomicDir, DataError, NpyWriter, Progress, metadata, save_npy, write_json
 from puzzles.grids import EOS, GRID, SWAPS_SHAPE, aug_name, dihedral, layout
 
 _MASK = [(1 << i.bit_length()) - 1 for i in range(4096)]
@@ -204,6 +204,8 @@ def build_arc(out_dir, version="arc1", source=None, num_aug=1000, seed=42, conce
     held_out: evaluation demos and queries all in the test split. max_tasks: first N tasks of each subset.
     canvas: side of the token canvas (seq_len canvas^2); below 30 only the tasks whose grids all fit are kept.
     Seed 42 and num_aug 1000 are the reference's."""
+    if not 1 <= canvas <= GRID:
+        raise DataError(f"canvas={canvas}: expected a side from 1 to {GRID}")
     t0, label = time.time(), version if canvas == GRID else f"{version}, {canvas}x{canvas}"
     subsets = load_arc_tasks(version, source, concept_path, max_tasks, canvas)
     test_subset = ARC_SUBSETS[version][1]

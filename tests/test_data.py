@@ -653,3 +653,64 @@ def test_bad_dataset_folder_is_one_line_at_open(tmp_path, name, damage, words):
     if name not in ("no test split", "splits disagree", "identifiers.json short"):
         with pytest.raises(data.DataError):
             data.PuzzleDataset(str(path), split, 8)
+
+
+# ---- small ARC: the ARC-AGI-1 tasks that fit a 10 x 10 canvas -------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def arc_small(tmp_path_factory):
+    return data.build("arc_small", str(tmp_path_factory.mktemp("arc_small") / "arc_small"), num_aug=2, max_tasks=6)
+
+
+def test_arc_small_shapes_tokens_and_fit(arc_small):
+    names = json.load(open(os.path.join(arc_small, "identifiers.json")))
+    raw = {tid: task for _, tasks in data.load_arc_tasks("arc1") for tid, _, task in tasks}
+    tasks = {}
+    for split in ("train", "test"):
+        meta, arr = _check_layout(arc_small, split)
+        assert meta["seq_len"] == 100 and meta["vocab_size"] == 12 and arr["inputs"].shape[1] == 100
+        assert arr["inputs"].max() <= 11 and arr["labels"].max() <= 11
+        tasks[split] = {data.parse_aug_name(names[i])[0] for i in arr["puzzle_identifiers"]}
+        for tid in tasks[split]:                          # every grid of every kept task fits 10 x 10
+            grids = [p[k] for key in ("train", "test") for p in raw[tid][key] for k in ("input", "output")]
+            assert max(max(len(g), len(g[0])) for g in grids) <= 10
+        if split == "test":                               # untranslated: every example decodes to its task's pair
+            pi = arr["puzzle_indices"]
+            for p, ident in enumerate(arr["puzzle_identifiers"]):
+                tid = data.parse_aug_name(names[ident])[0]
+                pairs = [(p_["input"], p_["output"]) for key in ("train", "test") for p_ in raw[tid][key]]
+                for e in range(pi[p], pi[p + 1]):
+                    x, y = (data.invert_aug(data.crop_grid(arr[k][e]), names[ident]).tolist() for k in ("inputs", "labels"))
+                    assert (x, y) in pairs
+    assert len(tasks["train"]) == 6 and len(tasks["test"]) == 6
+    # the held-out split: its tasks, identifiers and names appear nowhere in training
+    _, tr = _check_layout(arc_small, "train")
+    _, te = _check_layout(arc_small, "test")
+    assert not tasks["train"] & tasks["test"]
+    assert not set(te["puzzle_identifiers"]) & set(tr["puzzle_identifiers"])
+    assert set(json.load(open(os.path.join(arc_small, "test_puzzles.json")))) == tasks["test"]
+    assert te["is_demo"].any() and not te["is_demo"].all()
+
+
+def test_arc_small_voting_on_the_small_canvas(arc_small):
+    """evaluate.ARCVoter crops from the 10 x 10 canvas: the true outputs as predictions score pass@1 = 1."""
+    import evaluate
+    voter = evaluate.ARCVoter(arc_small)
+    for batch in data.PuzzleDataset(arc_small, "test", 16, with_demos=True):
+        assert batch["demo_inputs"].shape[1:] == (10, 100) and batch["demo_mask"].any(1)[batch["puzzle_identifiers"] > 0].all()
+        preds = batch["labels"].clamp_min(0)
+        voter.update(batch["inputs"], batch["puzzle_identifiers"], preds, torch.zeros(len(preds)))
+    result = voter.result()
+    assert result["ARC/pass@1"] == 1.0 and all(
+        len(entries) == len(task["test"]) for entries, task in zip(result["submission"].values(),
+                                                                   voter.test_puzzles.values()))
+
+
+def test_arc_canvas_keeps_only_fitting_tasks_and_default_is_unchanged(tmp_path):
+    fit = data.load_arc_tasks("arc1", canvas=8, max_tasks=5)
+    assert all(max(max(g.shape) for k in task for p in task[k] for g in p) <= 8 for _, ts in fit for _, task, _ in ts)
+    assert [len(ts) for _, ts in fit] == [5, 5]
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    data.build_arc(a, "arc1", num_aug=2, max_tasks=2)
+    data.build_arc(b, "arc1", num_aug=2, max_tasks=2, canvas=30)
+    assert _tree(a) == _tree(b)
