@@ -47,7 +47,7 @@ import numpy as np
 from puzzles.arc import build_arc
 from puzzles.arc_small import build_arc_small
 from puzzles.arc_sources import load_arc_tasks  # noqa: F401  (public: the ARC tasks in the reference's order)
-from puzzles.common import DataError, check_count, check_grid, check_out, read_json  # noqa: F401
+from puzzles.common import DataError, check_count, check_grid, check_out, read_json, write_json  # noqa: F401
 from puzzles.grids import (EOS, GRID, PAD, aug_name, augment_grid, crop_grid, dihedral, encode_grid_pair,  # noqa: F401
                            grid_hash, invert_aug, inverse_dihedral, parse_aug_name)
 from puzzles.maze import build_maze, maze_bfs  # noqa: F401
@@ -378,9 +378,11 @@ def summarize(path):
     return f"{path}: " + "; ".join(parts) + f"; {size:,} bytes"
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):                              # one line, exit code 2 (argparse prints the usage too)
-        print(f"error: {message} (see python data.py --help)", file=sys.stderr)
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with a bad command line answered in one line (argparse's own adds the usage), exit code 2."""
+
+    def error(self, message):
+        print(f"error: {message} (see python {self.prog} --help)", file=sys.stderr)
         sys.exit(2)
 
 
@@ -389,7 +391,7 @@ def _flag(option):
 
 
 def main(argv=None):
-    p = _Parser(description="Build a nanoTRM dataset in the reference TRM/HRM layout.",
+    p = OneLineParser(description="Build a nanoTRM dataset in the reference TRM/HRM layout.",
                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("dataset", choices=list(DATASETS), help="which dataset to build (listed below)")
     p.add_argument("--out", help="output folder (default data/<dataset>); an existing one must be a dataset folder")
