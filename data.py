@@ -28,12 +28,10 @@ the same identifier (the same augmented version); only query examples are then t
 (reference data) every train example is a demo and a train target is left out of its own demos.
 
 Commands (`python data.py --help` lists every dataset and its options):
-    python data.py toy                         # seconds; used by tests and the CPU quickstart
-    python data.py arc_small                   # ARC-AGI-1 tasks on a 10x10 canvas, held-out evaluation tasks
-    python data.py arc1 --out data/arc1        # the reference's ARC-AGI-1 set, about 6.5 GB
+    python data.py toy                         # seconds; the CPU quickstart
+    python data.py arc_small                   # seconds; ARC-AGI-1 tasks on a 10x10 canvas
     python data.py arc1 --num-aug 8 --max-tasks 5 --out /tmp/arc_tiny
     python data.py sudoku --source path/to/sudoku-extreme   # or without --source: generate (slow, cached)
-    python data.py maze --num-train 1000 --num-test 1000
 """
 import argparse
 import functools
@@ -54,6 +52,7 @@ from puzzles.maze import build_maze, maze_bfs  # noqa: F401
 from puzzles.sudoku import build_sudoku, sudoku_solve  # noqa: F401
 from puzzles.toy import build_toy
 
+
 def _variant(builder, doc, **keywords):
     """`builder` with some keywords fixed, and its own one-line description for the help."""
     fn = functools.partial(builder, **keywords)
@@ -63,18 +62,16 @@ def _variant(builder, doc, **keywords):
 
 # One line per dataset: name -> builder(out_dir, **options); the first docstring line is its help.
 DATASETS = {
-    "arc1": _variant(build_arc, "ARC-AGI-1 as TRM builds it (training + evaluation, tested on evaluation), "
-                                "about 6.5 GB", version="arc1"),
-    "arc2": _variant(build_arc, "ARC-AGI-2 as TRM builds it (training2 + evaluation2, tested on evaluation2), "
-                                "about 9.3 GB", version="arc2"),
+    "arc1": _variant(build_arc, "ARC-AGI-1 as TRM builds it, tested on the evaluation tasks (6.5 GB)", version="arc1"),
+    "arc2": _variant(build_arc, "ARC-AGI-2 as TRM builds it, tested on the evaluation tasks (9.3 GB)", version="arc2"),
     "sudoku": build_sudoku,
     "maze": build_maze,
     "toy": build_toy,
     "arc_small": build_arc_small,
 }
 
-FIELDS = ("inputs", "labels", "puzzle_identifiers", "puzzle_indices", "group_indices")
-META_INTS = ("pad_id", "blank_identifier_id", "vocab_size", "seq_len", "num_puzzle_identifiers", "total_groups")
+META_INTS = {"pad_id": 0, "blank_identifier_id": 0, "vocab_size": 1, "seq_len": 1, "num_puzzle_identifiers": 1,
+             "total_groups": 0}   # dataset.json keys the loader needs, with their smallest value
 LEAST = {"num_aug": 0, "num_train": 0, "num_test": 0, "max_tasks": 1, "workers": 1, "canvas": 1, "seed": 0,
          "min_path": 0, "target_backtracks": 0}   # smallest value of each count option
 
@@ -90,18 +87,16 @@ def load_metadata(path, split):
     meta = read_json(f)
     if not isinstance(meta, dict):
         raise DataError(f"{f}: expected a JSON object of metadata")
-    for key in META_INTS:
-        if not isinstance(meta.get(key), int) or isinstance(meta[key], bool) or meta[key] < 0:
-            raise DataError(f"{f}: key {key!r} is {meta.get(key)!r}, expected an integer >= 0")
-    if meta["seq_len"] < 1 or meta["vocab_size"] < 1 or meta["num_puzzle_identifiers"] < 1:
-        raise DataError(f"{f}: seq_len, vocab_size and num_puzzle_identifiers must be >= 1")
+    for key, least in META_INTS.items():
+        if not isinstance(meta.get(key), int) or isinstance(meta[key], bool) or meta[key] < least:
+            raise DataError(f"{f}: key {key!r} is {meta.get(key)!r}, expected an integer >= {least}")
     return meta
 
 
 def load_arrays(path, split, meta):
     """The split's arrays (inputs and labels memory-mapped), checked against each other and dataset.json."""
     d, a = os.path.join(path, split), {}
-    for field in FIELDS + ("is_demo",):
+    for field in ("inputs", "labels", "puzzle_identifiers", "puzzle_indices", "group_indices", "is_demo"):
         f = os.path.join(d, f"all__{field}.npy")
         if field == "is_demo" and not os.path.exists(f):
             a[field] = None
@@ -131,9 +126,10 @@ def load_arrays(path, split, meta):
         raise DataError(f"{name['group_indices']}: {len(a['group_indices']) - 1} groups, but {d}/dataset.json says "
                         f"total_groups {meta['total_groups']}")
     ids = a["puzzle_identifiers"]
-    if n_puz and (ids.min() < 0 or ids.max() >= meta["num_puzzle_identifiers"]):
-        raise DataError(f"{name['puzzle_identifiers']}: identifiers {ids.min()}..{ids.max()}, but {d}/dataset.json "
-                        f"says num_puzzle_identifiers {meta['num_puzzle_identifiers']}")
+    n_ids = meta["num_puzzle_identifiers"]
+    if n_puz and (ids.min() < 0 or ids.max() >= n_ids):
+        raise DataError(f"{name['puzzle_identifiers']}: puzzle identifier {ids.max() if ids.max() >= n_ids else ids.min()}"
+                        f" outside 0..{n_ids - 1} (num_puzzle_identifiers in {d}/dataset.json)")
     if a["is_demo"] is not None and a["is_demo"].shape != (n_ex,):
         raise DataError(f"{name['is_demo']}: {len(a['is_demo'])} flags for {n_ex} examples")
     return a
@@ -342,8 +338,6 @@ def build(name, out_dir=None, **options):
             check_count(key, value, LEAST[key])
     if options.get("seed") is not None and options["seed"] >= 2 ** 32:
         raise DataError(f"seed={options['seed']}: expected an integer below 2**32")
-    if options.get("canvas") is not None and options["canvas"] > GRID:
-        raise DataError(f"canvas={options['canvas']}: ARC grids are drawn on at most {GRID}x{GRID}")
     out_dir = out_dir or os.path.join("data", name)
     check_out(out_dir)
     DATASETS[name](out_dir, **options)
@@ -390,9 +384,35 @@ def _flag(option):
     return "--concept" if option == "concept_path" else "--" + option.replace("_", "-")
 
 
+def one_line_errors(main, *args):
+    """Run a command's main(*args) -> exit code: a DataError, an OSError or a SystemExit("error: ...") is printed
+    as its one line on stderr with exit code 2 (no traceback), Ctrl-C as one line with 130."""
+    try:
+        main(*args)
+        return 0
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+    except OSError as e:                                   # read-only folder, disk full: builds removed their files
+        where = str(e.filename).replace(f".tmp-{os.getpid()}", "")   # the path the user asked for, not the temp one
+        print(f"error: {where}: {e.strerror or e}", file=sys.stderr)
+    except SystemExit as e:
+        if not isinstance(e.code, str):
+            raise
+        print(e.code, file=sys.stderr)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    return 2
+
+
 def main(argv=None):
+    """The command line -> exit code (0 built, 2 bad input)."""
+    return one_line_errors(_main, argv)
+
+
+def _main(argv):
     p = OneLineParser(description="Build a nanoTRM dataset in the reference TRM/HRM layout.",
-                formatter_class=argparse.RawDescriptionHelpFormatter)
+                      formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("dataset", choices=list(DATASETS), help="which dataset to build (listed below)")
     p.add_argument("--out", help="output folder (default data/<dataset>); an existing one must be a dataset folder")
     p.add_argument("--source", help="input data: ARC folder (Kaggle *_challenges.json or per-task JSON folders), "
@@ -422,20 +442,7 @@ def main(argv=None):
     p.epilog = "datasets:\n" + "\n".join(lines)
     args = p.parse_args(argv)
     options = {k: v for k, v in vars(args).items() if k not in ("dataset", "out") and v is not None}
-    try:
-        out = build(args.dataset, args.out, **options)
-        print(summarize(out))
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:                                   # read-only folder, disk full: the build removed its files
-        where = str(e.filename or args.out).replace(f".tmp-{os.getpid()}", "")   # the path the user asked for
-        print(f"error: {where}: {e.strerror or e}; nothing was written", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("error: interrupted; nothing was written", file=sys.stderr)
-        return 130
-    return 0
+    print(summarize(build(args.dataset, args.out, **options)))
 
 
 if __name__ == "__main__":

@@ -5,28 +5,20 @@
         --config mode=full steps=300 lr=3e-5 num_aug=100 task_seconds=120 total_seconds=43200
     python solve.py --help                                    # every config key with its default
 
-TRM, HRM, PRR and the deep recursive model name a puzzle by a learned row of a puzzle-embedding table, so a task
-that was not in the training data has no row. Every strong small-model ARC result adapts per task at test time.
-For every task of `--tasks` whose id is not among the checkpoint's identifiers:
-  1. versions: the task plus up to `num_aug` distinct augmentations (dihedral x colour map), drawn and
-     de-duplicated by the dataset builder's own search (puzzles/arc.py) over the demos and the test INPUTS; test
-     outputs are never read (a challenges file that has them is stripped on load);
-  2. rows: one new row per version in every puzzle-embedding table, the mean of the checkpoint's rows (the
-     reference's rule for a resized table);
-  3. adaptation on the versions' demo pairs, placed as the builder places a train split, for `steps` steps /
-     `task_seconds` seconds: `mode=embeddings` trains the new rows only with sign-SGD (how they were trained),
-     `mode=full` also every weight with AdamATan2 (restored after each task; the checkpoint file is only read),
-     `mode=none` predicts with the mean rows (the baseline); `joint=True` adapts all unseen tasks in one run;
-  4. prediction of every test input in every version, run to halt, voted by evaluate.ARCVoter.
-Tasks that ARE in the checkpoint skip 1-3 and are predicted over the versions its identifiers list for them.
-Models with `needs_demos` (etrm) have no table: they get each version's demos in the batch (the loader's layout)
-and adapt by their own test-time optimisation (e.g. `--config tto_steps=N`); mode=full is refused for them.
-Grids sit on a side x side canvas, side = sqrt(seq_len) (30 for ARC, 10 for arc_small).
-
-Out folder (default <checkpoint folder>/solve): submission.json (written before --solutions is opened),
-identifiers.json (the checkpoint's names and the new versions'), adapt_log.jsonl (per task: versions, steps,
-seconds, losses), loss_curves.png, and with --solutions scores.json and task_<id>.png pictures.
-An overall time budget gives the tasks it leaves fallback entries; an empty predicted grid becomes [[0]].
+A model that names a puzzle by a learned row of a puzzle-embedding table (TRM, HRM, PRR, deep_recursive) has no
+row for a task it never trained on. For every task of --tasks missing from the checkpoint's identifiers:
+  1. versions: the task and up to num_aug augmentations (dihedral x colour map), found by the dataset builder's own
+     search (puzzles/arc.py) over the demos and test INPUTS (test outputs are dropped when the file is read);
+  2. rows: one new row per version in every embedding table, the mean of the checkpoint's rows;
+  3. adaptation on the versions' demos (placed as the builder places a train split) for `steps` / `task_seconds`:
+     mode=embeddings trains the new rows with sign-SGD, mode=full also every weight with AdamATan2 (restored after
+     each task), mode=none is the baseline; joint=True adapts all unseen tasks in one run;
+  4. every test input of every version run to halt and voted by evaluate.ARCVoter.
+Tasks in the checkpoint are only predicted, over their versions. Models with `needs_demos` (etrm) get each
+version's demos in the batch and adapt by their own test-time optimisation (--config tto_steps=N).
+The canvas side is sqrt(seq_len): 30 for ARC, 10 for arc_small. Out folder (default <checkpoint folder>/solve):
+submission.json (written before --solutions is opened), identifiers.json, adapt_log.jsonl, loss_curves.png, and
+with --solutions scores.json and task pictures. Tasks past total_seconds get fallback entries ([[0]]).
 """
 import argparse
 import dataclasses
@@ -383,16 +375,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except data.DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except SystemExit as e:  # the one-line errors of config.py / evaluate.py / here: exit code 2
-        if isinstance(e.code, str):
-            print(e.code, file=sys.stderr)
-            sys.exit(2)
-        raise
-    except OSError as e:
-        print(f"error: {e.filename}: {e.strerror or e}", file=sys.stderr)
-        sys.exit(2)
+    sys.exit(data.one_line_errors(main))

@@ -534,7 +534,7 @@ CLI_BAD = [  # (name, files to write, arguments, words the one line must contain
     ("max-tasks 0", _kaggle(), ["arc1", "--source", "src", "--max-tasks", "0"], ["max_tasks=0", ">= 1"]),
     ("workers 0", {}, ["maze", "--workers", "0"], ["workers=0", ">= 1"]),
     ("seed -1", {}, ["toy", "--seed", "-1"], ["seed=-1"]),
-    ("canvas 31", _kaggle(), ["arc_small", "--source", "src", "--canvas", "31"], ["canvas=31", "30x30"]),
+    ("canvas 31", _kaggle(), ["arc_small", "--source", "src", "--canvas", "31"], ["canvas=31", "1 to 30"]),
     ("option of another dataset", {}, ["toy", "--num-aug", "3"], ["'toy'", "no option 'num_aug'"]),
     ("not an integer", {}, ["toy", "--num-train", "many"], ["--num-train", "many"]),
     ("unknown dataset", {}, ["imagenet"], ["imagenet", "invalid choice"]),
@@ -574,7 +574,7 @@ def test_cli_bad_input(tmp_path, name, files, args, words):
 def test_cli_disk_full_leaves_nothing(tmp_path):
     """A write that fails half way (a 4 kB file size limit stands in for a full disk): one line, no temp files."""
     r = _run_cli(["toy", "--out", "built"], tmp_path, limit_bytes=4096)
-    _assert_one_line_error(r, ["all__", "File too large", "nothing was written"])
+    _assert_one_line_error(r, ["built/train/all__", "File too large"])
     assert os.listdir(tmp_path) == []
 
 
