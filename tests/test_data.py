@@ -632,7 +632,7 @@ BAD_FOLDERS = [  # (name, damage done to a good toy folder, words the message mu
     ("puzzle indices past the end", lambda d: (d / "train" / "all__puzzle_indices.npy").write_bytes(
         _npy(np.arange(101, dtype=np.int32) * 5)), ["train/all__puzzle_indices.npy", "offsets"]),
     ("groups disagree with dataset.json", _meta_with(total_groups=7), ["train/all__group_indices.npy", "total_groups"]),
-    ("identifier out of range", _meta_with(num_puzzle_identifiers=3), ["train/all__puzzle_identifiers.npy", "3"]),
+    ("identifier out of range", _meta_with(num_puzzle_identifiers=3), ["train/all__puzzle_identifiers.npy", "outside 0..2"]),
     ("is_demo length", lambda d: (d / "train" / "all__is_demo.npy").write_bytes(_npy(np.zeros(5, np.uint8))),
      ["train/all__is_demo.npy", "5 flags"]),
     ("splits disagree", lambda d: (d / "test" / "dataset.json").write_text(json.dumps(
