@@ -458,9 +458,9 @@ HEADER = "source,question,answer,rating\n"
 TASK = {"train": [{"input": [[1, 2]], "output": [[2, 1]]}], "test": [{"input": [[3]], "output": [[3]]}]}
 
 
-def _files(root, spec):
+def _files(root, files):
     """Write {relative path: text or bytes or JSON-able} under root."""
-    for rel, content in spec.items():
+    for rel, content in files.items():
         p = root / rel
         p.parent.mkdir(parents=True, exist_ok=True)
         if isinstance(content, bytes):
@@ -471,12 +471,12 @@ def _files(root, spec):
 
 def _kaggle(challenges=None, solutions=None):
     good = {"a1": TASK, "b2": TASK}
-    spec = {f"src/arc-agi_{s}_challenges.json": good for s in ("training", "evaluation")}
+    files = {f"src/arc-agi_{s}_challenges.json": good for s in ("training", "evaluation")}
     if challenges is not None:
-        spec["src/arc-agi_training_challenges.json"] = challenges
+        files["src/arc-agi_training_challenges.json"] = challenges
     if solutions is not None:
-        spec["src/arc-agi_training_solutions.json"] = solutions
-    return spec
+        files["src/arc-agi_training_solutions.json"] = solutions
+    return files
 
 
 def _sudoku(train=HEADER + SUDOKU_ROW, test=HEADER + SUDOKU_ROW):
