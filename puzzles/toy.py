@@ -3,7 +3,7 @@ import os
 
 import numpy as np
 
-from puzzles.common import AtomicDir, metadata, write_json, write_split
+from puzzles.common import AtomicDir, DataError, metadata, write_json, write_split
 
 
 def build_toy(out_dir, num_train=4000, num_test=512, seed=0, num_rules=8, length=14, seq_len=16, demos=3, shift=0):
@@ -15,6 +15,8 @@ def build_toy(out_dir, num_train=4000, num_test=512, seed=0, num_rules=8, length
     Measured with a plain 2-layer width-64 transformer (learned positions, AdamW 1e-3, batch 64, 1 CPU thread):
     shift=0 reaches 100% exact test accuracy by step 250 (45 s on a loaded 2-core machine); shift=1 and a
     reversal were still near chance (loss ~2.0) after 750 steps, hence the default."""
+    if length > seq_len:
+        raise DataError(f"length={length} is longer than seq_len={seq_len}")
     rng = np.random.default_rng(seed)
     perms = np.stack([rng.permutation(10) for _ in range(num_rules)]) + 2
     per = demos + 1

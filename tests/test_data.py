@@ -536,6 +536,7 @@ CLI_BAD = [  # (name, files to write, arguments, words the one line must contain
     ("seed -1", {}, ["toy", "--seed", "-1"], ["seed=-1"]),
     ("canvas 31", _kaggle(), ["arc_small", "--source", "src", "--canvas", "31"], ["canvas=31", "1 to 30"]),
     ("option of another dataset", {}, ["toy", "--num-aug", "3"], ["'toy'", "no option 'num_aug'"]),
+    ("toy rows longer than seq_len", {}, ["toy", "--length", "20"], ["length=20", "seq_len=16"]),
     ("not an integer", {}, ["toy", "--num-train", "many"], ["--num-train", "many"]),
     ("unknown dataset", {}, ["imagenet"], ["imagenet", "invalid choice"]),
     ("out is a file", {"mine.txt": "my notes"}, ["toy", "--out", "mine.txt"], ["mine.txt", "not a folder"]),
@@ -550,7 +551,8 @@ def _run_cli(args, cwd, limit_bytes=None):
         import resource
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
     return subprocess.run([sys.executable, os.path.join(ROOT, "data.py"), *args], cwd=cwd, capture_output=True,
-                          text=True, preexec_fn=limit if limit_bytes else None, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+                          text=True, preexec_fn=limit if limit_bytes else None,
+                          env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
 
 
 def _assert_one_line_error(r, words):
@@ -632,11 +634,13 @@ BAD_FOLDERS = [  # (name, damage done to a good toy folder, words the message mu
     ("puzzle indices past the end", lambda d: (d / "train" / "all__puzzle_indices.npy").write_bytes(
         _npy(np.arange(101, dtype=np.int32) * 5)), ["train/all__puzzle_indices.npy", "offsets"]),
     ("groups disagree with dataset.json", _meta_with(total_groups=7), ["train/all__group_indices.npy", "total_groups"]),
-    ("identifier out of range", _meta_with(num_puzzle_identifiers=3), ["train/all__puzzle_identifiers.npy", "outside 0..2"]),
+    ("identifier out of range", _meta_with(num_puzzle_identifiers=3),
+     ["train/all__puzzle_identifiers.npy", "outside 0..2"]),
     ("is_demo length", lambda d: (d / "train" / "all__is_demo.npy").write_bytes(_npy(np.zeros(5, np.uint8))),
      ["train/all__is_demo.npy", "5 flags"]),
     ("splits disagree", lambda d: (d / "test" / "dataset.json").write_text(json.dumps(
-        {**json.loads((d / "test" / "dataset.json").read_text()), "vocab_size": 13})), ["test/dataset.json", "vocab_size"]),
+        {**json.loads((d / "test" / "dataset.json").read_text()), "vocab_size": 13})),
+     ["test/dataset.json", "vocab_size"]),
     ("identifiers.json short", lambda d: (d / "identifiers.json").write_text('["<blank>"]'), ["identifiers.json"]),
 ]
 
@@ -680,7 +684,8 @@ def test_arc_small_shapes_tokens_and_fit(arc_small):
                 tid = data.parse_aug_name(names[ident])[0]
                 pairs = [(p_["input"], p_["output"]) for key in ("train", "test") for p_ in raw[tid][key]]
                 for e in range(pi[p], pi[p + 1]):
-                    x, y = (data.invert_aug(data.crop_grid(arr[k][e]), names[ident]).tolist() for k in ("inputs", "labels"))
+                    x, y = (data.invert_aug(data.crop_grid(arr[k][e]), names[ident]).tolist()
+                            for k in ("inputs", "labels"))
                     assert (x, y) in pairs
     assert len(tasks["train"]) == 6 and len(tasks["test"]) == 6
     # the held-out split: its tasks, identifiers and names appear nowhere in training
@@ -697,7 +702,8 @@ def test_arc_small_voting_on_the_small_canvas(arc_small):
     import evaluate
     voter = evaluate.ARCVoter(arc_small)
     for batch in data.PuzzleDataset(arc_small, "test", 16, with_demos=True):
-        assert batch["demo_inputs"].shape[1:] == (10, 100) and batch["demo_mask"].any(1)[batch["puzzle_identifiers"] > 0].all()
+        real = batch["puzzle_identifiers"] > 0
+        assert batch["demo_inputs"].shape[1:] == (10, 100) and batch["demo_mask"].any(1)[real].all()
         preds = batch["labels"].clamp_min(0)
         voter.update(batch["inputs"], batch["puzzle_identifiers"], preds, torch.zeros(len(preds)))
     result = voter.result()
@@ -714,3 +720,20 @@ def test_arc_canvas_keeps_only_fitting_tasks_and_default_is_unchanged(tmp_path):
     data.build_arc(a, "arc1", num_aug=2, max_tasks=2)
     data.build_arc(b, "arc1", num_aug=2, max_tasks=2, canvas=30)
     assert _tree(a) == _tree(b)
+
+
+def test_help_lists_every_dataset_and_a_new_builder_plugs_in(tmp_path, monkeypatch, capsys):
+    r = _run_cli(["--help"], tmp_path)
+    assert r.returncode == 0 and all(f"  {name}: " in r.stdout for name in data.DATASETS)
+
+    def build_ring(out_dir, size=4, wrap=False, seed=0):
+        """A one-line registry entry is all a new builder needs."""
+        return data.build_toy(out_dir, num_train=8 * size, num_test=8, seed=seed, shift=int(wrap))
+    monkeypatch.setitem(data.DATASETS, "ring", build_ring)
+    assert data.main(["ring", "--size", "3", "--wrap", "--out", str(tmp_path / "ring")]) == 0
+    assert data.load_metadata(str(tmp_path / "ring"), "train")["total_groups"] == 6
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        data.main(["--help"])
+    assert "  ring: A one-line registry entry is all a new builder needs.\n      options: --size --wrap --seed" in \
+        capsys.readouterr().out
