@@ -240,9 +240,10 @@ def prepare(args):
                          "use their test-time optimisation (e.g. --config tto_steps=N)")
     side = canvas_side(model.config.seq_len)
     path = args.data or ckpt["data_path"]
-    names_file, trained = os.path.join(path, "identifiers.json"), data.load_metadata(path, "train")
+    names_file = os.path.join(path, "identifiers.json")
     names = data.read_json(names_file)
-    trained = set(data.load_arrays(path, "train", trained)["puzzle_identifiers"].tolist())  # ids with trained rows
+    ids = data.load_arrays(path, "train", data.load_metadata(path, "train"))["puzzle_identifiers"]
+    trained = set(ids.tolist())  # identifiers whose rows were trained
     for emb in train.sparse_embeddings(model):
         if not isinstance(names, list) or emb.weights.shape[0] != len(names):
             raise SystemExit(f"error: {names_file} does not list the checkpoint's {emb.weights.shape[0]} puzzle "

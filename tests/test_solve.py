@@ -197,6 +197,7 @@ SOLVE_BAD = [  # (name, files to write into the case folder, arguments replacing
     ("solutions missing", {}, ["--solutions", "none.json"], ["none.json", "no such file"]),
     ("out is a file", {"o.txt": "mine"}, ["--out", "o.txt"], ["o.txt", "not a folder"]),
     ("data without identifiers", {"d/x": ""}, ["--data", "d"], ["identifiers.json"]),
+    ("data without train split", {"d/identifiers.json": "[]"}, ["--data", "d"], ["no train/ split"]),
     ("no --tasks", {}, ["--tasks"], ["--tasks", "expected one argument"]),
 ]
 
