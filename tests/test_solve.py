@@ -251,3 +251,23 @@ def test_bad_input_through_the_real_process(world, tmp_path):
                         "--config", "num_aug=-3"], cwd=tmp_path, capture_output=True, text=True)
     assert r.returncode == 2 and "Traceback" not in r.stderr and r.stderr.strip().count("\n") == 0, r.stderr
     assert "num_aug" in r.stderr and os.listdir(tmp_path) == []
+
+
+def test_a_held_out_task_is_adapted(world, tmp_path):
+    """A task whose version names have rows but never appear in the train split (a held-out build) is unseen."""
+    import shutil
+    held = tmp_path / "held"
+    shutil.copytree(world["root"] / "data", held)
+    names = json.load(open(held / "identifiers.json"))
+    val0 = [i for i, n in enumerate(names) if n.split("|||")[0] == "val0"]
+    ids = np.load(held / "train" / "all__puzzle_identifiers.npy")
+    np.save(held / "train" / "all__puzzle_identifiers.npy", np.where(np.isin(ids, val0), 1, ids).astype(np.int32))
+    task = json.load(open(world["root"] / "src" / "evaluation" / "val0.json"))
+    json.dump({"val0": task}, open(tmp_path / "t.json", "w"))
+    for data_dir, unseen in ((world["root"] / "data", False), (held, True)):
+        out = tmp_path / f"out{unseen}"
+        solve.main(["--checkpoint", world["ckpt"], "--tasks", str(tmp_path / "t.json"), "--data", str(data_dir),
+                    "--out", str(out), "--config", "num_aug=2", "steps=2", "batch_size=8"])
+        row = json.loads(open(out / "adapt_log.jsonl").readline())
+        assert row["unseen"] is unseen and row["steps"] == (2 if unseen else 0)
+        assert len(json.load(open(out / "identifiers.json"))) == len(names) + (3 if unseen else 0)
