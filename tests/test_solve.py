@@ -4,8 +4,8 @@ budget spent); solutions are read last; a demo-reading model (etrm) goes through
 
 Run: python -m pytest -q tests/test_solve.py   (CPU, one thread; 15-30 s on the shared 2-core machine)
 The task family (generated here, ARC format on a 5 x 5 canvas): "paint every non-black cell with colour c". A tiny
-TRM is trained with train.main on 16 tasks x 4 versions (solve.versions, data.py's augmentation), each version its
-own puzzle id; the unseen tasks then have no row. Checks against: the same unseen tasks solved with mode=none (the
+TRM is trained with train.main on 16 tasks x 4 versions (the ARC builder with canvas=5), each version its own
+puzzle id; the unseen tasks then have no row. Checks against: the same unseen tasks solved with mode=none (the
 mean row, the reference's resize rule) -- the baseline adaptation has to beat.
 """
 import builtins
@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 
+import data
 import solve
 import train
 
@@ -34,43 +35,15 @@ def make_task(rng, colour, n_test=1):
     return {"train": [pair() for _ in range(3)], "test": [pair() for _ in range(n_test)]}
 
 
-def write_dataset(out, tasks, num_aug, rng):
-    """The reference layout (data.md §0) on a SIDE x SIDE canvas: every pair of every version in train (demos
-    translated), the test pairs again untranslated in test; one group per task, one puzzle per version."""
-    names = ["<blank>"]
-    splits = {s: {"inputs": [], "labels": [], "ids": [], "pidx": [0], "gidx": [0], "demo": []}
-              for s in ("train", "test")}
-    for tid, task in tasks.items():
-        vers = solve.versions(tid, task, num_aug, rng)
-        ids = list(range(len(names), len(names) + len(vers)))
-        names += [v[0] for v in vers]
-        full = {"train": task["train"] + task["test"]}
-        for split, src, translate in (("train", full, True), ("test", {"train": task["test"]}, False)):
-            ex = solve.demo_examples(src, vers, ids, SIDE, translate, rng)
-            s = splits[split]
-            s["inputs"].append(ex["inputs"].numpy())
-            s["labels"].append(ex["labels"].clamp_min(0).numpy())
-            n = len(src["train"])
-            s["ids"] += ids
-            s["pidx"] += [s["pidx"][-1] + n * (k + 1) for k in range(len(vers))]
-            s["gidx"].append(s["gidx"][-1] + len(vers))
-            flags = [1] * len(task["train"]) + [0] * len(task["test"]) if split == "train" else [0] * n
-            s["demo"] += flags * len(vers)
-    for split, s in splits.items():
-        d = os.path.join(out, split)
-        os.makedirs(d, exist_ok=True)
-        arrays = {"inputs": (np.concatenate(s["inputs"]), np.uint8), "labels": (np.concatenate(s["labels"]), np.uint8),
-                  "puzzle_identifiers": (s["ids"], np.int32), "puzzle_indices": (s["pidx"], np.int32),
-                  "group_indices": (s["gidx"], np.int32), "is_demo": (s["demo"], np.uint8)}
-        for k, (a, dt) in arrays.items():
-            np.save(os.path.join(d, f"all__{k}.npy"), np.asarray(a, dtype=dt))
-        n_ex, n_puz = len(arrays["inputs"][0]), len(s["ids"])
-        meta = {"pad_id": 0, "ignore_label_id": 0, "blank_identifier_id": 0, "vocab_size": 12, "seq_len": SIDE * SIDE,
-                "num_puzzle_identifiers": len(names), "total_groups": len(tasks), "mean_puzzle_examples": n_ex / n_puz,
-                "total_puzzles": n_puz, "sets": ["all"]}
-        json.dump(meta, open(os.path.join(d, "dataset.json"), "w"))
-    json.dump(names, open(os.path.join(out, "identifiers.json"), "w"))
-    return out
+def write_dataset(out, tasks, evaluation, num_aug):
+    """The ARC builder on a SIDE x SIDE canvas: `tasks` as its training subset (every pair of every version in
+    train, demos translated), `evaluation` as its evaluation subset (demos in train, test pairs in test)."""
+    src = os.path.join(os.path.dirname(out), "src")
+    for subset, subset_tasks in (("training", tasks), ("evaluation", evaluation)):
+        os.makedirs(os.path.join(src, subset), exist_ok=True)
+        for tid, task in subset_tasks.items():
+            json.dump(task, open(os.path.join(src, subset, f"{tid}.json"), "w"))
+    return data.build_arc(out, "arc1", source=src, num_aug=num_aug, seed=0, canvas=SIDE)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -85,11 +58,12 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    """A checkpoint trained on 16 tasks x 4 versions, and 6 unseen tasks (one with two test inputs)."""
+    """A checkpoint trained on 16 tasks x 4 versions (and the demos of 4 evaluation tasks, whose test pairs are
+    the test split), and 6 unseen tasks (one with two test inputs)."""
     root = tmp_path_factory.mktemp("solve")
     rng = np.random.default_rng(0)
     seen = {f"seen{i:02d}": make_task(rng, 1 + i % 9) for i in range(16)}
-    path = write_dataset(str(root / "data"), seen, 3, rng)
+    path = write_dataset(str(root / "data"), seen, {f"val{i}": make_task(rng, 1 + i) for i in range(4)}, 3)
     result = train.main(["--model", "trm", "--out", str(root / "run"), "--config", f"data={path}", *TINY,
                          "max_steps=80", "eval_interval=100000", "log_interval=40"])
     unseen = {f"new{i}": make_task(rng, c, n_test=2 if i == 1 else 1) for i, c in enumerate([2, 5, 7, 3, 9, 4])}
@@ -177,7 +151,7 @@ def test_solutions_are_read_only_after_the_submission_is_written(world, monkeypa
     assert "ARC/pass@2" in result
     # and the test outputs inside a challenges file never reach the solver
     tasks = solve.load_tasks(str(world["root"] / "all_challenges.json"))
-    assert all(set(p) == {"input"} for task in tasks.values() for p in task["test"])
+    assert all(out is None for task in tasks.values() for _, out in task["test"])
 
 
 def test_demo_reading_model_predicts_with_its_test_time_optimisation(world):
@@ -194,3 +168,106 @@ def test_demo_reading_model_predicts_with_its_test_time_optimisation(world):
     assert [len(e) for e in sub.values()] == [1, 1, 2]
     with pytest.raises(SystemExit, match="mode=full is not offered"):
         solve.main(["--checkpoint", ckpt, "--tasks", tasks, "--out", str(root / "etrm_solve"), "--config", "mode=full"])
+
+
+# ---- bad input: exit code 2, one line naming the fault, no traceback, nothing written -----------------------------
+
+GOOD_TASK = {"train": [{"input": [[1, 0]], "output": [[2, 0]]}], "test": [{"input": [[3]]}]}
+SOLVE_BAD = [  # (name, files to write into the case folder, arguments replacing the defaults, words of the line)
+    ("tasks missing", {}, ["--tasks", "none.json"], ["none.json", "no such file"]),
+    ("tasks is a list", {"t.json": [GOOD_TASK]}, [], ["t.json", "got a list"]),
+    ("tasks truncated", {"t.json": '{"a": {"train": ['}, [], ["t.json", "not valid JSON"]),
+    ("tasks empty", {"t.json": {}}, [], ["t.json", "no tasks"]),
+    ("task is a string", {"t.json": {"a": "grid"}}, [], ["t.json", "task a", "expected an object"]),
+    ("task without test", {"t.json": {"a": {"train": GOOD_TASK["train"]}}}, [], ["task a", "no test pairs"]),
+    ("grid larger than the canvas", {"t.json": {"a": {**GOOD_TASK, "test": [{"input": [[1] * 6] * 6}]}}}, [],
+     ["task a test[0].input", "6x6", "larger than 5x5"]),
+    ("colour 11", {"t.json": {"a": {**GOOD_TASK, "train": [{"input": [[11]], "output": [[1]]}]}}}, [],
+     ["task a train[0].input", "value 11"]),
+    ("num_aug=-3", {}, ["--config", "num_aug=-3"], ["num_aug", "-3", ">= 0"]),
+    ("batch_size=0", {}, ["--config", "batch_size=0"], ["batch_size", ">= 1"]),
+    ("steps=-1", {}, ["--config", "steps=-1"], ["steps", "-1"]),
+    ("lr=nan", {}, ["--config", "lr=float('nan')"], ["'lr'"]),
+    ("emb_lr=0", {}, ["--config", "emb_lr=0.0"], ["emb_lr", "> 0"]),
+    ("seed=-1", {}, ["--config", "seed=-1"], ["seed"]),
+    ("mode=fast", {}, ["--config", "mode=fast"], ["mode", "'fast'"]),
+    ("unknown key", {}, ["--config", "num_augs=3"], ["num_augs"]),
+    ("checkpoint missing", {}, ["--checkpoint", "none.pt"], ["none.pt"]),
+    ("checkpoint not torch", {"c.pt": "text"}, ["--checkpoint", "c.pt"], ["c.pt"]),
+    ("solutions missing", {}, ["--solutions", "none.json"], ["none.json", "no such file"]),
+    ("out is a file", {"o.txt": "mine"}, ["--out", "o.txt"], ["o.txt", "not a folder"]),
+    ("data without identifiers", {"d/x": ""}, ["--data", "d"], ["identifiers.json"]),
+    ("data without train split", {"d/identifiers.json": "[]"}, ["--data", "d"], ["no train/ split"]),
+    ("no --tasks", {}, ["--tasks"], ["--tasks", "expected one argument"]),
+]
+
+
+def _tree(root):
+    return {os.path.relpath(os.path.join(d, f), root): open(os.path.join(d, f), "rb").read()
+            for d, _, fs in os.walk(root) for f in fs} | {os.path.relpath(d, root): "dir" for d, _, _ in os.walk(root)}
+
+
+def _solve_cli(argv, cwd, capsys):
+    """solve.py as `python solve.py ...` runs it (its __main__ block), in this process: -> (exit code, output)."""
+    import runpy
+    import sys
+    old = os.getcwd(), sys.argv
+    os.chdir(cwd)
+    sys.argv = ["solve.py", *argv]
+    try:
+        runpy.run_path(solve.__file__, run_name="__main__")
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    finally:
+        os.chdir(old[0])
+        sys.argv = old[1]
+    out = capsys.readouterr()
+    return code, out.out + out.err
+
+
+@pytest.mark.parametrize("name,files,args,words", SOLVE_BAD, ids=[c[0] for c in SOLVE_BAD])
+def test_bad_input_is_one_line(world, tmp_path, capsys, name, files, args, words):
+    for rel, content in files.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(content if isinstance(content, str) else json.dumps(content))
+    if "t.json" not in files:
+        (tmp_path / "t.json").write_text(json.dumps({"a": GOOD_TASK}))
+    given = {a for a in args if a.startswith("--")}
+    argv = [*args] + [x for k, v in (("--checkpoint", world["ckpt"]), ("--tasks", "t.json"), ("--out", "solved"))
+                      if k not in given for x in (k, v)]
+    before, ckpt_before = _tree(tmp_path), _tree(world["root"] / "run")
+    code, output = _solve_cli(argv, tmp_path, capsys)
+    lines = output.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), (code, output)
+    assert all(w in lines[0] for w in words), (words, lines[0])
+    assert _tree(tmp_path) == before and _tree(world["root"] / "run") == ckpt_before
+
+
+def test_bad_input_through_the_real_process(world, tmp_path):
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, solve.__file__, "--checkpoint", world["ckpt"], "--tasks", "none.json",
+                        "--config", "num_aug=-3"], cwd=tmp_path, capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and r.stderr.strip().count("\n") == 0, r.stderr
+    assert "num_aug" in r.stderr and os.listdir(tmp_path) == []
+
+
+def test_a_held_out_task_is_adapted(world, tmp_path):
+    """A task whose version names have rows but never appear in the train split (a held-out build) is unseen."""
+    import shutil
+    held = tmp_path / "held"
+    shutil.copytree(world["root"] / "data", held)
+    names = json.load(open(held / "identifiers.json"))
+    val0 = [i for i, n in enumerate(names) if n.split("|||")[0] == "val0"]
+    ids = np.load(held / "train" / "all__puzzle_identifiers.npy")
+    np.save(held / "train" / "all__puzzle_identifiers.npy", np.where(np.isin(ids, val0), 1, ids).astype(np.int32))
+    task = json.load(open(world["root"] / "src" / "evaluation" / "val0.json"))
+    json.dump({"val0": task}, open(tmp_path / "t.json", "w"))
+    for data_dir, unseen in ((world["root"] / "data", False), (held, True)):
+        out = tmp_path / f"out{unseen}"
+        solve.main(["--checkpoint", world["ckpt"], "--tasks", str(tmp_path / "t.json"), "--data", str(data_dir),
+                    "--out", str(out), "--config", "num_aug=2", "steps=2", "batch_size=8"])
+        row = json.loads(open(out / "adapt_log.jsonl").readline())
+        assert row["unseen"] is unseen and row["steps"] == (2 if unseen else 0)
+        assert len(json.load(open(out / "identifiers.json"))) == len(names) + (3 if unseen else 0)
