@@ -1,7 +1,7 @@
 """evaluate.py tests: ARC voting, pass@K and the submission on hand-made predictions.
 
 Run: python -m pytest -q tests/test_evaluate.py   (CPU, seconds)
-Checks against: the rules of ../shared/spec/data.md §5 and §7 worked out by hand for a two-task set:
+Checks against: the voting and scoring rules (evaluate.py docstring) worked out by hand for a two-task set:
 predictions are made in augmented space, inverted, voted by (count, mean sigmoid q), scored macro.
 """
 import json
