@@ -13,6 +13,7 @@ import math
 import os
 import random
 import re
+import sys
 
 import numpy as np
 import torch
@@ -27,6 +28,21 @@ MODELS = ("trm", "hrm", "etrm", "prr", "deep_recursive")
 # longer at test time than it did in training ("deep thinking", Schwarzschild et al. 2021).
 RUNTIME_KEYS = {"forward_dtype", "batch_size", "halt_exploration_prob", "num_puzzle_identifiers", "eval_n_steps",
                 "memory_efficient", "halt_max_steps", "H_cycles", "L_cycles", "num_steps"}
+
+
+def cli(main):
+    """Run a command's main(): an "error: ..." SystemExit prints its one line and exits with code 2 (as
+    argparse does for a bad flag); Ctrl-C before any work is kept exits 130 without a traceback."""
+    try:
+        main()
+    except SystemExit as e:
+        if isinstance(e.code, str):
+            print(e.code, file=sys.stderr)
+            sys.exit(2)
+        raise
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
 
 
 def build_model(mod, cfg, name):

@@ -349,4 +349,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    config.cli(main)

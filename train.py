@@ -40,7 +40,7 @@ import torch.distributed as dist
 
 import data
 import evaluate
-from config import (MODELS, atomic_save, build_model, check_choices, check_config, check_out_dir, check_values,
+from config import (MODELS, atomic_save, build_model, cli, check_choices, check_config, check_out_dir, check_values,
                     describe, help_text, load_file, load_weights, print0, read_checkpoint, resolve_configs, restore_rng, rng_state,
                     to_device)
 from optim import AdamATan2, allreduce_flat, lr_at, non_finite, setup_distributed, sign_sgd_update, sparse_embeddings
@@ -400,4 +400,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    cli(main)

@@ -116,8 +116,7 @@ def poison(mod, at_call, where):
 if __name__ == "__main__":
     os.chdir(ROOT)
     arm(sys.argv[1], sys.argv[2:])
-    train.main(sys.argv[2:])
-    sys.exit(0)
+    config.cli(lambda: train.main(sys.argv[2:]))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -247,7 +246,7 @@ def test_non_finite_stops_through_the_command_line(where, toy, tmp_path):
     proc = python(SELF, f"nan_{where}:3", *argv("trm", toy, tmp_path / "r", "max_steps=5", "checkpoint_interval=2"),
                   check=False)
     lines = proc.stderr.strip().splitlines()
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     expect = "loss 'total_loss'" if where == "loss" else "gradient of "
     assert lines[-1].startswith(f"error: non-finite {expect}") and "at step 3" in lines[-1], lines[-1]
     assert checkpoint(tmp_path / "r")["step"] == 2  # the last good checkpoint stays
