@@ -314,6 +314,10 @@ def open_test_split(args, ckpt):
         if key in trained and meta.get(key) != trained[key]:
             raise SystemExit(f"error: {path} has {key}={meta.get(key)}, but {args.checkpoint} was trained with "
                              f"{key}={trained[key]}; evaluate it on data of the same layout")
+    rows = min((v.shape[0] for k, v in ckpt["model"].items() if k.endswith("puzzle_emb.weights")), default=None)
+    if rows is not None and meta["num_puzzle_identifiers"] > rows:  # puzzles this checkpoint has no vector for
+        raise SystemExit(f"error: {path} has {meta['num_puzzle_identifiers']} puzzle identifiers, but the puzzle-"
+                         f"embedding table of {args.checkpoint} has {rows} rows (solve.py adds rows for new puzzles)")
     return path
 
 

@@ -6,16 +6,13 @@
     torchrun --standalone --nproc_per_node=8 train.py --model trm --config data=arc1
     python train.py --resume --out runs/trm-toy              # continue the same run (its saved config)
 
-The file reads top to bottom: the training config, the optimisers, distributed helpers, checkpoints, the
-setup, then one loop (`train`). It never branches on a model's name; the model protocol is in trm.py's
-docstring, and a model file may carry `TRAIN_DEFAULTS` (its recipe: grad clip, EMA, lr) applied over the
-defaults below unless --config sets the key.
-Optimisation (TRM paper, section 4 and its training details): AdamATan2 for the weights, sign-SGD with
-decoupled weight decay for the sparse puzzle embeddings, linear warm-up then cosine to lr * lr_min_ratio,
-optional EMA (used for evaluation), optional gradient clipping, optional torch.compile (CUDA only).
-Distributed: plain torch.distributed from torchrun's environment (nccl on CUDA, gloo on CPU); parameters
-broadcast from rank 0; gradients all-reduced by hand in ONE call over one flat buffer; the puzzle-embedding
-gradients all-gathered. Rank 0 logs and writes checkpoints.
+Top to bottom: the training config and its checks, checkpoints, the setup, one optimisation step, then the
+loop (`train`). It never branches on a model's name (the model protocol is in trm.py's docstring); a model
+file may carry `TRAIN_DEFAULTS`, its recipe, applied over the defaults below unless --config sets the key.
+Optimisation (optim.py; TRM paper, section 4): AdamATan2 for the weights, sign-SGD for the sparse puzzle
+embeddings, warm-up then cosine, optional EMA (evaluated), gradient clipping, torch.compile (CUDA only).
+Distributed: torchrun's environment (nccl on CUDA, gloo on CPU); parameters broadcast from rank 0;
+gradients summed in ONE all-reduce over one flat buffer. Rank 0 logs and writes checkpoints.
 The run folder holds `config.json`, `metrics.jsonl`, `curves.png` and, written atomically at every
 evaluation and every checkpoint_interval steps, `checkpoint.pt` (weights, optimiser, EMA, step, configs)
 plus each rank's `rank<r>.step<N>.pt` (ACT carry, RNG, data position), so `--resume` continues the same
@@ -40,9 +37,9 @@ import torch.distributed as dist
 
 import data
 import evaluate
-from config import (MODELS, atomic_save, build_model, cli, check_choices, check_config, check_out_dir, check_values,
-                    describe, help_text, load_file, load_weights, print0, read_checkpoint, resolve_configs, restore_rng, rng_state,
-                    to_device)
+from config import (MODELS, atomic_save, build_model, check_choices, check_config, check_out_dir, check_values, cli,
+                    describe, help_text, load_file, load_weights, print0, read_checkpoint, resolve_configs, restore_rng,
+                    rng_state, to_device)
 from optim import AdamATan2, allreduce_flat, lr_at, non_finite, setup_distributed, sign_sgd_update, sparse_embeddings
 __all__ = ["TrainConfig", "train", "main", "AdamATan2", "sign_sgd_update", "sparse_embeddings", "load_weights",
            "describe"]  # also what solve.py and bench.py take from here
@@ -188,8 +185,7 @@ def open_dataset(tcfg, mcfg, rank, world):
             dist.broadcast_object_list(box)
             path = box[0]
         meta = data.load_metadata(path, "train")
-        for split in ("test",):  # the evaluations at the end of every data iteration need it
-            data.load_metadata(path, split)
+        data.load_metadata(path, "test")  # the evaluation at the end of every data iteration needs it
     except (ValueError, OSError) as e:  # data.DataError included: one line naming the file and the fault
         raise SystemExit(f"error: {e}")
     for key in ("vocab_size", "seq_len", "num_puzzle_identifiers"):

@@ -50,6 +50,9 @@ def world(tmp_path_factory):
     shutil.copytree(toy, root / "vocab14")
     meta = (root / "vocab14" / "test" / "dataset.json").read_text()
     (root / "vocab14" / "test" / "dataset.json").write_text(meta.replace('"vocab_size": 12', '"vocab_size": 14'))
+    shutil.copytree(toy, root / "moreids")  # puzzles the checkpoint has no embedding row for
+    meta = (root / "moreids" / "test" / "dataset.json").read_text()
+    (root / "moreids" / "test" / "dataset.json").write_text(meta.replace('"num_puzzle_identifiers": 9', '"num_puzzle_identifiers": 50'))
     ckpt = torch.load(root / "run" / "checkpoint.pt", weights_only=False)
     (root / "moved").mkdir()
     torch.save({**ckpt, "data_path": str(root / "gone")}, root / "moved" / "checkpoint.pt")
@@ -131,6 +134,7 @@ def cases(r):
         (ev + ["--out", f"{r}/afile"], "--out .*afile is a file"),
         (ev + ["--data", f"{r}/wide"], "wide has seq_len=20, but .* was trained with seq_len=16"),
         (ev + ["--data", f"{r}/vocab14"], "vocab14 has vocab_size=14, but .* was trained with vocab_size=12"),
+        (ev + ["--data", f"{r}/moreids"], "moreids has 50 puzzle identifiers, but the puzzle-embedding table .* 9 rows"),
         (["evaluate.py", "--checkpoint", f"{r}/moved"], "was trained on .*gone, which is gone.*pass --data"),
         (ev + ["--config", "hidden_size=64"], "--config hidden_size cannot change at evaluation"),
         (ev + ["--config", "halt_max_steps=0"], "'halt_max_steps' for model 'trm' must be an integer >= 1, got 0"),

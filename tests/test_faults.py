@@ -153,12 +153,14 @@ def adam_moments(ckpt):
 # ----------------------------------------------------------------------------------------------------
 # 1. Distributed equivalence
 
-# The worst difference between 1 and 2 processes that the summation order leaves after DDP_STEPS steps,
-# measured (2026-11-29, this CPU): AdamATan2's atan2 and sign-SGD are sign-like, so they turn rounding-level
-# gradient differences into whole steps; deep_recursive starts its residual and FiLM branches at zero, so
-# its early gradients ARE rounding-level and grow fastest (1e-8 after 2 steps, 1e-3 after 20).
-DDP_STEPS = {"trm": 10, "hrm": 10, "etrm": 10, "prr": 10, "deep_recursive": 4}
-DDP_TOL = {"trm": 1e-6, "hrm": 1e-6, "etrm": 1e-6, "prr": 1e-6, "deep_recursive": 1e-6}
+# Steps compared, and the worst weight difference between 1 and 2 processes that the summation order leaves
+# after them, about 2x what we measured (2026-11-29, this CPU, max abs: trm 6.0e-8, hrm 6.0e-8, etrm 8.9e-7,
+# prr 1.2e-7, deep_recursive 4.5e-7; losses within 2.9e-7 relative for all). AdamATan2's atan2 and sign-SGD
+# are sign-like, so they turn rounding-level gradient differences into whole steps; deep_recursive starts
+# its residual and FiLM branches at zero, so its early gradients ARE rounding-level and grow fastest
+# (1e-8 after 2 steps, 1e-3 after 20): it is compared after 4.
+DDP = {"trm": (10, 1.5e-7), "hrm": (10, 1.5e-7), "etrm": (10, 2e-6), "prr": (10, 3e-7), "deep_recursive": (4, 1e-6)}
+DDP_LOSS_RTOL = 6e-7
 # A gauge: a constant added to all K branch scores cancels in every softmax over branches, so its gradient
 # is 0 up to rounding and AdamATan2 walks it by +-lr per step on noise alone.
 GAUGE = {"prr": {"scorer.fc2.bias"}}
@@ -166,7 +168,7 @@ GAUGE = {"prr": {"scorer.fc2.bias"}}
 
 @pytest.mark.parametrize("model", list(TINY))
 def test_two_processes_train_the_same_weights_as_one(model, toy, tmp_path):
-    n, tol = DDP_STEPS[model], DDP_TOL[model]
+    n, tol = DDP[model]
     python("train.py", *argv(model, toy, tmp_path / "one", f"max_steps={n}"))
     python("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py",
            *argv(model, toy, tmp_path / "two", f"max_steps={n}"))
@@ -181,7 +183,7 @@ def test_two_processes_train_the_same_weights_as_one(model, toy, tmp_path):
     assert len(loss_a) == len(loss_b) == n
     loss_gap = max(abs(x - y) / abs(x) for x, y in zip(loss_a, loss_b))
     print(f"{model}: 1 vs 2 processes after {n} steps: weights {worst:.1e}, losses (relative) {loss_gap:.1e}")
-    assert worst <= tol and loss_gap <= tol, (worst, loss_gap)
+    assert worst <= tol and loss_gap <= DDP_LOSS_RTOL, (worst, loss_gap)
 
 
 # ----------------------------------------------------------------------------------------------------
