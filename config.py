@@ -1,20 +1,56 @@
-"""config.py — the model registry, `--config key=val` parsing and checkpoint reading, shared by evaluate.py,
-train.py and solve.py (in the spirit of nanoGPT's configurator: dataclasses are the single source of truth,
-values are parsed with `ast.literal_eval` and must keep the default's type)."""
+"""config.py — the model registry, `--config key=val` parsing and checking, and checkpoint files (atomic
+writes, checked reads, RNG state), shared by evaluate.py, train.py and solve.py. In the spirit of nanoGPT's
+configurator: dataclasses are the single source of truth (types, defaults, and in the field comments the
+choices of string keys), values are parsed with `ast.literal_eval` and must keep the default's type, and every
+fault is one line starting "error: " naming the key, value or file."""
 import ast
 import dataclasses
 import difflib
 import importlib
+import inspect
+import json
+import math
 import os
+import random
+import re
+import sys
 
+import numpy as np
 import torch
+
+from trm import config_from  # noqa: F401  (config dataclass from a checkpoint's dict; re-exported)
 
 MODELS = ("trm", "hrm", "etrm", "prr", "deep_recursive")
 
 
-# Model keys that do not change the shapes or the function of the weights.
+# Model keys that do not change the shapes or the function of the weights: a checkpoint may be evaluated (or
+# training started from it) with other values. The recursion depths are among them, so a model can think
+# longer at test time than it did in training ("deep thinking", Schwarzschild et al. 2021).
 RUNTIME_KEYS = {"forward_dtype", "batch_size", "halt_exploration_prob", "num_puzzle_identifiers", "eval_n_steps",
-                "memory_efficient"}
+                "memory_efficient", "halt_max_steps", "H_cycles", "L_cycles", "num_steps"}
+
+
+def cli(main):
+    """Run a command's main(): an "error: ..." SystemExit prints its one line and exits with code 2 (as
+    argparse does for a bad flag); Ctrl-C before any work is kept exits 130 without a traceback."""
+    try:
+        main()
+    except SystemExit as e:
+        if isinstance(e.code, str):
+            print(e.code, file=sys.stderr)
+            sys.exit(2)
+        raise
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+def build_model(mod, cfg, name):
+    """mod.Model(cfg), a config the model itself rejects (e.g. a non-square canvas) as a one-line error."""
+    try:
+        return mod.Model(cfg)
+    except (ValueError, OSError) as e:
+        raise SystemExit(f"error: model {name!r} cannot be built with this config: {e}")
 
 
 def model_module(name):
@@ -42,7 +78,8 @@ def coerce(key, text, default, model):
 
 
 def apply_overrides(pairs, train_cfg, model_cfg, model):
-    """Set key=val pairs on whichever dataclass owns the key; unknown keys are one-line errors."""
+    """Set key=val pairs on whichever dataclass owns the key; unknown keys are one-line errors.
+    Types come from the dataclass field's default (the error shows it, not the value set so far)."""
     changed = {}
     for pair in pairs:
         if "=" not in pair:
@@ -54,10 +91,74 @@ def apply_overrides(pairs, train_cfg, model_cfg, model):
             hint = difflib.get_close_matches(key, known, 1)
             raise SystemExit(f"error: unknown config key {key!r} for model {model!r}"
                              + (f"; did you mean {hint[0]!r}?" if hint else "; see python train.py --help"))
-        value = coerce(key, text, getattr(owner, key), model)
+        value = coerce(key, text, field_default(type(owner), key), model)
         setattr(owner, key, value)
         changed[key] = value
     return changed
+
+
+def field_default(cls, key):
+    f = next(f for f in dataclasses.fields(cls) if f.name == key)
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()
+
+
+def comments(cls):
+    """The comment beside each field in the source of `cls` (and its dataclass bases): {name: text}."""
+    src = [line.strip() for c in cls.__mro__ if dataclasses.is_dataclass(c) for line in inspect.getsource(c).splitlines()]
+    return {f.name: next((s.split("#", 1)[1].strip() for s in src if s.startswith(f.name + ":") and "#" in s), "")
+            for f in dataclasses.fields(cls)}
+
+
+def describe(cls):
+    """One line per field: name, type, default and its comment (what --help prints)."""
+    notes = comments(cls)
+    return "\n".join(f"  {f.name:<26}{type(f.default).__name__:<6}{f.default!r:<14}{notes[f.name]}"
+                     for f in dataclasses.fields(cls))
+
+
+def choices(cls):
+    """Allowed values of the string keys whose comment lists them as `a | b (note) | c`: {name: (a, b, c)}.
+    The comment is the single source: the first alternative is the last word before the first bar (after any
+    `label:`), each other one the first word after its bar."""
+    out = {}
+    for name, note in comments(cls).items():
+        if isinstance(field_default(cls, name), str) and " | " in note:
+            alts = [re.sub(r"\(.*?\)", "", a).split() for a in note.split(" | ")]
+            out[name] = tuple([alts[0][-1]] + [a[0] for a in alts[1:]])
+    return out
+
+
+def check_values(cfg, model):
+    """Ranges every model config obeys, read from the dataclass itself: numbers finite and >= 0; a count whose
+    default is positive stays >= 1 unless its comment documents what 0 means; a chance lies in [0, 1]; string
+    choices as the comments list them; heads divide the width (and leave RoPE an even head size)."""
+    cls, notes = type(cfg), comments(type(cfg))
+    check_choices(cfg, model)
+    for f in dataclasses.fields(cfg):
+        key, value, default, note = f.name, getattr(cfg, f.name), field_default(cls, f.name), notes[f.name]
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if not math.isfinite(value) or value < 0:
+            bad(key, value, model, "a finite number >= 0")
+        if isinstance(value, int) and default >= 1 and "0 =" not in note and value < 1:
+            bad(key, value, model, "an integer >= 1")
+        if ("chance" in note or key.endswith("_prob")) and value > 1:
+            bad(key, value, model, "a probability in [0, 1]")
+    heads, width = getattr(cfg, "num_heads", None), getattr(cfg, "hidden_size", None)
+    if heads and width and width % heads:
+        bad("num_heads", heads, model, f"a divisor of hidden_size={width}")
+    if heads and width and getattr(cfg, "pos_encodings", "") == "rope" and (width // heads) % 2:
+        bad("num_heads", heads, model, f"a head size hidden_size/num_heads that is even for RoPE (hidden_size={width})")
+
+
+def check_choices(cfg, model):
+    for key, allowed in choices(type(cfg)).items():
+        if getattr(cfg, key) not in allowed:
+            bad(key, getattr(cfg, key), model, "one of " + ", ".join(allowed))
+
+
+def bad(key, value, model, expected):
+    raise SystemExit(f"error: config key {key!r} for model {model!r} must be {expected}, got {value!r}")
 
 
 def load_file(path):
@@ -77,12 +178,18 @@ def check_config(theirs, ours, path, model_name):
                          + ", ".join(f"{k}={theirs[k]!r} (this run: {ours[k]!r})" for k in bad))
 
 
-def read_checkpoint(path, model_name, model_cfg=None):
+def read_checkpoint(path, model_name=None, model_cfg=None):
+    """A checkpoint written by train.py, checked: a nanoTRM file, of `model_name` (any model when None), trained
+    with a config `model_cfg` can use. Every fault is one line naming the file."""
+    if os.path.isdir(path):  # a run folder stands for its checkpoint
+        path = os.path.join(path, "checkpoint.pt")
     ckpt = load_file(path)
     if not isinstance(ckpt, dict) or "model_name" not in ckpt:
         raise SystemExit(f"error: {path} is not a nanoTRM checkpoint (reference TRM weights load through "
                          "trm.convert_reference_state_dict)")
-    if ckpt["model_name"] != model_name:
+    if ckpt["model_name"] not in MODELS:
+        raise SystemExit(f"error: {path} is a checkpoint of unknown model {ckpt['model_name']!r}")
+    if model_name is not None and ckpt["model_name"] != model_name:
         raise SystemExit(f"error: {path} is a checkpoint of model {ckpt['model_name']!r}, not {model_name!r}")
     if model_cfg is not None:
         check_config(ckpt["model_config"], dataclasses.asdict(model_cfg), path, model_name)
@@ -94,3 +201,138 @@ def runtime_keys(model_name):
     return RUNTIME_KEYS | set(getattr(model_module(model_name), "RUNTIME_KEYS", ()))
 
 
+# ----------------------------------------------------------------------------------------------------
+# A training run's configs and folder
+
+def train_defaults(mod, name, train_cls):
+    """A model's training recipe (`TRAIN_DEFAULTS` in its file: keys of train.TrainConfig), checked."""
+    recipe = dict(getattr(mod, "TRAIN_DEFAULTS", {}))
+    for key, value in recipe.items():
+        if key not in {f.name for f in dataclasses.fields(train_cls)} or \
+                type(value) is not type(field_default(train_cls, key)):
+            raise SystemExit(f"error: {name}.TRAIN_DEFAULTS sets {key}={value!r}, not a training key of that type")
+    return recipe
+
+
+def help_text(train_cls, datasets):
+    """--help of train.py: models, datasets, every key with its default and comment, each model's recipe."""
+    parts = ["models: " + ", ".join(MODELS), "datasets: " + ", ".join(datasets) + " (or a built folder)",
+             "", "training keys (--config key=val):", describe(train_cls)]
+    for name in MODELS:
+        mod = model_module(name)
+        parts += ["", f"model keys for --model {name}:", describe(mod.Config)]
+        recipe = train_defaults(mod, name, train_cls)
+        if recipe:
+            parts.append(f"  training defaults of --model {name} (its recipe; --config overrides): "
+                         + " ".join(f"{k}={v!r}" for k, v in recipe.items()))
+    return "\n".join(parts)
+
+
+def saved_run(out, model):
+    """--resume: the run folder's checkpoint, else its config.json (a run killed before its first checkpoint)."""
+    cpath, jpath = os.path.join(out, "checkpoint.pt"), os.path.join(out, "config.json")
+    if os.path.exists(cpath):
+        ckpt = read_checkpoint(cpath, model)
+        return ckpt["model_name"], ckpt["train_config"], ckpt["model_config"], ckpt
+    if not os.path.exists(jpath):
+        raise SystemExit(f"error: --resume: {out} holds no checkpoint.pt and no config.json, so there is no run "
+                         "to continue (check --out; drop --resume to start a new run)")
+    try:
+        saved = json.load(open(jpath))
+        name, tcfg, mcfg = saved["model"], saved["train"], saved["model_config"]
+    except (ValueError, KeyError, TypeError):
+        raise SystemExit(f"error: --resume: {jpath} is not a config.json written by train.py")
+    if model and model != name:
+        raise SystemExit(f"error: --resume: {out} is a run of model {name!r}, not {model!r}")
+    return name, tcfg, mcfg, None
+
+
+def resolve_configs(args, train_cls, resumable):
+    """train.py's configs: defaults < the model's recipe < --config; on --resume the run folder's own, of which
+    only the `resumable` keys may change. Returns (name, module, train config, model config, checkpoint, out)."""
+    if args.resume and not args.out:
+        raise SystemExit("error: --resume needs --out <run folder>")
+    if args.resume:
+        name, saved_train, saved_model, ckpt = saved_run(args.out, args.model)
+        mod = model_module(name)
+        tcfg, mcfg = config_from(train_cls, saved_train), config_from(mod.Config, saved_model)
+        before = dataclasses.asdict(tcfg) | dataclasses.asdict(mcfg)
+        changed = apply_overrides(args.config, tcfg, mcfg, name)
+        fixed = [k for k, v in changed.items() if k not in resumable and before[k] != v]
+        if fixed:
+            raise SystemExit(f"error: --resume continues the run in {args.out}; it cannot change {', '.join(fixed)} "
+                             f"(only {', '.join(sorted(resumable))})")
+        return name, mod, tcfg, mcfg, ckpt, args.out
+    name = args.model or "trm"
+    mod = model_module(name)
+    tcfg, mcfg = train_cls(**train_defaults(mod, name, train_cls)), mod.Config()
+    apply_overrides(args.config, tcfg, mcfg, name)
+    out = args.out or os.path.join("runs", f"{name}-{os.path.basename(os.path.normpath(tcfg.data))}")
+    return name, mod, tcfg, mcfg, None, out
+
+
+def check_out_dir(out):
+    """An output folder must be a folder we can write, or creatable: fail at start, not at the first write."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise SystemExit(f"error: --out {out} is a file, not a folder")
+    parent = out
+    while not os.path.exists(parent):
+        parent = os.path.dirname(os.path.abspath(parent))
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise SystemExit(f"error: --out {out}: {parent} is not writable")
+
+
+
+# ----------------------------------------------------------------------------------------------------
+# Checkpoint files
+
+def print0(*args, **kwargs):
+    if int(os.environ.get("RANK", 0)) == 0:
+        print(*args, **kwargs, flush=True)
+
+
+def atomic_save(obj, path):
+    """Write to a temporary file in the same folder, then rename: a reader sees the old file or the new one.
+    A failed write (disk full, no permission) removes its temporary file and leaves the old file intact."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:  # torch.save reports a failed write as RuntimeError
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0][:200]
+        raise SystemExit(f"error: could not write {path} ({reason}); the previous checkpoint there is intact")
+
+
+def load_weights(model, state, path):
+    """load_state_dict, resizing puzzle-embedding tables to this dataset the reference's way (mean row)."""
+    own = model.state_dict()
+    for key, value in list(state.items()):
+        if key.endswith("puzzle_emb.weights") and key in own and value.shape != own[key].shape:
+            print0(f"{path}: puzzle-embedding table {tuple(value.shape)} -> {tuple(own[key].shape)}, filled with the mean row")
+            state[key] = value.mean(0, keepdim=True).expand_as(own[key]).clone()
+    model.load_state_dict(state)
+
+
+def to_device(obj, device):
+    if torch.is_tensor(obj):
+        return obj.to(device)
+    if isinstance(obj, dict):
+        return {k: to_device(v, device) for k, v in obj.items()}
+    if dataclasses.is_dataclass(obj):
+        return dataclasses.replace(obj, **{f.name: to_device(getattr(obj, f.name), device) for f in dataclasses.fields(obj)})
+    return obj
+
+
+def rng_state():
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None}
+
+
+def restore_rng(s):
+    torch.set_rng_state(s["torch"])
+    np.random.set_state(s["numpy"])
+    random.setstate(s["python"])
+    if s["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(s["cuda"])

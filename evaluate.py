@@ -1,21 +1,23 @@
-"""evaluate.py — evaluation for every nanoTRM model: token / exact accuracy, and for ARC the vote over
-augmentations, pass@K, the ARC-Prize score and a Kaggle `submission.json` (../shared/spec/data.md §5, §7).
+"""evaluate.py — evaluation for every nanoTRM model: the model's own per-sample metrics (token / exact accuracy,
+...), and for ARC the vote over augmentations, pass@K, the ARC-Prize score and a Kaggle `submission.json`.
 
-    python evaluate.py --checkpoint runs/trm-arc1/checkpoint.pt            # the run's own test split
+    python evaluate.py --checkpoint runs/trm-arc1                        # the run's own test split
     python evaluate.py --checkpoint runs/trm-arc1/checkpoint.pt --data data/arc1 --out results/
+    python evaluate.py --checkpoint runs/trm-maze --data data/maze-big --config halt_max_steps=32   # think longer
 
-Every test sample runs until it halts (halt_max_steps ACT calls in eval). For ARC each prediction is cropped
-from its 30x30 canvas, mapped back through the inverse of its augmentation, and voted per (task, test input):
+Every test sample runs until it halts (halt_max_steps ACT calls in eval). For ARC each answer is cropped
+from its canvas, mapped back through the inverse of its augmentation, and voted per (task, test input):
 distinct grids ranked by (number of versions that produced them, mean sigmoid(q_halt)) descending.
 pass@K = mean over tasks of the fraction of test inputs whose answer is among the top K (macro, as ARC
 Prize's scoring and TRM's pass@2); the micro and strict ("all test inputs solved") forms are printed too.
+A model may output several answers (`preds`, and e.g. PRR's `oracle_preds`): each is voted, under its prefix.
 Choices beyond the reference: votes are cleared per evaluation (the reference keeps accumulating across
-checkpoints; `accumulate=True` on ARCVoter reproduces it), and a test input with no prediction still gets a
-submission entry (a 1x1 black grid), so multi-test tasks stay aligned.
-train.py calls `evaluate_dataset` for its periodic evaluation.
+checkpoints), and a test input with no prediction still gets a submission entry (a 1x1 black grid), so
+multi-test tasks stay aligned. train.py calls `evaluate_dataset` for its periodic evaluation.
 """
 import argparse
 import collections
+import copy as copy_module
 import json
 import os
 
@@ -47,68 +49,76 @@ def run_batch(model, batch, max_calls=10000):
     raise RuntimeError(f"model did not halt every sample within {max_calls} calls")
 
 
-def evaluate_dataset(model, path, global_batch_size, rank=0, world=1, max_batches=0, out_dir=None, voter=None):
-    """Evaluate on the test split of `path`; ARC datasets (with test_puzzles.json) are also voted."""
+def evaluate_dataset(model, path, global_batch_size, rank=0, world=1, max_batches=0, out_dir=None):
+    """Evaluate on the test split of `path`: the model's own metrics (per sample) and, for ARC datasets (with
+    test_puzzles.json), a vote over augmentations of every answer the model outputs as `<name>preds`."""
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
     loader = data.PuzzleDataset(path, "test", global_batch_size, rank=rank, world_size=world,
                                 with_demos=model.needs_demos)
-    if voter is None and os.path.exists(os.path.join(path, "test_puzzles.json")):
-        voter = ARCVoter(path)
-    oracle = None  # models with several hypotheses (prr) also vote their label-chosen best branch: an upper bound
-    sums, n_batches = collections.Counter(), 0
-    for batch in loader:
+    is_arc = os.path.exists(os.path.join(path, "test_puzzles.json"))
+    sums, voters = score_batches(model, loader, path if is_arc else None, max_batches)
+    result = per_sample(sums, world, next(model.parameters()).device)
+    for prefix, voter in voters.items():  # the same answers on every rank (one model), so gathers line up
+        if world > 1:
+            voter.gather(world)
+        if rank == 0:
+            arc = voter.result()
+            result.update({k.replace("ARC/", "ARC/" + prefix): v for k, v in arc.items() if k != "submission"})
+            if out_dir and prefix == "":
+                write_answers(voter, arc["submission"], out_dir)
+    model.train(was_training)
+    return result
+
+
+def score_batches(model, loader, arc_path, max_batches):
+    """Run every batch to halt: summed metrics, and ARC voters keyed by the prefix of each `*preds` output
+    (`preds` -> "", a model's extra answers such as `oracle_preds` -> "oracle_"); `<prefix>q_halt_logits`
+    is that answer's confidence when the model gives one."""
+    device = next(model.parameters()).device
+    sums, voters = collections.Counter(), {}
+    for n, batch in enumerate(loader, 1):
         batch = {k: v.to(device) for k, v in batch.items()}
         totals, out = run_batch(model, batch)
         sums.update({k: v.item() for k, v in totals.items()})
-        if voter is not None:
-            q = out.get("q_halt_logits", torch.zeros(len(batch["inputs"]), device=device))
-            voter.update(batch["inputs"], batch["puzzle_identifiers"], out["preds"], q)
-            if "oracle_preds" in out:
-                oracle = oracle or ARCVoter(path)
-                oracle.update(batch["inputs"], batch["puzzle_identifiers"], out["oracle_preds"], out["oracle_q_halt_logits"])
-        n_batches += 1
-        if max_batches and n_batches >= max_batches:
+        for key in sorted(out) if arc_path else ():
+            if key.endswith("preds") and out[key].shape == batch["inputs"].shape:
+                prefix = key[:-len("preds")]
+                q = out.get(prefix + "q_halt_logits", torch.zeros(len(batch["inputs"]), device=device))
+                voters.setdefault(prefix, ARCVoter(arc_path)).update(batch["inputs"], batch["puzzle_identifiers"],
+                                                                     out[key], q)
+        if max_batches and n >= max_batches:
             break
+    return sums, voters
+
+
+def per_sample(sums, world, device):
+    """Summed metrics of every rank -> per-sample means (losses too, as the reference), plus the count."""
     names = sorted(sums)
     if world > 1:
         t = torch.tensor([sums[k] for k in names], dtype=torch.float64, device=device)
         dist.all_reduce(t)
         sums = dict(zip(names, t.tolist()))
     count = max(sums.get("count", 0), 1)
-    result = {k: v / count for k, v in sums.items() if k != "count"}
-    result["count"] = sums.get("count", 0)
-    if voter is not None:
-        if world > 1:
-            voter.gather(world)
-        if rank == 0:
-            arc = voter.result()
-            result.update({k: v for k, v in arc.items() if k != "submission"})
-            if out_dir:
-                write_submission(arc["submission"], os.path.join(out_dir, "submission.json"))
-                first = next(iter(voter.test_puzzles))
-                render_task(voter.test_puzzles[first], [a for a in arc["submission"][first]],
-                            os.path.join(out_dir, f"task_{first}.png"), title=first)
-        if not voter.accumulate:
-            voter.clear()
-    if oracle is not None:  # every rank has one (same model), so the gather is collective
-        if world > 1:
-            oracle.gather(world)
-        if rank == 0:
-            result.update({k.replace("ARC/", "ARC/oracle_"): v for k, v in oracle.result().items() if k != "submission"})
-    model.train(was_training)
-    return result
+    return {**{k: v / count for k, v in sums.items() if k != "count"}, "count": sums.get("count", 0)}
+
+
+def write_answers(voter, submission, out_dir):
+    """submission.json and a picture of the first task with its top attempts."""
+    write_submission(submission, os.path.join(out_dir, "submission.json"))
+    first = next(iter(voter.test_puzzles))
+    render_task(voter.test_puzzles[first], submission[first], os.path.join(out_dir, f"task_{first}.png"), title=first)
 
 
 # ----------------------------------------------------------------------------------------------------
-# ARC voting (data.md §5)
+# ARC voting
 
 class ARCVoter:
-    def __init__(self, path, accumulate=False):
+    """Votes per (task, test input) over the augmented versions' answers, in the original grid's space."""
+
+    def __init__(self, path):
         self.names = json.load(open(os.path.join(path, "identifiers.json")))
         self.test_puzzles = json.load(open(os.path.join(path, "test_puzzles.json")))
-        self.accumulate = accumulate
         self.clear()
 
     def clear(self):
@@ -213,60 +223,134 @@ def render_task(task, attempts, path, title=""):
 # ----------------------------------------------------------------------------------------------------
 # CLI
 
-def load_model(checkpoint, use_ema=True, overrides=()):
-    """Rebuild the model a nanoTRM checkpoint was trained with; EMA weights when present.
+def load_ema(model, ema):
+    """Copy an EMA shadow ({name: tensor}) into `model`'s parameters; returns the model."""
+    with torch.no_grad():
+        for k, p in model.named_parameters():
+            p.copy_(ema[k])
+    return model
 
-    `overrides` ("key=val") may change model keys that do not change the weights (e.g. etrm's tto_steps)."""
-    ckpt = config.load_file(checkpoint)
-    if not isinstance(ckpt, dict) or "model_name" not in ckpt:
-        raise SystemExit(f"error: {checkpoint} is not a nanoTRM checkpoint (reference TRM weights load through "
-                         "trm.convert_reference_state_dict)")
-    mod = config.model_module(ckpt["model_name"])
-    from trm import config_from
-    cfg = config_from(mod.Config, ckpt["model_config"])
+
+def evaluate_ema(model, ema, path, global_batch_size, rank=0, world=1, max_batches=0, out_dir=None):
+    """evaluate_dataset on a copy of `model` holding the EMA weights (the model itself when ema is None), leaving
+    the RNG as it found it, so that a training run that evaluates continues as one that does not."""
+    rng = config.rng_state()
+    copy = model if ema is None else load_ema(copy_module.deepcopy(model), ema)  # deepcopy: a new Model() draws RNG
+    result = evaluate_dataset(copy, path, global_batch_size, rank, world, max_batches, out_dir)
+    config.restore_rng(rng)
+    return result
+
+
+def load_model(checkpoint, use_ema=True, overrides=()):
+    """Rebuild the model a nanoTRM checkpoint (or run folder) was trained with; EMA weights when present.
+
+    `overrides` ("key=val") may change model keys that do not change the weights: test-time depth
+    (halt_max_steps, H_cycles, eval_n_steps, ...) or e.g. etrm's tto_steps."""
+    ckpt = config.read_checkpoint(checkpoint)
+    name = ckpt["model_name"]
+    mod = config.model_module(name)
+    cfg = config.config_from(mod.Config, ckpt["model_config"])
     for k in getattr(mod, "INIT_ONLY_KEYS", ()):  # e.g. a decoder to start from: the weights already hold it
         setattr(cfg, k, type(getattr(cfg, k))())
+    allowed = sorted(k for k in config.runtime_keys(name) if hasattr(cfg, k))
     for pair in overrides:
-        key, _, text = pair.partition("=")
-        if key not in config.runtime_keys(ckpt["model_name"]) or not hasattr(cfg, key):
-            raise SystemExit(f"error: --config {key} cannot change at evaluation (it changes the weights' meaning); "
-                             f"allowed: {', '.join(sorted(k for k in config.runtime_keys(ckpt['model_name']) if hasattr(cfg, k)))}")
-        setattr(cfg, key, config.coerce(key, text, getattr(cfg, key), ckpt["model_name"]))
-    model = mod.Model(cfg)
+        key = pair.partition("=")[0]
+        if "=" in pair and key not in allowed:
+            raise SystemExit(f"error: --config {key} cannot change at evaluation of a {name} checkpoint (it is not a "
+                             f"key of {name}, or it changes the weights' meaning); allowed: {', '.join(allowed)}")
+    config.apply_overrides(overrides, cfg, cfg, name)
+    config.check_values(cfg, name)
+    model = config.build_model(mod, cfg, name)
     model.load_state_dict(ckpt["model"])
     if use_ema and ckpt.get("ema"):
-        with torch.no_grad():
-            for k, p in model.named_parameters():
-                p.copy_(ckpt["ema"][k])
+        load_ema(model, ckpt["ema"])
     return model, ckpt
+
+
+def plot_curves(out):
+    """Training loss / accuracy and evaluation accuracy against step from <out>/metrics.jsonl -> <out>/curves.png."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    rows = read_metrics(os.path.join(out, "metrics.jsonl"))
+    train_rows = [r for r in rows if "loss" in r]
+    eval_rows = [r for r in rows if "eval/exact_accuracy" in r]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    a.plot([r["step"] for r in train_rows], [r["loss"] for r in train_rows])
+    a.set(xlabel="step", ylabel="train loss", yscale="log", title="loss")
+    for key in ("accuracy", "exact_accuracy"):
+        b.plot([r["step"] for r in train_rows], [r.get(key, 0) for r in train_rows], label=f"train {key}")
+    b.plot([r["step"] for r in eval_rows], [r["eval/exact_accuracy"] for r in eval_rows], "o-", label="eval exact_accuracy")
+    b.set(xlabel="step", ylabel="accuracy", ylim=(0, 1), title="accuracy")
+    b.legend()
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "curves.png"), dpi=100)
+    plt.close(fig)
+
+
+def read_metrics(path):
+    """The rows of a metrics.jsonl; a line cut short by a kill mid-write is dropped, not an error."""
+    rows = []
+    for line in open(path) if os.path.exists(path) else ():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return [r for r in rows if isinstance(r, dict) and "step" in r]
+
+
+def open_test_split(args, ckpt):
+    """The dataset to score: --data, else the one the run trained on; its layout must fit the checkpoint."""
+    try:
+        path = data.ensure_dataset(args.data) if args.data else ckpt["data_path"]
+        if not args.data and not os.path.isfile(os.path.join(path, "test", "dataset.json")):
+            raise SystemExit(f"error: {args.checkpoint} was trained on {path}, which is gone or has no test split; "
+                             "pass --data DIR")
+        meta = data.load_metadata(path, "test")
+    except (ValueError, OSError) as e:  # data.DataError included: one line naming the file
+        raise SystemExit(f"error: {e}")
+    trained = ckpt["model_config"]
+    for key in ("vocab_size", "seq_len"):
+        if key in trained and meta.get(key) != trained[key]:
+            raise SystemExit(f"error: {path} has {key}={meta.get(key)}, but {args.checkpoint} was trained with "
+                             f"{key}={trained[key]}; evaluate it on data of the same layout")
+    rows = min((v.shape[0] for k, v in ckpt["model"].items() if k.endswith("puzzle_emb.weights")), default=None)
+    if rows is not None and meta["num_puzzle_identifiers"] > rows:  # puzzles this checkpoint has no vector for
+        raise SystemExit(f"error: {path} has {meta['num_puzzle_identifiers']} puzzle identifiers, but the puzzle-"
+                         f"embedding table of {args.checkpoint} has {rows} rows (solve.py adds rows for new puzzles)")
+    return path
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description="Evaluate a nanoTRM checkpoint on a dataset's test split.")
-    p.add_argument("--checkpoint", required=True, help="path to checkpoint.pt written by train.py")
-    p.add_argument("--data", default="", help="dataset folder or name (default: the one the run trained on)")
+    p.add_argument("--checkpoint", required=True, help="checkpoint.pt written by train.py, or its run folder")
+    p.add_argument("--data", default="", help="dataset folder or name of the same layout and seq_len "
+                                               "(default: the one the run trained on)")
     p.add_argument("--out", default="", help="where submission.json and the task picture go (default: beside the checkpoint)")
-    p.add_argument("--batch-size", type=int, default=0, help="evaluation batch (default: the run's global batch)")
+    p.add_argument("--batch-size", type=int, default=None, help="evaluation batch (default: the run's global batch)")
     p.add_argument("--max-batches", type=int, default=0, help="stop after this many batches (0 = all)")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA copy")
     p.add_argument("--config", nargs="*", default=[], metavar="KEY=VAL",
-                   help="model keys that do not change the weights, e.g. tto_steps=8 for etrm")
+                   help="model keys that do not change the weights: test-time depth (halt_max_steps=32, H_cycles, "
+                        "eval_n_steps, num_steps) or e.g. tto_steps=8 for etrm")
     args = p.parse_args(argv)
+    if args.batch_size is not None and args.batch_size <= 0:
+        raise SystemExit(f"error: --batch-size must be >= 1, got {args.batch_size}")
+    if args.max_batches < 0:
+        raise SystemExit(f"error: --max-batches must be >= 0, got {args.max_batches}")
     model, ckpt = load_model(args.checkpoint, use_ema=not args.no_ema, overrides=args.config)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model.to(device)
-    try:
-        path = data.ensure_dataset(args.data) if args.data else ckpt["data_path"]
-    except ValueError as e:
-        raise SystemExit(f"error: {e}")
-    out = args.out or os.path.dirname(os.path.abspath(args.checkpoint))
+    path = open_test_split(args, ckpt)
+    ckpt_file = args.checkpoint if not os.path.isdir(args.checkpoint) else os.path.join(args.checkpoint, "checkpoint.pt")
+    out = args.out or os.path.dirname(os.path.abspath(ckpt_file))
+    config.check_out_dir(out)
     os.makedirs(out, exist_ok=True)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     bs = args.batch_size or ckpt["train_config"].get("eval_batch_size") or ckpt["train_config"]["global_batch_size"]
-    result = evaluate_dataset(model, path, bs, max_batches=args.max_batches, out_dir=out)
+    result = evaluate_dataset(model.to(device), path, bs, max_batches=args.max_batches, out_dir=out)
     for k, v in result.items():
         print(f"{k:<24}{v:.4f}" if isinstance(v, float) else f"{k:<24}{v}")
     return result
 
 
 if __name__ == "__main__":
-    main()
+    config.cli(main)

@@ -4,29 +4,31 @@
     python train.py --model trm --config data=toy            # CPU, a few minutes
     python train.py --model trm --config data=arc1 lr=1e-4   # the paper's ARC-AGI-1 run (GPU)
     torchrun --standalone --nproc_per_node=8 train.py --model trm --config data=arc1
-    python train.py --resume --out runs/trm-toy              # continue the same run
+    python train.py --resume --out runs/trm-toy              # continue the same run (its saved config)
 
-Model protocol: see the docstring of trm.py. This file never branches on a model's name.
-Optimisation (../shared/spec/trm.md §8): AdamATan2 for the weights, sign-SGD with decoupled weight decay
-for the sparse puzzle embeddings, linear warm-up then cosine to lr * lr_min_ratio, optional EMA (used for
-evaluation), optional gradient clipping, optional torch.compile (CUDA only).
-Distributed: plain torch.distributed from torchrun's environment (nccl on CUDA, gloo on CPU); parameters
-broadcast from rank 0; gradients all-reduced by hand in ONE call over one flat buffer; the puzzle-embedding
-gradients all-gathered. Rank 0 logs and writes checkpoints.
-Checkpoints (`<out>/checkpoint.pt` + a readable `config.json`) are written atomically at every evaluation;
-per-rank state (ACT carry, RNG, data position) goes to `<out>/rank<r>.pt`, so `--resume` continues the
-same run: the next step's loss is the one an uninterrupted run would have computed.
+Top to bottom: the training config and its checks, checkpoints, the setup, one optimisation step, then the
+loop (`train`). It never branches on a model's name (the model protocol is in trm.py's docstring); a model
+file may carry `TRAIN_DEFAULTS`, its recipe, applied over the defaults below unless --config sets the key.
+Optimisation (optim.py; TRM paper, section 4): AdamATan2 for the weights, sign-SGD for the sparse puzzle
+embeddings, warm-up then cosine, optional EMA (evaluated), gradient clipping, torch.compile (CUDA only).
+Distributed: torchrun's environment (nccl on CUDA, gloo on CPU); parameters broadcast from rank 0;
+gradients summed in ONE all-reduce over one flat buffer. Rank 0 logs and writes checkpoints.
+The run folder holds `config.json`, `metrics.jsonl`, `curves.png` and, written atomically at every
+evaluation and every checkpoint_interval steps, `checkpoint.pt` (weights, optimiser, EMA, step, configs)
+plus each rank's `rank<r>.step<N>.pt` (ACT carry, RNG, data position), so `--resume` continues the same
+run: the next step's loss is the one an uninterrupted run would have computed. Ctrl-C (or SIGTERM) finishes
+the current step, writes a checkpoint and prints how to resume.
 """
 import argparse
 import collections
-import copy as copy_module
 import dataclasses
-import inspect
 import json
 import math
 import os
 import random
+import re
 import signal
+import sys
 import time
 
 import numpy as np
@@ -35,8 +37,13 @@ import torch.distributed as dist
 
 import data
 import evaluate
-import trm
-from config import MODELS, apply_overrides, check_config, load_file, model_module, read_checkpoint
+from config import (MODELS, atomic_save, build_model, check_choices, check_config, check_out_dir, check_values, cli,
+                    describe, help_text, load_file, load_weights, print0, read_checkpoint, resolve_configs, restore_rng,
+                    rng_state, to_device)
+from optim import AdamATan2, allreduce_flat, lr_at, non_finite, setup_distributed, sign_sgd_update, sparse_embeddings
+__all__ = ["TrainConfig", "train", "main", "AdamATan2", "sign_sgd_update", "sparse_embeddings", "load_weights",
+           "describe"]  # also what solve.py and bench.py take from here
+
 
 @dataclasses.dataclass
 class TrainConfig:
@@ -64,499 +71,324 @@ class TrainConfig:
     eval_batch_size: int = 0              # global evaluation batch (0 = global_batch_size)
     init_from: str = ""                   # start from these weights (a checkpoint of the same model)
     checkpoint_interval: int = 0          # steps between extra checkpoints (0 = only at evaluations)
-    nan_policy: str = "stop"              # a non-finite loss or gradient: stop the run | skip the batch
+    nan_policy: str = "stop"              # stop | skip (a non-finite loss or gradient stops the run or skips the batch)
 
 
 # Keys that may change on --resume without changing the run being continued.
 RESUMABLE_KEYS = {"max_steps", "log_interval", "eval_batches", "eval_batch_size", "compile", "data_root",
                   "checkpoint_interval", "nan_policy"}
-# ----------------------------------------------------------------------------------------------------
-# Config: dataclasses are the single source of truth; --config key=val parsed with literal_eval
-
-def describe(cfg):
-    """One line per field: name, type, default and the comment beside it in the source (base classes too)."""
-    src = [line for c in cfg.__mro__ if dataclasses.is_dataclass(c) for line in inspect.getsource(c).splitlines()]
-    lines = []
-    for f in dataclasses.fields(cfg):
-        comment = next((s.split("#", 1)[1].strip() for s in src if s.strip().startswith(f.name + ":") and "#" in s), "")
-        lines.append(f"  {f.name:<26}{type(f.default).__name__:<6}{f.default!r:<14}{comment}")
-    return "\n".join(lines)
-
-
-def help_text():
-    parts = ["models: " + ", ".join(MODELS), "datasets: " + ", ".join(data.DATASETS) + " (or a built folder)",
-             "", "training keys (--config key=val):", describe(TrainConfig)]
-    for name in MODELS:
-        try:
-            mod = model_module(name)
-            parts += ["", f"model keys for --model {name}:", describe(mod.Config)]
-        except ImportError as e:
-            parts += ["", f"model {name}: not available ({e})"]
-    return "\n".join(parts)
+# What each numeric training key must be; checked at start, before anything is written.
+TRAIN_LIMITS = [
+    (("global_batch_size", "epochs", "eval_interval", "log_interval"), lambda v: v >= 1, "an integer >= 1"),
+    (("max_steps", "lr_warmup_steps", "eval_batches", "eval_batch_size", "checkpoint_interval"), lambda v: v >= 0,
+     "an integer >= 0"),
+    (("lr",), lambda v: 0 < v < math.inf, "a finite number > 0"),
+    (("puzzle_emb_lr", "weight_decay", "puzzle_emb_weight_decay", "grad_clip"), lambda v: 0 <= v < math.inf,
+     "a finite number >= 0"),
+    (("lr_min_ratio",), lambda v: 0 <= v <= 1, "in [0, 1]"),
+    (("beta1", "beta2", "ema_rate"), lambda v: 0 <= v < 1, "in [0, 1)"),
+    (("seed",), lambda v: 0 <= v < 2 ** 32 - 2 ** 16, "in [0, 2**32 - 2**16) (rank r seeds numpy with seed + r)"),
+]
 
 
-# ----------------------------------------------------------------------------------------------------
-# Optimisers (spec §8)
-
-class AdamATan2(torch.optim.Optimizer):
-    """Adam with atan2 in place of m / (sqrt(v) + eps): scale-invariant, no epsilon (Everett et al. 2024).
-
-    p <- p (1 - lr wd);  m <- lerp(m, g, 1 - b1);  v <- lerp(v, g^2, 1 - b2)
-    p <- p - lr / (1 - b1^t) * atan2(m, sqrt(v) / sqrt(1 - b2^t))      (a = b = 1, as the reference)"""
-
-    def __init__(self, params, lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1):
-        super().__init__(params, dict(lr=lr, betas=betas, weight_decay=weight_decay))
-
-    @torch.no_grad()
-    def step(self):
-        for group in self.param_groups:
-            b1, b2 = group["betas"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                st = self.state[p]
-                if not st:
-                    st["step"], st["m"], st["v"] = 0, torch.zeros_like(p), torch.zeros_like(p)
-                st["step"] += 1
-                t, g = st["step"], p.grad
-                p.mul_(1 - group["lr"] * group["weight_decay"])
-                st["m"].lerp_(g, 1 - b1)
-                st["v"].lerp_(g.square(), 1 - b2)
-                denom = st["v"].sqrt() / math.sqrt(1 - b2 ** t)
-                p.add_(torch.atan2(st["m"], denom), alpha=-group["lr"] / (1 - b1 ** t))
-
-
-@torch.no_grad()
-def sign_sgd_update(emb, lr, weight_decay, world_size):
-    """Sparse sign-SGD on the rows of the batch: gather ids and grads from all ranks, sum per unique id,
-    p <- p (1 - lr wd) - lr sign(g). Only rows present decay (the reference's lazy decay)."""
-    if emb.local_weights is None or emb.local_weights.grad is None:
-        return
-    ids, grad = emb.local_ids.long(), emb.local_weights.grad
-    if world_size > 1:
-        all_ids, all_grad = [torch.empty_like(ids) for _ in range(world_size)], [torch.empty_like(grad) for _ in range(world_size)]
-        dist.all_gather(all_ids, ids)
-        dist.all_gather(all_grad, grad)
-        ids, grad = torch.cat(all_ids), torch.cat(all_grad)
-    uniq, inverse = ids.unique(return_inverse=True)
-    summed = torch.zeros(len(uniq), grad.shape[1], device=grad.device, dtype=grad.dtype).index_add_(0, inverse, grad)
-    rows = emb.weights[uniq]
-    emb.weights[uniq] = rows * (1 - lr * weight_decay) - lr * summed.sign().to(rows.dtype)
-    emb.local_weights = None
-
-
-def lr_at(step, base, cfg, total_steps):
-    """Linear warm-up, then cosine from base to base * lr_min_ratio."""
-    if step < cfg.lr_warmup_steps:
-        return base * step / cfg.lr_warmup_steps
-    progress = (step - cfg.lr_warmup_steps) / max(1, total_steps - cfg.lr_warmup_steps)
-    return base * (cfg.lr_min_ratio + max(0.0, (1 - cfg.lr_min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))))
-
-
-def sparse_embeddings(model):
-    return [m for m in model.modules() if isinstance(m, trm.SparseEmbedding)]
-
-
-# ----------------------------------------------------------------------------------------------------
-# Distributed: torchrun's environment, one flat all-reduce
-
-def setup_distributed():
-    if "RANK" not in os.environ:
-        return 0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    if torch.cuda.is_available():
-        local = int(os.environ.get("LOCAL_RANK", 0))
-        torch.cuda.set_device(local)
-        dist.init_process_group("nccl")
-        return rank, world, torch.device("cuda", local)
-    dist.init_process_group("gloo")
-    return rank, world, torch.device("cpu")
-
-
-@torch.no_grad()
-def allreduce_flat(tensors):
-    """Sum `tensors` across ranks with one collective over one flat buffer (not one call per tensor)."""
-    tensors = [t for t in tensors if t is not None]
-    if not tensors:
-        return
-    flat = torch.cat([t.reshape(-1).float() for t in tensors])
-    dist.all_reduce(flat)
-    offset = 0
-    for t in tensors:
-        t.copy_(flat[offset:offset + t.numel()].view_as(t))
-        offset += t.numel()
+def check_train_config(tcfg, model, world):
+    for keys, ok, expected in TRAIN_LIMITS:
+        for key in keys:
+            if not ok(getattr(tcfg, key)):
+                raise SystemExit(f"error: config key {key!r} must be {expected}, got {getattr(tcfg, key)!r}")
+    check_choices(tcfg, model)
+    for key in ("global_batch_size", "eval_batch_size"):
+        if getattr(tcfg, key) % world:
+            raise SystemExit(f"error: config key {key!r} = {getattr(tcfg, key)} is not divisible by the {world} "
+                             "processes (each takes an equal share)")
 
 
 # ----------------------------------------------------------------------------------------------------
 # Checkpoints: atomic, model-named, resumable
 
-def maybe_crash(point, step):
-    """Test hook for tests/test_faults.py: NANOTRM_KILL_AT=<point>:<step> SIGKILLs this process there."""
-    if os.environ.get("NANOTRM_KILL_AT") == f"{point}:{step}":
-        os.kill(os.getpid(), signal.SIGKILL)
+@dataclasses.dataclass
+class State:
+    """What a checkpoint restores: weights, optimiser, EMA and step; per rank the carry, RNG and data position."""
+    model: torch.nn.Module
+    adam: AdamATan2
+    loader: data.PuzzleDataset
+    ema: dict = None
+    carry: object = None
+    step: int = 0
 
 
-def atomic_save(obj, path, point="save", step=-1):
-    """Write to a temporary file in the same folder, then rename: a reader sees the old file or the new one."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    torch.save(obj, tmp)
-    maybe_crash(point, step)  # a kill here leaves the old file intact and a stray .tmp behind
-    os.replace(tmp, path)
+def save_checkpoint(s, run, rank, world):
+    """This step's per-rank state first, then the checkpoint that points at it, then drop older states."""
+    out, mine = run["out"], f"rank{rank}.step{s.step}.pt"
+    os.makedirs(out, exist_ok=True)  # another rank may not have created it yet
+    atomic_save({"loader": s.loader.state_dict(), "carry": to_device(s.carry, "cpu"), "rng": rng_state()},
+                os.path.join(out, mine))
+    if world > 1:
+        dist.barrier()
+    try:
+        if rank == 0:
+            atomic_save({"model_name": run["model"], "model": s.model.state_dict(), "optimizer": s.adam.state_dict(),
+                         "ema": s.ema, "step": s.step, "world_size": world, "train_config": run["train"],
+                         "model_config": run["model_config"], "data_path": run["data_path"]},
+                        os.path.join(out, "checkpoint.pt"))
+    except SystemExit:  # the old checkpoint stays, and so must the states it points at; this step's goes
+        os.remove(os.path.join(out, mine))
+        raise
+    if world > 1:
+        dist.barrier()
+    for f in os.listdir(out):  # older states, and temporary files of writes a kill interrupted
+        if f != mine and (f.startswith(f"rank{rank}.step") or (rank == 0 and f.startswith("checkpoint.pt.tmp"))):
+            os.remove(os.path.join(out, f))
 
 
-def load_weights(model, state, path):
-    """load_state_dict, resizing puzzle-embedding tables to this dataset the reference's way (mean row)."""
-    own = model.state_dict()
-    for key, value in list(state.items()):
-        if key.endswith("puzzle_emb.weights") and key in own and value.shape != own[key].shape:
-            print0(f"{path}: puzzle-embedding table {tuple(value.shape)} -> {tuple(own[key].shape)}, filled with the mean row")
-            state[key] = value.mean(0, keepdim=True).expand_as(own[key]).clone()
-    model.load_state_dict(state)
-
-
-def print0(*args):
-    if int(os.environ.get("RANK", 0)) == 0:
-        print(*args, flush=True)
-
-
-def to_device(obj, device):
-    if torch.is_tensor(obj):
-        return obj.to(device)
-    if isinstance(obj, dict):
-        return {k: to_device(v, device) for k, v in obj.items()}
-    if dataclasses.is_dataclass(obj):
-        return dataclasses.replace(obj, **{f.name: to_device(getattr(obj, f.name), device) for f in dataclasses.fields(obj)})
-    return obj
-
-
-def rng_state():
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-            "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None}
-
-
-def restore_rng(s):
-    torch.set_rng_state(s["torch"])
-    np.random.set_state(s["numpy"])
-    random.setstate(s["python"])
-    if s["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state(s["cuda"])
+def restore(s, ckpt, out, rank, device):
+    load_weights(s.model, ckpt["model"], out)
+    s.adam.load_state_dict(ckpt["optimizer"])
+    s.step, s.ema = ckpt["step"], ckpt.get("ema")
+    state = load_file(os.path.join(out, f"rank{rank}.step{s.step}.pt"))
+    s.loader.load_state_dict(state["loader"])
+    s.carry = to_device(state["carry"], device)
+    restore_rng(state["rng"])
 
 
 # ----------------------------------------------------------------------------------------------------
-# The run
+# Setup: configs (defaults < model recipe < --config, or the run folder's own), checks, dataset, folder
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=help_text(),
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=help_text(TrainConfig, data.DATASETS),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="trm", help="model to train: " + ", ".join(MODELS))
+    p.add_argument("--model", default=None, help="model to train: " + ", ".join(MODELS) + " (default trm, or the "
+                   "run folder's model with --resume)")
     p.add_argument("--config", nargs="*", default=[], metavar="KEY=VAL", help="override config keys (see below)")
     p.add_argument("--out", default="", help="run folder (default runs/<model>-<data>)")
     p.add_argument("--resume", action="store_true",
-                   help="continue the run in --out from its checkpoint (starts it if there is none yet)")
+                   help="continue the run in --out from its checkpoint, with the config saved there")
     return p.parse_args(argv)
 
 
-def resolve_configs(args):
-    """Configs from the defaults and --config, or on --resume from the run's checkpoint (a few keys may change)."""
-    mod = model_module(args.model)
-    tcfg, mcfg, ckpt = TrainConfig(), mod.Config(), None
-    if args.resume and not args.out:
-        raise SystemExit("error: --resume needs --out <run folder>")
-    cpath = os.path.join(args.out, "checkpoint.pt")
-    if args.resume and os.path.exists(cpath):
-        ckpt = read_checkpoint(cpath, args.model)
-        tcfg = trm.config_from(TrainConfig, ckpt["train_config"])
-        mcfg = trm.config_from(mod.Config, ckpt["model_config"])
-        before = dataclasses.asdict(tcfg) | dataclasses.asdict(mcfg)
-        changed = apply_overrides(args.config, tcfg, mcfg, args.model)
-        bad = [k for k, v in changed.items() if k not in RESUMABLE_KEYS and before[k] != v]
-        if bad:
-            raise SystemExit(f"error: --resume continues the run in {args.out}; it cannot change {', '.join(bad)}")
-    else:
-        if args.resume:
-            print0(f"note: no checkpoint in {args.out} yet; starting the run at step 0")
-        apply_overrides(args.config, tcfg, mcfg, args.model)
-    if tcfg.nan_policy not in ("stop", "skip"):
-        raise SystemExit(f"error: nan_policy must be 'stop' or 'skip', got {tcfg.nan_policy!r}")
-    out = args.out or os.path.join("runs", f"{args.model}-{os.path.basename(os.path.normpath(tcfg.data))}")
-    return mod, tcfg, mcfg, ckpt, out
+def check_resume_world(out, ckpt, world):
+    """Each rank's carry and data position were saved by one process each: the same count must resume them."""
+    if ckpt is None:
+        return
+    saved = ckpt.get("world_size") or len([f for f in os.listdir(out) if re.fullmatch(rf"rank\d+\.step{ckpt['step']}\.pt", f)])
+    if saved != world:
+        raise SystemExit(f"error: {out} was trained by {saved} process(es); resume it with the same number "
+                         f"(torchrun --nproc_per_node={saved} train.py --out {out} --resume), not {world}")
 
 
 def open_dataset(tcfg, mcfg, rank, world):
     """Build the dataset if missing (rank 0), read its metadata, fill the model's data-determined keys."""
     try:
         path = data.ensure_dataset(tcfg.data, root=tcfg.data_root) if rank == 0 else None
+        if world > 1:
+            box = [path]
+            dist.broadcast_object_list(box)
+            path = box[0]
+        meta = data.load_metadata(path, "train")
+        data.load_metadata(path, "test")  # the evaluation at the end of every data iteration needs it
     except (ValueError, OSError) as e:  # data.DataError included: one line naming the file and the fault
         raise SystemExit(f"error: {e}")
-    if world > 1:
-        box = [path]
-        dist.broadcast_object_list(box)
-        path = box[0]
-    meta = data.load_metadata(path, "train")
     for key in ("vocab_size", "seq_len", "num_puzzle_identifiers"):
         if hasattr(mcfg, key):
             setattr(mcfg, key, meta[key])
     return path, meta
 
 
-class Run:
-    """Everything one training run holds: model, optimisers, EMA, carry, data position, logs."""
-
-    def __init__(self, args):
-        self.mod, self.tcfg, self.mcfg, ckpt, self.out = resolve_configs(args)
-        self.name, tcfg = args.model, self.tcfg
-        self.rank, self.world, self.device = setup_distributed()
-        if tcfg.global_batch_size % self.world:
-            raise SystemExit(f"error: global_batch_size {tcfg.global_batch_size} is not divisible by {self.world} ranks")
-        self.path, meta = open_dataset(tcfg, self.mcfg, self.rank, self.world)
-        if ckpt is not None:  # e.g. a data folder of another vocabulary or sequence length
-            check_config(ckpt["model_config"], dataclasses.asdict(self.mcfg), os.path.join(self.out, "checkpoint.pt"), self.name)
-        torch.manual_seed(tcfg.seed)  # identical init on every rank; the broadcast below makes sure
-        self.model = self.mod.Model(self.mcfg).to(self.device)
-        self.loader = data.PuzzleDataset(self.path, "train", tcfg.global_batch_size, rank=self.rank, world_size=self.world,
-                                         seed=tcfg.seed, epochs_per_iter=min(tcfg.eval_interval, tcfg.epochs),
-                                         with_demos=self.mod.Model.needs_demos)
-        ids = self.loader.arrays["puzzle_identifiers"]
-        if len(ids) and int(ids.max()) >= meta["num_puzzle_identifiers"]:
-            raise SystemExit(f"error: {self.path}/train holds puzzle identifier {int(ids.max())}, but its dataset.json "
-                             f"says num_puzzle_identifiers={meta['num_puzzle_identifiers']}")
-        if tcfg.global_batch_size > meta["total_groups"] * meta["mean_puzzle_examples"] * self.loader.epochs_per_iter:
-            raise SystemExit(f"error: {self.path} yields no full batch of {tcfg.global_batch_size} examples; "
-                             "lower global_batch_size")
-        self.total_steps = max(1, int(tcfg.epochs * meta["total_groups"] * meta["mean_puzzle_examples"] / tcfg.global_batch_size))
-        self.adam = AdamATan2(self.model.parameters(), lr=tcfg.lr, betas=(tcfg.beta1, tcfg.beta2), weight_decay=tcfg.weight_decay)
-        self.embs = sparse_embeddings(self.model)
-        self.step, self.ema, self.carry = 0, None, None
-        if tcfg.init_from and ckpt is None:
-            load_weights(self.model, read_checkpoint(tcfg.init_from, self.name, self.mcfg)["model"], tcfg.init_from)
-        if ckpt is not None:
-            self.restore(ckpt)
-        else:
-            torch.manual_seed(tcfg.seed + self.rank)  # data order and exploration differ per rank
-            np.random.seed(tcfg.seed + self.rank)
-            random.seed(tcfg.seed + self.rank)
-        if self.world > 1:
-            for t in list(self.model.parameters()) + list(self.model.buffers()):
-                dist.broadcast(t.data, 0)
-        if tcfg.ema and self.ema is None:
-            self.ema = {k: p.detach().clone() for k, p in self.model.named_parameters()}
-        use_compile = tcfg.compile and self.device.type == "cuda"
-        self.run_model = torch.compile(self.model) if use_compile else self.model
-        self.open_logs(ckpt)
-        n_trunk = sum(p.numel() for p in self.model.parameters())
-        n_table = sum(e.weights.numel() for e in self.embs)
-        print0(f"model {self.name}: {n_trunk:,} trunk parameters + {n_table:,} puzzle-embedding values | data {self.path} "
-               f"| step {self.step:,} of {self.total_steps:,} | {self.world} rank(s) on {self.device}")
-
-    def restore(self, ckpt):
-        load_weights(self.model, ckpt["model"], self.out)
-        self.adam.load_state_dict(ckpt["optimizer"])
-        self.step, self.ema = ckpt["step"], ckpt.get("ema")
-        state = load_file(os.path.join(self.out, f"rank{self.rank}.step{self.step}.pt"))
-        self.loader.load_state_dict(state["loader"])
-        self.carry = to_device(state["carry"], self.device)
-        restore_rng(state["rng"])
-
-    def open_logs(self, ckpt):
-        """metrics.jsonl: on resume keep the rows up to the checkpoint's step, so a crash leaves no trace."""
-        self.log = None
-        if self.rank != 0:
-            return
-        os.makedirs(self.out, exist_ok=True)
-        with open(os.path.join(self.out, "config.json"), "w") as f:
-            json.dump({"model": self.name, "data_path": self.path, "train": dataclasses.asdict(self.tcfg),
-                       "model_config": dataclasses.asdict(self.mcfg)}, f, indent=2)
-        path = os.path.join(self.out, "metrics.jsonl")
-        keep = []
-        if ckpt is not None and os.path.exists(path):
-            keep = [line for line in open(path) if line.strip() and json.loads(line)["step"] <= self.step]
+def open_run_folder(out, run, step, resuming):
+    """config.json, and metrics.jsonl cut back to the checkpoint's step (a crash leaves no trace)."""
+    try:
+        os.makedirs(out, exist_ok=True)
+        with open(os.path.join(out, "config.json.tmp"), "w") as f:
+            json.dump({k: run[k] for k in ("model", "data_path", "train", "model_config")}, f, indent=2)
+        os.replace(os.path.join(out, "config.json.tmp"), os.path.join(out, "config.json"))
+        path = os.path.join(out, "metrics.jsonl")
+        keep = [r for r in evaluate.read_metrics(path) if r["step"] <= step] if resuming else []
         with open(path + ".tmp", "w") as f:
-            f.writelines(keep)
+            f.writelines(json.dumps(r) + "\n" for r in keep)
         os.replace(path + ".tmp", path)
-        self.log = open(path, "a")
-
-    def write(self, row):
-        if self.log is not None:
-            self.log.write(json.dumps(row) + "\n")
-            self.log.flush()
-
-    # -- one optimisation step ------------------------------------------------------------------------
-    def train_step(self, batch):
-        """Forward, backward, all-reduce, checks, update. Returns (stats, seconds in communication)."""
-        tcfg, gbs, model = self.tcfg, self.tcfg.global_batch_size, self.model
-        batch = {k: v.to(self.device) for k, v in batch.items()}
-        if self.carry is None:
-            self.carry = model.initial_carry(batch)
-        self.carry, loss, metrics, _ = self.run_model(self.carry, batch, loss_scale=1.0 / gbs)
-        (loss / gbs).backward()
-        t0 = time.time()
-        if self.world > 1:  # unused parameters get zero grads so every rank's flat buffer lines up
-            for p in model.parameters():
-                if p.grad is None:
-                    p.grad = torch.zeros_like(p)
-            allreduce_flat([p.grad for p in model.parameters()])
-        metrics = {"total_loss": loss.detach(), **metrics}  # a model may report its whole objective itself
-        names = sorted(metrics)
-        stats = torch.stack([metrics[k].detach().float() for k in names])
-        if self.world > 1:
-            dist.all_reduce(stats)
-        comm = time.time() - t0
-        stats = dict(zip(names, stats.tolist()))
-        fault = self.non_finite(stats)
-        if fault:
-            return self.on_fault(fault), comm
-        if tcfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
-        self.step += 1
-        lr = lr_at(self.step, tcfg.lr, tcfg, self.total_steps)
-        for g in self.adam.param_groups:
-            g["lr"] = lr
-        self.adam.step()
-        self.adam.zero_grad(set_to_none=True)
-        t0 = time.time()
-        for emb in self.embs:
-            sign_sgd_update(emb, lr_at(self.step, tcfg.puzzle_emb_lr, tcfg, self.total_steps), tcfg.puzzle_emb_weight_decay, self.world)
-        comm += time.time() - t0
-        if self.ema is not None:
-            with torch.no_grad():
-                for k, p in model.named_parameters():
-                    self.ema[k].lerp_(p.detach(), 1 - tcfg.ema_rate)
-        stats["lr"] = lr
-        return stats, comm
-
-    def non_finite(self, stats):
-        """Name the first non-finite loss or gradient (one reduction over all gradients; names only on a fault)."""
-        bad = [k for k, v in sorted(stats.items(), key=lambda kv: kv[0] != "total_loss")
-               if k.endswith("_loss") and not math.isfinite(v)]
-        if bad:
-            return f"loss '{bad[0]}'"
-        grads = [(n, p.grad) for n, p in self.model.named_parameters() if p.grad is not None]
-        grads += [(f"{i}.local_weights", e.local_weights.grad) for i, e in enumerate(self.embs)
-                  if e.local_weights is not None and e.local_weights.grad is not None]
-        if grads and not torch.isfinite(torch.stack([g.float().norm() for _, g in grads]).sum()):
-            return "gradient of " + next(n for n, g in grads if not torch.isfinite(g).all())
-        return None
-
-    def on_fault(self, fault):
-        where = f"non-finite {fault} at step {self.step + 1}"
-        if self.tcfg.nan_policy == "skip":
-            print0(f"warning: {where}; batch skipped (nan_policy=skip), carry reset")
-            self.adam.zero_grad(set_to_none=True)
-            for e in self.embs:
-                e.local_weights = None
-            self.carry = None
-            return None
-        raise SystemExit(f"error: {where}; the weights were not updated and the last good checkpoint in "
-                         f"{self.out} is untouched (nan_policy=skip skips such batches). Lower lr or check the data.")
-
-    # -- evaluation and checkpoints ---------------------------------------------------------------------
-    def evaluate(self):
-        """Evaluate the EMA weights; must not move the training RNG (resume == no interruption)."""
-        rng = rng_state()
-        model = self.model
-        if self.ema is not None:
-            model = copy_module.deepcopy(self.model)  # not a new Model(): its init would consume the RNG
-            with torch.no_grad():
-                for k, p in model.named_parameters():
-                    p.copy_(self.ema[k])
-        result = evaluate.evaluate_dataset(model, self.path, self.tcfg.eval_batch_size or self.tcfg.global_batch_size,
-                                           self.rank, self.world, max_batches=self.tcfg.eval_batches,
-                                           out_dir=self.out if self.rank == 0 else None)
-        restore_rng(rng)
-        self.model.train()
-        self.write({"step": self.step, **{f"eval/{k}": v for k, v in result.items()}})
-        print0(f"eval @ {self.step}: " + " ".join(f"{k} {v:.4f}" for k, v in result.items() if isinstance(v, float)))
-        return result
-
-    def save(self):
-        """Per-rank state for this step first, then the checkpoint that points at it, then drop older states."""
-        step = self.step
-        state = {"loader": self.loader.state_dict(), "carry": to_device(self.carry, "cpu"), "rng": rng_state()}
-        atomic_save(state, os.path.join(self.out, f"rank{self.rank}.step{step}.pt"), "save_rank", step)
-        if self.world > 1:
-            dist.barrier()
-        if self.rank == 0:
-            atomic_save({"model_name": self.name, "model": self.model.state_dict(), "optimizer": self.adam.state_dict(),
-                         "ema": self.ema, "step": step, "train_config": dataclasses.asdict(self.tcfg),
-                         "model_config": dataclasses.asdict(self.mcfg), "data_path": self.path},
-                        os.path.join(self.out, "checkpoint.pt"), "save_ckpt", step)
-        if self.world > 1:
-            dist.barrier()
-        for f in os.listdir(self.out):  # older states, and temporary files of writes a kill interrupted
-            mine = f.startswith(f"rank{self.rank}.step") or (self.rank == 0 and f.startswith("checkpoint.pt.tmp"))
-            if mine and f != f"rank{self.rank}.step{step}.pt":
-                os.remove(os.path.join(self.out, f))
+        return open(path, "a")
+    except OSError as e:
+        raise SystemExit(f"error: cannot write the run folder {out}: {e.strerror} ({e.filename})")
 
 
-def train(args):
-    run = Run(args)
-    tcfg, gbs = run.tcfg, run.tcfg.global_batch_size
-    stop_at = min(run.total_steps, tcfg.max_steps) if tcfg.max_steps else run.total_steps
-    result, acc, t0, step0 = {}, collections.Counter(), time.time(), run.step
-    t_last = t0
-    while run.step < stop_at:
-        step_before = run.step
-        for batch in run.loader:
-            stats, comm = run.train_step(batch)
-            maybe_crash("step", run.step)
-            if stats is None:
-                continue
-            acc.update(comm=comm, n=1)
-            if run.step % tcfg.log_interval == 0 or run.step == stop_at:
-                row = summarize(stats, gbs)
-                run.write({**row, "step": run.step})
-                now = time.time()
-                left = (now - t0) / max(run.step - step0, 1) * (stop_at - run.step)
-                print0(f"step {run.step}/{stop_at} | loss {row['loss']:.4f} | acc {row.get('accuracy', 0):.3f} "
-                       f"exact {row.get('exact_accuracy', 0):.3f} | {acc['n'] * gbs / max(now - t_last, 1e-9):.0f} samples/s "
-                       + (f"| comm {1e3 * acc['comm'] / acc['n']:.1f} ms/step " if run.world > 1 else "")
-                       + f"| lr {stats['lr']:.2e} | {left / 60:.1f} min left")
-                acc, t_last = collections.Counter(), now
-            if tcfg.checkpoint_interval and run.step % tcfg.checkpoint_interval == 0 and run.step < stop_at:
-                run.save()
-            if run.step >= stop_at:
-                break
-        if run.loader.batch_index == 0:
-            raise SystemExit(f"error: {run.path} yields no full batch of {gbs} examples; lower global_batch_size")
-        if run.step > step_before:  # evaluate and checkpoint at the end of every data iteration
-            result = run.evaluate()
-            run.save()
-    if run.rank == 0:
-        run.log.close()
-        plot_curves(run.out)
-    if run.world > 1:
-        dist.destroy_process_group()
-    return {**result, "out_dir": run.out, "step": run.step}
+# ----------------------------------------------------------------------------------------------------
+# One optimisation step, one evaluation, and the loop
+
+STOP = {"signal": 0}  # set by Ctrl-C / SIGTERM: the loop finishes its step, writes a checkpoint and exits
+
+
+def request_stop(signum, frame):
+    STOP["signal"] = signum
+    signal.signal(signum, signal.SIG_DFL)  # a second Ctrl-C quits at once, without a checkpoint
+    print0(f"\n{signal.Signals(signum).name}: finishing this step, then a checkpoint (again: quit now)", file=sys.stderr)
+
+
+def train_step(s, batch, run_model, tcfg, world, total_steps, out):
+    """Forward, backward, all-reduce, finiteness check, update. Returns (stats summed over ranks, seconds in
+    communication); stats is None when nan_policy=skip dropped the batch."""
+    gbs, model, embs = tcfg.global_batch_size, s.model, sparse_embeddings(s.model)
+    batch = {k: v.to(next(model.parameters()).device) for k, v in batch.items()}
+    if s.carry is None:
+        s.carry = model.initial_carry(batch)
+    s.carry, loss, metrics, _ = run_model(s.carry, batch, loss_scale=1.0 / gbs)
+    (loss / gbs).backward()
+    t0 = time.time()
+    if world > 1:  # unused parameters get zero grads so every rank's flat buffer lines up
+        for p in model.parameters():
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        allreduce_flat([p.grad for p in model.parameters()])
+    # a model may report its whole objective as total_loss itself; `interrupt` lets every rank stop together
+    metrics = {"total_loss": loss.detach(), **metrics, "interrupt": loss.new_tensor(float(STOP["signal"] > 0))}
+    names = sorted(metrics)
+    stats = torch.stack([metrics[k].detach().float() for k in names])
+    if world > 1:
+        dist.all_reduce(stats)
+    stats, comm = dict(zip(names, stats.tolist())), time.time() - t0
+    fault = non_finite(model, embs, stats)
+    if fault:
+        where = f"non-finite {fault} at step {s.step + 1}"
+        if tcfg.nan_policy == "stop":
+            raise SystemExit(f"error: {where}; the weights were not updated and the last checkpoint in {out} (if any) "
+                             "is untouched (nan_policy=skip skips such batches). Lower lr or check the data.")
+        print0(f"warning: {where}; batch skipped (nan_policy=skip), carry reset")
+        s.adam.zero_grad(set_to_none=True)
+        for e in embs:
+            e.local_weights = None
+        s.carry = None
+        return None, comm
+    if tcfg.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
+    s.step += 1
+    stats["lr"] = lr = lr_at(s.step, tcfg.lr, tcfg, total_steps)
+    for g in s.adam.param_groups:
+        g["lr"] = lr
+    s.adam.step()
+    s.adam.zero_grad(set_to_none=True)
+    t0 = time.time()
+    for emb in embs:
+        sign_sgd_update(emb, lr_at(s.step, tcfg.puzzle_emb_lr, tcfg, total_steps), tcfg.puzzle_emb_weight_decay, world)
+    if s.ema is not None:
+        with torch.no_grad():
+            for k, p in model.named_parameters():
+                s.ema[k].lerp_(p.detach(), 1 - tcfg.ema_rate)
+    return stats, comm + time.time() - t0
 
 
 def summarize(stats, gbs):
     """Per-sample metrics / count; losses / global batch (the reference's reporting)."""
     count = max(stats.get("count", 0.0), 1.0)
-    row = {k: (v / gbs if k.endswith("_loss") else v / count) for k, v in stats.items() if k not in ("count", "lr")}
+    row = {k: (v / gbs if k.endswith("_loss") else v / count) for k, v in stats.items()
+           if k not in ("count", "lr", "interrupt")}
     row["loss"] = row.pop("total_loss")
     row["count"], row["lr"] = stats.get("count", 0.0), stats["lr"]
     return row
 
 
-def plot_curves(out):
-    """Training loss / accuracy and evaluation accuracy against step, saved as <out>/curves.png."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    rows = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
-    train_rows = [r for r in rows if "loss" in r]
-    eval_rows = [r for r in rows if "eval/exact_accuracy" in r]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
-    a.plot([r["step"] for r in train_rows], [r["loss"] for r in train_rows])
-    a.set(xlabel="step", ylabel="train loss", yscale="log", title="loss")
-    for key in ("accuracy", "exact_accuracy"):
-        b.plot([r["step"] for r in train_rows], [r.get(key, 0) for r in train_rows], label=f"train {key}")
-    b.plot([r["step"] for r in eval_rows], [r["eval/exact_accuracy"] for r in eval_rows], "o-", label="eval exact_accuracy")
-    b.set(xlabel="step", ylabel="accuracy", ylim=(0, 1), title="accuracy")
-    b.legend()
-    fig.tight_layout()
-    fig.savefig(os.path.join(out, "curves.png"), dpi=100)
-    plt.close(fig)
+def train(args):
+    name, mod, tcfg, mcfg, ckpt, out = resolve_configs(args, TrainConfig, RESUMABLE_KEYS)
+    rank, world, device = setup_distributed()
+    check_train_config(tcfg, name, world)
+    check_resume_world(out, ckpt, world)
+    check_values(mcfg, name)
+    check_out_dir(out)
+    path, meta = open_dataset(tcfg, mcfg, rank, world)
+    if ckpt is not None:  # e.g. a data folder of another vocabulary or sequence length
+        check_config(ckpt["model_config"], dataclasses.asdict(mcfg), os.path.join(out, "checkpoint.pt"), name)
+    init = read_checkpoint(tcfg.init_from, name, mcfg) if tcfg.init_from and ckpt is None else None
+    torch.manual_seed(tcfg.seed)  # identical init on every rank; the broadcast below makes sure
+    model = build_model(mod, mcfg, name).to(device)
+    try:
+        loader = data.PuzzleDataset(path, "train", tcfg.global_batch_size, rank=rank, world_size=world, seed=tcfg.seed,
+                                    epochs_per_iter=min(tcfg.eval_interval, tcfg.epochs), with_demos=mod.Model.needs_demos)
+    except (ValueError, OSError) as e:
+        raise SystemExit(f"error: {e}")
+    ids = loader.arrays["puzzle_identifiers"]
+    if len(ids) and int(ids.max()) >= meta["num_puzzle_identifiers"]:
+        raise SystemExit(f"error: {path}/train holds puzzle identifier {int(ids.max())}, but its dataset.json "
+                         f"says num_puzzle_identifiers={meta['num_puzzle_identifiers']}")
+    s = State(model, AdamATan2(model.parameters(), lr=tcfg.lr, betas=(tcfg.beta1, tcfg.beta2),
+                               weight_decay=tcfg.weight_decay), loader)
+    total_steps = max(1, int(tcfg.epochs * meta["total_groups"] * meta["mean_puzzle_examples"] / tcfg.global_batch_size))
+    stop_at = min(total_steps, tcfg.max_steps) if tcfg.max_steps else total_steps
+    if init is not None:
+        load_weights(model, init["model"], tcfg.init_from)
+    if ckpt is not None:
+        restore(s, ckpt, out, rank, device)
+    else:
+        torch.manual_seed(tcfg.seed + rank)  # data order and exploration differ per rank
+        np.random.seed(tcfg.seed + rank)
+        random.seed(tcfg.seed + rank)
+    if world > 1:
+        for t in list(model.parameters()) + list(model.buffers()):
+            dist.broadcast(t.data, 0)
+    if tcfg.ema and s.ema is None:
+        s.ema = {k: p.detach().clone() for k, p in model.named_parameters()}
+    run_model = torch.compile(model) if tcfg.compile and device.type == "cuda" else model
+    run = {"model": name, "out": out, "data_path": path, "train": dataclasses.asdict(tcfg),
+           "model_config": dataclasses.asdict(mcfg)}
+    n_table = sum(e.weights.numel() for e in sparse_embeddings(model))
+    print0(f"model {name}: {sum(p.numel() for p in model.parameters()):,} trunk parameters + {n_table:,} puzzle-embedding "
+           f"values | data {path} | step {s.step:,} of {stop_at:,} (schedule: {total_steps:,} steps) | {world} "
+           f"process(es) on {device}")
+    if s.step >= stop_at:
+        print0(f"{out} is finished (step {s.step:,} of {stop_at:,}); raise max_steps to train on (--resume --config max_steps=N)")
+        return {"out_dir": out, "step": s.step, "finished": True}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, request_stop)
+
+    # ---- the loop: one data iteration (eval_interval epochs), then an evaluation and a checkpoint
+    log, result, acc, t0, step0, saved_at = None, {}, collections.Counter(), time.time(), s.step, s.step
+    t_last, gbs, stop = t0, tcfg.global_batch_size, False
+    while s.step < stop_at and not stop:
+        step_before = s.step
+        for batch in s.loader:
+            stats, comm = train_step(s, batch, run_model, tcfg, world, total_steps, out)
+            if stats is None:
+                continue
+            if rank == 0 and log is None:  # the run folder is written once the first step went through
+                log = open_run_folder(out, run, step0, args.resume)
+            acc.update(comm=comm, n=1)
+            stop = stats["interrupt"] > 0
+            if s.step % tcfg.log_interval == 0 or s.step == stop_at or stop:
+                row, now = summarize(stats, gbs), time.time()
+                if log:
+                    log.write(json.dumps({**row, "step": s.step}) + "\n")
+                    log.flush()
+                left = (now - t0) / max(s.step - step0, 1) * (stop_at - s.step)
+                print0(f"step {s.step}/{stop_at} | loss {row['loss']:.4f} | acc {row.get('accuracy', 0):.3f} "
+                       f"exact {row.get('exact_accuracy', 0):.3f} | {acc['n'] * gbs / max(now - t_last, 1e-9):.0f} samples/s "
+                       + (f"| comm {1e3 * acc['comm'] / acc['n']:.1f} ms/step " if world > 1 else "")
+                       + f"| lr {stats['lr']:.2e} | {left / 60:.1f} min left")
+                acc, t_last = collections.Counter(), now
+            if stop or s.step >= stop_at:
+                break
+            if tcfg.checkpoint_interval and s.step % tcfg.checkpoint_interval == 0:
+                save_checkpoint(s, run, rank, world)
+                saved_at = s.step
+        if s.step == step_before:
+            raise SystemExit(f"error: {path} yields no full batch of {gbs} examples in {loader.epochs_per_iter} "
+                             "epoch(s); lower global_batch_size")
+        if not stop:
+            result = evaluate.evaluate_ema(s.model, s.ema, path, tcfg.eval_batch_size or gbs, rank, world,
+                                           tcfg.eval_batches, out if rank == 0 else None)
+            print0(f"eval @ {s.step}: " + " ".join(f"{k} {v:.4f}" for k, v in result.items() if isinstance(v, float)))
+            if log:
+                log.write(json.dumps({"step": s.step, **{f"eval/{k}": v for k, v in result.items()}}) + "\n")
+        if s.step > saved_at:
+            save_checkpoint(s, run, rank, world)
+            saved_at = s.step
+    if log:
+        log.close()
+        evaluate.plot_curves(out)
+    if world > 1:
+        dist.destroy_process_group()
+    if stop:
+        launcher = f"torchrun --nproc_per_node={world} " if world > 1 else "python "
+        print0(f"stopped at step {s.step}: checkpoint written to {out}; continue with: {launcher}train.py --out {out} --resume",
+               file=sys.stderr)
+        raise SystemExit(128 + (STOP["signal"] or signal.SIGINT))
+    return {**result, "out_dir": out, "step": s.step}
 
 
 def main(argv=None):
@@ -564,4 +396,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    cli(main)

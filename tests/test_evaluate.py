@@ -1,16 +1,19 @@
-"""evaluate.py tests: ARC voting, pass@K and the submission on hand-made predictions.
+"""evaluate.py tests: ARC voting, pass@K and the submission on hand-made predictions; a checkpoint scored on
+another folder and with more recursion at test time than in training.
 
 Run: python -m pytest -q tests/test_evaluate.py   (CPU, seconds)
-Checks against: the rules of ../shared/spec/data.md §5 and §7 worked out by hand for a two-task set:
+Checks against: the voting and scoring rules (evaluate.py docstring) worked out by hand for a two-task set:
 predictions are made in augmented space, inverted, voted by (count, mean sigmoid q), scored macro.
 """
 import json
 
 import numpy as np
+import pytest
 import torch
 
 import data
 import evaluate
+import train
 
 A_IN, A_OUT, A_WRONG = [[1, 2, 0], [0, 3, 4]], [[4, 3, 0], [0, 2, 1]], [[4, 4, 4], [0, 2, 1]]
 B_IN1, B_OUT1 = [[5]], [[6]]
@@ -74,3 +77,32 @@ def test_render_task_writes_png(tmp_path):
     task = {"train": [{"input": A_IN, "output": A_OUT}], "test": [{"input": A_IN, "output": A_OUT}]}
     evaluate.render_task(task, [{"attempt_1": A_OUT, "attempt_2": A_WRONG}], str(tmp_path / "t.png"), "A")
     assert (tmp_path / "t.png").stat().st_size > 1000
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny TRM trained 2 steps on toy, and two more toy folders: same layout, and a longer seq_len."""
+    root = tmp_path_factory.mktemp("run")
+    toy = data.build_toy(str(root / "toy"), num_train=256, num_test=64)
+    data.build_toy(str(root / "toy_b"), num_train=64, num_test=48, seed=1)
+    data.build_toy(str(root / "wide"), num_train=64, num_test=16, seq_len=20, length=14)
+    train.main(["--model", "trm", "--out", str(root / "run"), "--config", f"data={toy}", "hidden_size=32", "num_heads=2",
+                "L_layers=1", "H_cycles=1", "L_cycles=1", "halt_max_steps=2", "puzzle_emb_ndim=32", "puzzle_emb_len=1",
+                "global_batch_size=16", "max_steps=2", "eval_batches=1"])
+    return root
+
+
+def test_deeper_recursion_at_test_time_and_another_folder(trained):
+    run = str(trained / "run")  # a run folder stands for its checkpoint.pt
+    base = evaluate.main(["--checkpoint", run, "--max-batches", "1"])
+    deep = evaluate.main(["--checkpoint", run, "--max-batches", "1", "--config", "halt_max_steps=5", "H_cycles=3"])
+    assert base["steps"] == 2 and deep["steps"] == 5  # every sample ran the test-time depth, not the trained one
+    assert base["count"] == deep["count"] == 16
+    other = evaluate.main(["--checkpoint", run, "--data", str(trained / "toy_b"), "--batch-size", "48"])
+    assert other["count"] == 48  # the other folder's whole test split
+    with pytest.raises(SystemExit, match=r"wide has seq_len=20, but .*run was trained with seq_len=16"):
+        evaluate.main(["--checkpoint", run, "--data", str(trained / "wide")])
+    with pytest.raises(SystemExit, match=r"--config hidden_size cannot change at evaluation"):
+        evaluate.main(["--checkpoint", run, "--config", "hidden_size=64"])
+    with pytest.raises(SystemExit, match=r"'halt_max_steps' for model 'trm' must be an integer >= 1, got 0"):
+        evaluate.main(["--checkpoint", run, "--config", "halt_max_steps=0"])

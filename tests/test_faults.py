@@ -1,28 +1,36 @@
-"""Under load and faults (issue 9): 2-process DDP equals 1 process, SIGKILL-and-resume equals no stop,
-non-finite losses and gradients, and a table of bad inputs. Every model file runs the first three.
+"""Under load and faults: 2 processes train what 1 does, a run killed anywhere (even inside a checkpoint
+write) resumes bit for bit, Ctrl-C keeps the work, non-finite numbers stop the run with one clear line.
+Every model file runs the first two.
 
 Run: python -m pytest -q tests/test_faults.py      (CPU, gloo; a few minutes on 2 cores)
-Checks against: the same run on one process (DDP), the same run never stopped (crash/resume), and for bad
-input: one line on stderr naming the fault, a non-zero exit code, no traceback, no change on disk.
-The kills are deterministic: NANOTRM_KILL_AT=<point>:<step> makes train.py SIGKILL itself after that
-optimisation step ("step") or between writing a checkpoint's temporary file and renaming it ("save").
+Checks against: the same run on one process (DDP: weights and losses at the tolerance the summation order
+allows), the same run never stopped (crash/resume: weights, Adam moments, EMA and the metrics log equal).
+Faults are injected from outside train.py: this file is also a launcher, `python tests/test_faults.py FAULT
+<train.py args>`, that patches train.py's step, torch.save or os.replace and then runs train.main:
+    step:N         SIGKILL right after optimisation step N
+    write_rank:N   SIGKILL half-way through writing the temporary file of rank 0's state at step N
+    save_rank:N    SIGKILL after that temporary file is complete, before it is renamed into place
+    write_ckpt:N / save_ckpt:N   the same for checkpoint.pt at step N
+    nan_loss:N / nan_gradient:N  the loss (or one weight's gradient) of the N-th training call becomes NaN
 """
-import hashlib
+import io
 import json
 import os
 import random
+import re
+import signal
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import torch
 
-import config
-import data
-import train
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+import config  # noqa: E402
+import data  # noqa: E402
+import train  # noqa: E402
+
 COMMON = ["global_batch_size=16", "lr=1e-3", "lr_warmup_steps=5", "eval_interval=1000", "eval_batches=1",
           "weight_decay=0.01", "ema=True", "log_interval=1"]
 TINY = {  # each model at a size that trains a step in well under a second, randomness in training off
@@ -38,7 +46,81 @@ TINY = {  # each model at a size that trains a step in well under a second, rand
                        "eval_n_steps=2", "puzzle_emb_ndim=16"],
 }
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+SELF = os.path.abspath(__file__)
 
+
+# ----------------------------------------------------------------------------------------------------
+# The launcher: faults from outside train.py
+
+def arm(fault, argv):
+    kind, n = fault.rsplit(":", 1)
+    n, die = int(n), lambda: os.kill(os.getpid(), signal.SIGKILL)
+    if kind == "step":
+        step = train.train_step
+
+        def train_step(s, *args):
+            out = step(s, *args)
+            if s.step == n:
+                die()
+            return out
+        train.train_step = train_step
+    elif kind.startswith("nan_"):
+        poison(config.model_module(argv[argv.index("--model") + 1]), n, kind[4:])
+    else:
+        save, replace, seen = torch.save, os.replace, {"step": None}
+
+        def which(path):  # "rank" / "ckpt" when `path` is that file (or its temporary) at step n
+            m = re.search(r"rank0\.step(\d+)\.pt", path)
+            if m:
+                seen["step"] = int(m[1])
+                return "rank" if seen["step"] == n else None
+            return "ckpt" if os.path.basename(path).startswith("checkpoint.pt") and seen["step"] == n else None
+
+        def torch_save(obj, path, *args, **kwargs):
+            if isinstance(path, str) and kind == f"write_{which(path)}":
+                buf = io.BytesIO()
+                save(obj, buf)
+                with open(path, "wb") as f:  # the temporary file half written, on disk, then the kill
+                    f.write(buf.getvalue()[: len(buf.getvalue()) // 2])
+                    f.flush()
+                    os.fsync(f.fileno())
+                die()
+            return save(obj, path, *args, **kwargs)
+
+        def os_replace(src, dst, *args, **kwargs):
+            if kind == f"save_{which(str(dst))}":
+                die()
+            return replace(src, dst, *args, **kwargs)
+        torch.save, os.replace = torch_save, os_replace
+
+
+def poison(mod, at_call, where):
+    """Make the model's loss (or one weight's gradient) non-finite on its `at_call`-th training call."""
+    original, calls = mod.Model.forward, {"n": 0}
+
+    def forward(self, carry, batch, loss_scale=1.0):
+        carry, loss, metrics, out = original(self, carry, batch, loss_scale=loss_scale)
+        if self.training:
+            calls["n"] += 1
+            if calls["n"] == at_call:
+                if where == "loss":
+                    loss = loss * float("nan")
+                else:  # the loss stays finite; one weight's gradient becomes NaN in backward
+                    x = next(self.parameters()).sum()
+                    x.register_hook(lambda g: g * float("nan"))
+                    loss = loss + 0 * x
+        return carry, loss, metrics, out
+    mod.Model.forward = forward
+
+
+if __name__ == "__main__":
+    os.chdir(ROOT)
+    arm(sys.argv[1], sys.argv[2:])
+    config.cli(lambda: train.main(sys.argv[2:]))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Helpers
 
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory):
@@ -49,29 +131,36 @@ def argv(model, toy, out, *extra):
     return ["--model", model, "--out", str(out), "--config", f"data={toy}", *COMMON, *TINY[model], *extra]
 
 
-def python(*args, env=None, check=True):
-    proc = subprocess.run([sys.executable, *args], cwd=ROOT, env=env or ENV, capture_output=True, text=True, timeout=600)
+def python(*args, check=True):
+    proc = subprocess.run([sys.executable, *args], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
     if check:
         assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
 
-def weights(out):
+def checkpoint(out):
     return torch.load(os.path.join(out, "checkpoint.pt"), map_location="cpu", weights_only=False)
 
 
-def train_rows(out):
-    return [r for r in map(json.loads, open(os.path.join(out, "metrics.jsonl"))) if "loss" in r or "eval/count" in r]
+def metrics(out):
+    return [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
+
+
+def adam_moments(ckpt):
+    return [(i, k, v) for i, st in sorted(ckpt["optimizer"]["state"].items()) for k, v in sorted(st.items())]
 
 
 # ----------------------------------------------------------------------------------------------------
 # 1. Distributed equivalence
 
-# deep_recursive starts its residual and FiLM branches at zero, so early gradients of the weights before
-# them are ~0 up to rounding, and the sign-like updates (AdamATan2's atan2, sign-SGD) turn rounding-level
-# differences into full steps: 1 vs 2 processes differ by 1e-8 after 2 steps, 1e-6 after 6, 1e-3 after 20.
-# That is chaos of the optimiser, not of the all-reduce; we compare it where rounding still rules.
-DDP_STEPS = {"deep_recursive": 6}
+# Steps compared, and the worst weight difference between 1 and 2 processes that the summation order leaves
+# after them, about 2x what we measured (2026-11-29, this CPU, max abs: trm 6.0e-8, hrm 6.0e-8, etrm 8.9e-7,
+# prr 1.2e-7, deep_recursive 4.5e-7; losses within 2.9e-7 relative for all). AdamATan2's atan2 and sign-SGD
+# are sign-like, so they turn rounding-level gradient differences into whole steps; deep_recursive starts
+# its residual and FiLM branches at zero, so its early gradients ARE rounding-level and grow fastest
+# (1e-8 after 2 steps, 1e-3 after 20): it is compared after 4.
+DDP = {"trm": (10, 1.5e-7), "hrm": (10, 1.5e-7), "etrm": (10, 2e-6), "prr": (10, 3e-7), "deep_recursive": (4, 1e-6)}
+DDP_LOSS_RTOL = 6e-7
 # A gauge: a constant added to all K branch scores cancels in every softmax over branches, so its gradient
 # is 0 up to rounding and AdamATan2 walks it by +-lr per step on noise alone.
 GAUGE = {"prr": {"scorer.fc2.bias"}}
@@ -79,183 +168,109 @@ GAUGE = {"prr": {"scorer.fc2.bias"}}
 
 @pytest.mark.parametrize("model", list(TINY))
 def test_two_processes_train_the_same_weights_as_one(model, toy, tmp_path):
-    n = DDP_STEPS.get(model, 20)
-    steps = [f"max_steps={n}"]
-    python("train.py", *argv(model, toy, tmp_path / "one", *steps))
+    n, tol = DDP[model]
+    python("train.py", *argv(model, toy, tmp_path / "one", f"max_steps={n}"))
     python("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py",
-           *argv(model, toy, tmp_path / "two", *steps))
-    a, b = weights(tmp_path / "one"), weights(tmp_path / "two")
-    assert a["step"] == b["step"] == n
+           *argv(model, toy, tmp_path / "two", f"max_steps={n}"))
+    a, b = checkpoint(tmp_path / "one"), checkpoint(tmp_path / "two")
+    assert a["step"] == b["step"] == n and b["world_size"] == 2
+    worst = 0.0
     for k, v in a["model"].items():  # the puzzle-embedding table (sign-SGD, all-gathered) included
-        if k not in GAUGE.get(model, ()):  # atol 1e-4: 20 sign-like steps amplify summation-order rounding
-            torch.testing.assert_close(b["model"][k], v, rtol=1e-4, atol=1e-4, msg=lambda m: f"{model} {k}: {m}")
+        if k not in GAUGE.get(model, ()):
+            worst = max(worst, (b["model"][k] - v).abs().max().item())
+    loss_a = [r["loss"] for r in metrics(tmp_path / "one") if "loss" in r]
+    loss_b = [r["loss"] for r in metrics(tmp_path / "two") if "loss" in r]
+    assert len(loss_a) == len(loss_b) == n
+    loss_gap = max(abs(x - y) / abs(x) for x, y in zip(loss_a, loss_b))
+    print(f"{model}: 1 vs 2 processes after {n} steps: weights {worst:.1e}, losses (relative) {loss_gap:.1e}")
+    assert worst <= tol and loss_gap <= DDP_LOSS_RTOL, (worst, loss_gap)
 
 
 # ----------------------------------------------------------------------------------------------------
 # 2. Crash and resume
+
+# Checkpoints every 2 steps; each kill lies after the checkpoint the previous resume starts from. The two
+# middle kills hit checkpoint writes (inside the temporary file's write, or between it and its rename); the
+# models share the kinds between them.
+MIDDLE = {"trm": ("write_rank", "write_ckpt"), "hrm": ("save_rank", "save_ckpt"), "etrm": ("write_ckpt", "save_rank"),
+          "prr": ("save_ckpt", "write_rank"), "deep_recursive": ("write_rank", "save_ckpt")}
+
 
 @pytest.mark.parametrize("model", list(TINY))
 def test_sigkill_and_resume_equals_no_stop(model, toy, tmp_path):
     run = argv(model, toy, tmp_path / "run", "max_steps=10", "checkpoint_interval=2")
     python("train.py", *argv(model, toy, tmp_path / "ref", "max_steps=10", "checkpoint_interval=2"))
     rng = random.Random(model)
-    # each kill lies after the checkpoint the previous resume starts from (checkpoints every 2 steps)
-    kills = [f"step:{rng.randint(1, 3)}", "save_rank:4", "save_ckpt:6", f"step:{rng.randint(7, 9)}"]
-    for i, point in enumerate(kills):
-        proc = python("train.py", *run, *(["--resume"] if i else []), env={**ENV, "NANOTRM_KILL_AT": point}, check=False)
-        assert proc.returncode == -9, (point, proc.stderr[-2000:])  # it really died there
-        ckpt = tmp_path / "run" / "checkpoint.pt"
-        if ckpt.exists():  # never half-written: whatever is there loads
-            assert weights(tmp_path / "run")["step"] % 2 == 0
-    python("train.py", *run, "--resume")
-    a, b = weights(tmp_path / "ref"), weights(tmp_path / "run")
+    # step 2's kill comes before step 2's checkpoint: that resume starts over from config.json alone
+    kills = [f"step:{rng.randint(2, 3)}", f"{MIDDLE[model][0]}:4", f"{MIDDLE[model][1]}:6", f"step:{rng.randint(7, 9)}"]
+    for i, fault in enumerate(kills):
+        proc = python(SELF, fault, *run, *(["--resume"] if i else []), check=False)
+        assert proc.returncode == -9, (fault, proc.stderr[-2000:])  # it really died there
+        if (tmp_path / "run" / "checkpoint.pt").exists():  # never half-written: whatever is there loads
+            assert checkpoint(tmp_path / "run")["step"] % 2 == 0
+    python("train.py", "--out", str(tmp_path / "run"), "--resume")  # model and config from the folder
+    a, b = checkpoint(tmp_path / "ref"), checkpoint(tmp_path / "run")
     assert a["step"] == b["step"] == 10
     for k, v in a["model"].items():
         assert torch.equal(b["model"][k], v), f"{model}: {k} differs after resume"
-    for k, v in (a["ema"] or {}).items():
+    for k, v in a["ema"].items():
         assert torch.equal(b["ema"][k], v), f"{model}: EMA {k} differs after resume"
-    assert train_rows(tmp_path / "ref") == train_rows(tmp_path / "run")
+    for (i, k, v), (j, l, w) in zip(adam_moments(a), adam_moments(b), strict=True):
+        assert (i, k) == (j, l) and (torch.equal(v, w) if torch.is_tensor(v) else v == w), f"{model}: Adam {i}.{k}"
+    assert metrics(tmp_path / "ref") == metrics(tmp_path / "run")
+    assert sorted(os.listdir(tmp_path / "run")) == sorted(os.listdir(tmp_path / "ref"))  # no temporary left
 
 
-def test_resume_without_checkpoint_starts_cleanly(toy, tmp_path):
-    (tmp_path / "empty").mkdir()
-    result = train.main(argv("trm", toy, tmp_path / "empty", "max_steps=2") + ["--resume"])
-    assert result["step"] == 2
+def test_ctrl_c_checkpoints_and_resume_continues(toy, tmp_path):
+    """SIGINT after the first step: the step finishes, a checkpoint is written, the exit code is 130 and the
+    message says how to resume; the resumed run goes on from there."""
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "train.py", *argv("trm", toy, out, "max_steps=100000")], cwd=ROOT, env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:  # blocks until train.py prints; no sleeps
+        if line.startswith("step 1/"):
+            proc.send_signal(signal.SIGINT)
+            break
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 130, stderr[-2000:]
+    assert "Traceback" not in stderr and f"continue with: python train.py --out {out} --resume" in stderr
+    stopped = checkpoint(out)["step"]
+    assert stopped >= 1 and [r["step"] for r in metrics(out) if "loss" in r] == list(range(1, stopped + 1))
+    python("train.py", "--out", str(out), "--resume", "--config", f"max_steps={stopped + 2}")
+    assert checkpoint(out)["step"] == stopped + 2
 
 
 # ----------------------------------------------------------------------------------------------------
 # 3. Non-finite loss and gradient
 
-def poison(monkeypatch, mod, at_step, where):
-    """Make the model's loss (or one gradient) non-finite on its `at_step`-th training call."""
-    original, calls = mod.Model.forward, {"n": 0}
-
-    def forward(self, carry, batch):
-        carry, loss, metrics, out = original(self, carry, batch)
-        if self.training:
-            calls["n"] += 1
-            if calls["n"] == at_step:
-                if where == "loss":
-                    loss = loss * float("nan")
-                else:  # the loss stays finite; one weight's gradient becomes NaN in backward
-                    x = next(self.parameters()).sum()
-                    x.register_hook(lambda g: g * float("nan"))
-                    loss = loss + 0 * x
-        return carry, loss, metrics, out
-    monkeypatch.setattr(mod.Model, "forward", forward)
+@pytest.mark.parametrize("where", ["loss", "gradient"])
+def test_non_finite_stops_through_the_command_line(where, toy, tmp_path):
+    proc = python(SELF, f"nan_{where}:3", *argv("trm", toy, tmp_path / "r", "max_steps=5", "checkpoint_interval=2"),
+                  check=False)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    expect = "loss 'total_loss'" if where == "loss" else "gradient of "
+    assert lines[-1].startswith(f"error: non-finite {expect}") and "at step 3" in lines[-1], lines[-1]
+    assert checkpoint(tmp_path / "r")["step"] == 2  # the last good checkpoint stays
 
 
 @pytest.mark.parametrize("model", list(TINY))
 @pytest.mark.parametrize("where", ["loss", "gradient"])
 def test_non_finite_stops_and_names_the_tensor(model, where, toy, tmp_path, monkeypatch):
     mod = config.model_module(model)
-    poison(monkeypatch, mod, 3, where)
+    monkeypatch.setattr(mod.Model, "forward", mod.Model.forward)  # undone after the test
+    poison(mod, 3, where)
     expect = "non-finite loss 'total_loss' at step 3" if where == "loss" else "non-finite gradient of .* at step 3"
     with pytest.raises(SystemExit, match=expect):
         train.main(argv(model, toy, tmp_path / "r", "max_steps=5", "checkpoint_interval=2"))
-    assert weights(tmp_path / "r")["step"] == 2  # the last good checkpoint stays
+    assert checkpoint(tmp_path / "r")["step"] == 2
 
 
 @pytest.mark.parametrize("model", list(TINY))
 def test_nan_policy_skip_skips_the_batch(model, toy, tmp_path, monkeypatch, capsys):
-    poison(monkeypatch, config.model_module(model), 2, "loss")
+    mod = config.model_module(model)
+    monkeypatch.setattr(mod.Model, "forward", mod.Model.forward)
+    poison(mod, 2, "loss")
     result = train.main(argv(model, toy, tmp_path / "r", "max_steps=4", "nan_policy=skip"))
     assert result["step"] == 4 and "batch skipped" in capsys.readouterr().out
-    assert all(torch.isfinite(v).all() for v in weights(tmp_path / "r")["model"].values() if v.is_floating_point())
-
-
-# ----------------------------------------------------------------------------------------------------
-# 4. Bad input: one clear line, non-zero exit, no traceback, nothing changed on disk
-
-def snapshot(folder):
-    out = {}
-    for d, _, files in os.walk(folder):
-        for f in files:
-            p = os.path.join(d, f)
-            out[p] = hashlib.sha256(open(p, "rb").read()).hexdigest()
-    return out
-
-
-@pytest.fixture(scope="module")
-def bad(tmp_path_factory, toy):
-    """A folder of broken inputs, a trained run, and its checkpoint in a few broken forms."""
-    root = tmp_path_factory.mktemp("bad")
-    good_task = {"train": [{"input": [[1, 2]], "output": [[2, 1]]}], "test": [{"input": [[3]], "output": [[3]]}]}
-    tasks = {
-        "notjson": "this is not json",
-        "truncated": json.dumps(good_task)[:30],
-        "big": json.dumps({**good_task, "train": [{"input": [[1] * 31] * 2, "output": [[1]]}]}),
-        "colour": json.dumps({**good_task, "train": [{"input": [[1, 12]], "output": [[1]]}]}),
-        "ragged": json.dumps({**good_task, "train": [{"input": [[1, 2], [3]], "output": [[1]]}]}),
-        "nodemos": json.dumps({**good_task, "train": []}),
-    }
-    for name, text in tasks.items():  # the official repo layout: training/ and evaluation/ folders of task JSON
-        for subset in ("training", "evaluation"):
-            (root / name / subset).mkdir(parents=True)
-            (root / name / subset / "feed0001.json").write_text(json.dumps(good_task))
-        (root / name / "training" / "abcd1234.json").write_text(text)
-    (root / "sudoku").mkdir()
-    header = "source,question,answer,rating\n"
-    (root / "sudoku" / "train.csv").write_text(header + "x," + "." * 80 + "," + "1" * 81 + ",0\n")
-    (root / "sudoku" / "test.csv").write_text(header + "x," + "." * 80 + "," + "1" * 81 + ",0\n")
-    run = root / "run"
-    train.main(argv("trm", toy, run, "max_steps=2"))
-    blob = open(run / "checkpoint.pt", "rb").read()
-    (root / "truncated.pt").write_bytes(blob[: len(blob) // 2])
-    torch.save({"model.inner.lm_head.weight": torch.zeros(2, 2)}, root / "reference.pt")
-    other = root / "toy_wide"  # a dataset of another sequence length
-    data.build_toy(str(other), num_train=64, num_test=16, seq_len=20, length=14)
-    ids = root / "toy_badids"
-    data.build_toy(str(ids), num_train=64, num_test=16)
-    arr = np.load(ids / "train" / "all__puzzle_identifiers.npy")
-    arr[0] = 999
-    np.save(ids / "train" / "all__puzzle_identifiers.npy", arr)
-    return root
-
-
-def cases(root, toy):
-    r = str(root)
-    return [
-        (["data.py", "arc1", "--source", f"{r}/notjson", "--out", f"{r}/o1"], "not valid JSON|not JSON"),
-        (["data.py", "arc1", "--source", f"{r}/truncated", "--out", f"{r}/o2"], "JSON"),
-        (["data.py", "arc1", "--source", f"{r}/big", "--out", f"{r}/o3"], "30"),
-        (["data.py", "arc1", "--source", f"{r}/colour", "--out", f"{r}/o4"], "12|0-9|colour|value"),
-        (["data.py", "arc1", "--source", f"{r}/ragged", "--out", f"{r}/o5"], "ragged"),
-        (["data.py", "arc1", "--source", f"{r}/nodemos", "--out", f"{r}/o6"], "train pairs|demonstration"),
-        (["data.py", "sudoku", "--source", f"{r}/sudoku", "--out", f"{r}/o7"], "81|length"),
-        (["train.py", "--model", "gpt"], "unknown model 'gpt'"),
-        (["train.py", "--config", "lr_warmup=5"], "unknown config key 'lr_warmup'"),
-        (["train.py", "--config", "H_cycles=three"], "'H_cycles' for model 'trm' takes a int"),
-        (["train.py", "--config", "H_cycles"], "--config takes key=value"),
-        (["train.py", "--model", "hrm", "--out", f"{r}/run", "--resume"], "checkpoint of model 'trm', not 'hrm'"),
-        (["train.py", "--out", f"{r}/run", "--resume", "--config", "lr=5.0"], "cannot change lr"),
-        (["train.py", "--config", f"data={r}/nothere"], "unknown dataset"),
-        (["train.py", "--config", f"data={r}/toy_wide", f"init_from={r}/run/checkpoint.pt", *TINY["trm"]],
-         "seq_len=16 .this run: 20."),
-        (["train.py", "--config", f"data={r}/toy_wide", f"init_from={r}/truncated.pt"], "not a readable checkpoint"),
-        (["train.py", "--config", f"data={r}/toy_wide", f"init_from={r}/reference.pt"], "not a nanoTRM checkpoint"),
-        (["train.py", "--out", f"{r}/o8", "--config", f"data={r}/toy_badids"], "puzzle identifier 999"),
-        (["train.py", "--out", f"{r}/o9", "--config", f"data={toy}", "global_batch_size=100000", "epochs=1",
-          "eval_interval=1", *TINY["trm"]],
-         "no full batch"),
-        (["train.py", "--config", "nan_policy=maybe"], "nan_policy must be"),
-        (["evaluate.py", "--checkpoint", f"{r}/missing.pt"], "no checkpoint at"),
-        (["evaluate.py", "--checkpoint", f"{r}/truncated.pt"], "not a readable checkpoint"),
-        (["evaluate.py", "--checkpoint", f"{r}/reference.pt"], "not a nanoTRM checkpoint"),
-        (["evaluate.py", "--checkpoint", f"{r}/run/checkpoint.pt", "--data", "nosuchset"], "unknown dataset"),
-    ]
-
-
-def test_bad_inputs_fail_cleanly(bad, toy):
-    failures = []
-    for args, expect in cases(bad, toy):
-        before = snapshot(bad)
-        proc = python(*args, check=False)
-        import re
-        lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
-        if proc.returncode == 0 or "Traceback" in proc.stderr or not lines or not re.search(expect, lines[-1]):
-            failures.append((args, proc.returncode, proc.stderr[-600:]))
-        elif snapshot(bad) != before:
-            failures.append((args, "changed files on disk", set(snapshot(bad)) ^ set(before)))
-    assert len(cases(bad, toy)) >= 20
-    assert not failures, "\n\n".join(map(str, failures))
+    assert all(torch.isfinite(v).all() for v in checkpoint(tmp_path / "r")["model"].values() if v.is_floating_point())
