@@ -179,11 +179,11 @@ def random_batch(ctx, B, L, ids, demos=0):
 
 def step_row(ctx, mod, cfg, batch, label, provider, compiled=False, flops=None):
     """Time forward + backward + AdamATan2 with the ACT carry kept between steps; a Row with samples/s, peak."""
-    import train
+    import optim
     torch.manual_seed(0)
     model = mod.Model(cfg).to(ctx.device).train()
     B = batch["inputs"].shape[0]
-    opt = train.AdamATan2(model.parameters())
+    opt = optim.AdamATan2(model.parameters())
     run = torch.compile(model) if compiled else model
     state = {"carry": model.initial_carry(batch)}
 

@@ -13,7 +13,6 @@ import math
 import os
 import random
 import re
-import sys
 
 import numpy as np
 import torch
@@ -26,23 +25,8 @@ MODELS = ("trm", "hrm", "etrm", "prr", "deep_recursive")
 # Model keys that do not change the shapes or the function of the weights: a checkpoint may be evaluated (or
 # training started from it) with other values. The recursion depths are among them, so a model can think
 # longer at test time than it did in training ("deep thinking", Schwarzschild et al. 2021).
-RUNTIME_KEYS = {"forward_dtype", "batch_size", "halt_exploration_prob", "num_puzzle_identifiers", "eval_n_steps",
+RUNTIME_KEYS = {"forward_dtype", "halt_exploration_prob", "num_puzzle_identifiers", "eval_n_steps",
                 "memory_efficient", "halt_max_steps", "H_cycles", "L_cycles", "num_steps"}
-
-
-def cli(main):
-    """Run a command's main(): an "error: ..." SystemExit prints its one line and exits with code 2 (as
-    argparse does for a bad flag); Ctrl-C before any work is kept exits 130 without a traceback."""
-    try:
-        main()
-    except SystemExit as e:
-        if isinstance(e.code, str):
-            print(e.code, file=sys.stderr)
-            sys.exit(2)
-        raise
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
 
 
 def build_model(mod, cfg, name):

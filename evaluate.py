@@ -20,6 +20,7 @@ import collections
 import copy as copy_module
 import json
 import os
+import sys
 
 import numpy as np
 import torch
@@ -353,4 +354,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    config.cli(main)
+    sys.exit(data.one_line_errors(main))

@@ -35,7 +35,7 @@ import torch
 import config
 import data
 import evaluate
-import train
+import optim
 from puzzles.arc import LegacyStream, augmentations, encode_group, offsets
 from puzzles.arc_sources import check_task, read_challenges
 
@@ -128,17 +128,17 @@ def add_rows(model, names, new_names, n_trained):
     (the checkpoint's, so no task starts from another's adapted rows). -> the new ids."""
     first = len(names)
     names.extend(new_names)
-    for emb in train.sparse_embeddings(model):
+    for emb in optim.sparse_embeddings(model):
         w = emb.weights
         emb.weights = torch.cat([w, w[:n_trained].mean(0, keepdim=True).expand(len(names) - w.shape[0], -1)])
-    if hasattr(model.config, "num_puzzle_identifiers") and train.sparse_embeddings(model):
+    if hasattr(model.config, "num_puzzle_identifiers") and optim.sparse_embeddings(model):
         model.config.num_puzzle_identifiers = len(names)
     return list(range(first, len(names)))
 
 
 def weights_snapshot(model):
     """Every parameter and buffer except the (growing) embedding tables."""
-    tables = {id(e.weights) for e in train.sparse_embeddings(model)}
+    tables = {id(e.weights) for e in optim.sparse_embeddings(model)}
     return {k: v.detach().clone() for k, v in list(model.named_parameters()) + list(model.named_buffers())
             if id(v) not in tables}
 
@@ -153,13 +153,13 @@ def restore(model, snap):
 def adapt(model, examples, cfg, device, deadline):
     """train.py's inner loop on the demo examples until `cfg.steps` or the deadline -> the loss of every step
     (summed model loss / batch size). Leaves the model in eval mode."""
-    full, embs = cfg.mode == "full", train.sparse_embeddings(model)
+    full, embs = cfg.mode == "full", optim.sparse_embeddings(model)
     if cfg.mode == "none" or (not full and not embs) or len(examples["inputs"]) == 0:
         return []
     grad_flags = {k: p.requires_grad for k, p in model.named_parameters()}
     for p in model.parameters():
         p.requires_grad_(full)  # embeddings only: the trunk is frozen (its grads are never computed)
-    opt = train.AdamATan2(list(model.parameters()), lr=cfg.lr, weight_decay=cfg.weight_decay) if full else None
+    opt = optim.AdamATan2(list(model.parameters()), lr=cfg.lr, weight_decay=cfg.weight_decay) if full else None
     gen = torch.Generator().manual_seed(cfg.seed)
     N, B, carry, losses = len(examples["inputs"]), cfg.batch_size, None, []
     model.train()
@@ -178,7 +178,7 @@ def adapt(model, examples, cfg, device, deadline):
                 opt.step()
                 opt.zero_grad(set_to_none=True)
             for emb in embs:
-                train.sign_sgd_update(emb, cfg.emb_lr, cfg.emb_weight_decay, 1)
+                optim.sign_sgd_update(emb, cfg.emb_lr, cfg.emb_weight_decay, 1)
             losses.append(loss.item() / B)
     finally:
         for k, p in model.named_parameters():
@@ -217,7 +217,7 @@ def predict(model, task, vers, ids, side, voter, device, batch_size, stream, dem
 def parse_args(argv):
     p = data.OneLineParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
                            epilog="solve keys (--config key=val; the model's run-time keys too, e.g. tto_steps):\n"
-                           + train.describe(SolveConfig))
+                           + config.describe(SolveConfig))
     p.add_argument("--checkpoint", required=True, help="checkpoint.pt written by train.py")
     p.add_argument("--tasks", required=True, help="ARC challenges JSON: {task_id: {train: [...], test: [{input}]}}")
     p.add_argument("--solutions", default="", help="ARC solutions JSON, read only to score after predicting")
@@ -244,7 +244,7 @@ def prepare(args):
     names = data.read_json(names_file)
     ids = data.load_arrays(path, "train", data.load_metadata(path, "train"))["puzzle_identifiers"]
     trained = set(ids.tolist())  # identifiers whose rows were trained
-    for emb in train.sparse_embeddings(model):
+    for emb in optim.sparse_embeddings(model):
         if not isinstance(names, list) or emb.weights.shape[0] != len(names):
             raise SystemExit(f"error: {names_file} does not list the checkpoint's {emb.weights.shape[0]} puzzle "
                              "identifiers; pass the run's dataset with --data")

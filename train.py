@@ -37,12 +37,10 @@ import torch.distributed as dist
 
 import data
 import evaluate
-from config import (MODELS, atomic_save, build_model, check_choices, check_config, check_out_dir, check_values, cli,
-                    describe, help_text, load_file, load_weights, print0, read_checkpoint, resolve_configs, restore_rng,
+from config import (MODELS, atomic_save, build_model, check_choices, check_config, check_out_dir, check_values,
+                    help_text, load_file, load_weights, print0, read_checkpoint, resolve_configs, restore_rng,
                     rng_state, to_device)
 from optim import AdamATan2, allreduce_flat, lr_at, non_finite, setup_distributed, sign_sgd_update, sparse_embeddings
-__all__ = ["TrainConfig", "train", "main", "AdamATan2", "sign_sgd_update", "sparse_embeddings", "load_weights",
-           "describe"]  # also what solve.py and bench.py take from here
 
 
 @dataclasses.dataclass
@@ -396,4 +394,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    cli(main)
+    sys.exit(data.one_line_errors(main))

@@ -116,7 +116,7 @@ def poison(mod, at_call, where):
 if __name__ == "__main__":
     os.chdir(ROOT)
     arm(sys.argv[1], sys.argv[2:])
-    config.cli(lambda: train.main(sys.argv[2:]))
+    sys.exit(data.one_line_errors(train.main, sys.argv[2:]))
 
 
 # ----------------------------------------------------------------------------------------------------
