@@ -21,6 +21,7 @@ the current step, writes a checkpoint and prints how to resume.
 """
 import argparse
 import collections
+import contextlib
 import dataclasses
 import json
 import math
@@ -29,6 +30,7 @@ import random
 import re
 import signal
 import sys
+import threading
 import time
 
 import numpy as np
@@ -221,6 +223,23 @@ def request_stop(signum, frame):
     print0(f"\n{signal.Signals(signum).name}: finishing this step, then a checkpoint (again: quit now)", file=sys.stderr)
 
 
+@contextlib.contextmanager
+def stop_requests():
+    """Ctrl-C / SIGTERM ask the loop to stop after its step. The caller's handlers come back afterwards, so a
+    train.main() called in-process (a test, a notebook, experiments/) leaves no handler behind; a process forked
+    later (a multiprocessing pool) would otherwise ignore SIGTERM."""
+    STOP["signal"] = 0
+    if threading.current_thread() is not threading.main_thread():  # signal handlers live in the main thread
+        yield
+        return
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def train_step(s, batch, run_model, tcfg, world, total_steps, out):
     """Forward, backward, all-reduce, finiteness check, update. Returns (stats summed over ranks, seconds in
     communication); stats is None when nan_policy=skip dropped the batch."""
@@ -332,50 +351,48 @@ def train(args):
     if s.step >= stop_at:
         print0(f"{out} is finished (step {s.step:,} of {stop_at:,}); raise max_steps to train on (--resume --config max_steps=N)")
         return {"out_dir": out, "step": s.step, "finished": True}
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, request_stop)
-
     # ---- the loop: one data iteration (eval_interval epochs), then an evaluation and a checkpoint
     log, result, acc, t0, step0, saved_at = None, {}, collections.Counter(), time.time(), s.step, s.step
     t_last, gbs, stop = t0, tcfg.global_batch_size, False
-    while s.step < stop_at and not stop:
-        step_before = s.step
-        for batch in s.loader:
-            stats, comm = train_step(s, batch, run_model, tcfg, world, total_steps, out)
-            if stats is None:
-                continue
-            if rank == 0 and log is None:  # the run folder is written once the first step went through
-                log = open_run_folder(out, run, step0, args.resume)
-            acc.update(comm=comm, n=1)
-            stop = stats["interrupt"] > 0
-            if s.step % tcfg.log_interval == 0 or s.step == stop_at or stop:
-                row, now = summarize(stats, gbs), time.time()
+    with stop_requests():
+        while s.step < stop_at and not stop:
+            step_before = s.step
+            for batch in s.loader:
+                stats, comm = train_step(s, batch, run_model, tcfg, world, total_steps, out)
+                if stats is None:
+                    continue
+                if rank == 0 and log is None:  # the run folder is written once the first step went through
+                    log = open_run_folder(out, run, step0, args.resume)
+                acc.update(comm=comm, n=1)
+                stop = stats["interrupt"] > 0
+                if s.step % tcfg.log_interval == 0 or s.step == stop_at or stop:
+                    row, now = summarize(stats, gbs), time.time()
+                    if log:
+                        log.write(json.dumps({**row, "step": s.step}) + "\n")
+                        log.flush()
+                    left = (now - t0) / max(s.step - step0, 1) * (stop_at - s.step)
+                    print0(f"step {s.step}/{stop_at} | loss {row['loss']:.4f} | acc {row.get('accuracy', 0):.3f} "
+                           f"exact {row.get('exact_accuracy', 0):.3f} | {acc['n'] * gbs / max(now - t_last, 1e-9):.0f} samples/s "
+                           + (f"| comm {1e3 * acc['comm'] / acc['n']:.1f} ms/step " if world > 1 else "")
+                           + f"| lr {stats['lr']:.2e} | {left / 60:.1f} min left")
+                    acc, t_last = collections.Counter(), now
+                if stop or s.step >= stop_at:
+                    break
+                if tcfg.checkpoint_interval and s.step % tcfg.checkpoint_interval == 0:
+                    save_checkpoint(s, run, rank, world)
+                    saved_at = s.step
+            if s.step == step_before:
+                raise SystemExit(f"error: {path} yields no full batch of {gbs} examples in {loader.epochs_per_iter} "
+                                 "epoch(s); lower global_batch_size")
+            if not stop:
+                result = evaluate.evaluate_ema(s.model, s.ema, path, tcfg.eval_batch_size or gbs, rank, world,
+                                               tcfg.eval_batches, out if rank == 0 else None)
+                print0(f"eval @ {s.step}: " + " ".join(f"{k} {v:.4f}" for k, v in result.items() if isinstance(v, float)))
                 if log:
-                    log.write(json.dumps({**row, "step": s.step}) + "\n")
-                    log.flush()
-                left = (now - t0) / max(s.step - step0, 1) * (stop_at - s.step)
-                print0(f"step {s.step}/{stop_at} | loss {row['loss']:.4f} | acc {row.get('accuracy', 0):.3f} "
-                       f"exact {row.get('exact_accuracy', 0):.3f} | {acc['n'] * gbs / max(now - t_last, 1e-9):.0f} samples/s "
-                       + (f"| comm {1e3 * acc['comm'] / acc['n']:.1f} ms/step " if world > 1 else "")
-                       + f"| lr {stats['lr']:.2e} | {left / 60:.1f} min left")
-                acc, t_last = collections.Counter(), now
-            if stop or s.step >= stop_at:
-                break
-            if tcfg.checkpoint_interval and s.step % tcfg.checkpoint_interval == 0:
+                    log.write(json.dumps({"step": s.step, **{f"eval/{k}": v for k, v in result.items()}}) + "\n")
+            if s.step > saved_at:
                 save_checkpoint(s, run, rank, world)
                 saved_at = s.step
-        if s.step == step_before:
-            raise SystemExit(f"error: {path} yields no full batch of {gbs} examples in {loader.epochs_per_iter} "
-                             "epoch(s); lower global_batch_size")
-        if not stop:
-            result = evaluate.evaluate_ema(s.model, s.ema, path, tcfg.eval_batch_size or gbs, rank, world,
-                                           tcfg.eval_batches, out if rank == 0 else None)
-            print0(f"eval @ {s.step}: " + " ".join(f"{k} {v:.4f}" for k, v in result.items() if isinstance(v, float)))
-            if log:
-                log.write(json.dumps({"step": s.step, **{f"eval/{k}": v for k, v in result.items()}}) + "\n")
-        if s.step > saved_at:
-            save_checkpoint(s, run, rank, world)
-            saved_at = s.step
     if log:
         log.close()
         evaluate.plot_curves(out)

@@ -47,12 +47,12 @@ def world(tmp_path_factory):
     ids = np.load(root / "badids" / "train" / "all__puzzle_identifiers.npy")
     ids[0] = 999
     np.save(root / "badids" / "train" / "all__puzzle_identifiers.npy", ids)
-    shutil.copytree(toy, root / "vocab14")
-    meta = (root / "vocab14" / "test" / "dataset.json").read_text()
-    (root / "vocab14" / "test" / "dataset.json").write_text(meta.replace('"vocab_size": 12', '"vocab_size": 14'))
-    shutil.copytree(toy, root / "moreids")  # puzzles the checkpoint has no embedding row for
-    meta = (root / "moreids" / "test" / "dataset.json").read_text()
-    (root / "moreids" / "test" / "dataset.json").write_text(meta.replace('"num_puzzle_identifiers": 9', '"num_puzzle_identifiers": 50'))
+    for name, old, new in (("vocab14", '"vocab_size": 12', '"vocab_size": 14'),  # another vocabulary
+                           ("moreids", '"num_puzzle_identifiers": 9', '"num_puzzle_identifiers": 50')):  # no rows for these
+        shutil.copytree(toy, root / name)
+        for split in ("train", "test"):  # both splits, so the folder itself is consistent
+            meta = root / name / split / "dataset.json"
+            meta.write_text(meta.read_text().replace(old, new))
     ckpt = torch.load(root / "run" / "checkpoint.pt", weights_only=False)
     (root / "moved").mkdir()
     torch.save({**ckpt, "data_path": str(root / "gone")}, root / "moved" / "checkpoint.pt")
@@ -100,7 +100,7 @@ def cases(r):
         (t + ["--config", *ok, "loss_type=crossentropy"], "'loss_type' .*one of stablemax, softmax"),
         (t + ["--config", *ok, "halt_exploration_prob=2.0"], "'halt_exploration_prob' .*a probability in"),
         (t + ["--model", "etrm", "--config", f"data={r}/toy", "max_steps=1", "encoder_type=bogus"],
-         "'encoder_type' for model 'etrm' must be one of standard"),
+         "model 'etrm' .*encoder_type must be one of standard.*got 'bogus'"),
         (t + ["--model", "deep_recursive", "--config", f"data={r}/toy", "max_steps=1", "n_outer=0"],
          "'n_outer' for model 'deep_recursive' must be an integer >= 1"),
         (t + ["--model", "prr", "--config", f"data={r}/toy", "max_steps=1", "tau=-0.1"],
@@ -108,7 +108,7 @@ def cases(r):
         # files and folders
         (["train.py", "--out", f"{r}/afile", "--config", *ok], "--out .*afile is a file"),
         (t + ["--config", f"data={r}/nothere"], "unknown dataset"),
-        (t + ["--config", f"data={r}/notest", *tiny], "notest/test/dataset.json"),
+        (t + ["--config", f"data={r}/notest", *tiny], "notest: no test/ split"),
         (t + ["--config", f"data={r}/badids", *tiny], "puzzle identifier 999"),
         (t + ["--config", *ok, "global_batch_size=100000", "epochs=1", "eval_interval=1"], "no full batch"),
         (t + ["--config", *ok, f"init_from={r}/missing.pt"], "no checkpoint at .*missing.pt"),

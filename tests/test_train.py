@@ -204,3 +204,12 @@ def test_config_checked_before_anything_is_written(tmp_path):
         with pytest.raises(SystemExit, match=expect):
             train.main(["--out", str(tmp_path / "r"), "--config", "data=nowhere", pair])
     assert not os.listdir(tmp_path)
+
+
+def test_an_in_process_run_leaves_no_signal_handler_behind(toy, tmp_path):
+    """train.main() catches Ctrl-C / SIGTERM only while it trains: afterwards the caller's handlers are back
+    (a handler left behind made the SIGTERM of a later multiprocessing pool's terminate() a no-op: a hang)."""
+    import signal
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    run(toy, tmp_path / "r", "max_steps=2")
+    assert {sig: signal.getsignal(sig) for sig in before} == before
