@@ -1148,6 +1148,21 @@ DATASETS = {"arc1": functools.partial(build_arc, version="arc1"), "arc2": functo
             "sudoku": build_sudoku, "maze": build_maze, "toy": build_toy}
 
 
+def _small(module, fn, **defaults):
+    """A builder in puzzles/ imported on first use (puzzles import data's writers, so not at import time)."""
+    def build(out_dir, **options):
+        import importlib
+        return getattr(importlib.import_module(f"puzzles.{module}"), fn)(out_dir, **{**defaults, **options})
+    build.__doc__ = f"puzzles/{module}.py {fn} {defaults}"
+    return build
+
+
+# CPU-sized tasks: mazes trained on 7x7 and tested on 7x7 or 11x11 (one 11x11 canvas), and 6x6 Sudoku.
+DATASETS.update({"maze_small": _small("small_maze", "build_small_maze", train_size=7, test_size=7, canvas=11),
+                 "maze_small_big": _small("small_maze", "build_small_maze", train_size=7, test_size=11, canvas=11),
+                 "sudoku6": _small("small_sudoku", "build_small_sudoku")})
+
+
 def ensure_dataset(name_or_path, root="data", **options):
     """A dataset folder (returned as is) or a registry name (built into root/<name> when missing) -> path."""
     if os.path.isfile(os.path.join(name_or_path, "train", "dataset.json")):
@@ -1198,7 +1213,8 @@ def main(argv=None):
                "sudoku": {"source", "seed", "num_aug", "num_train", "num_test", "min_difficulty", "target_backtracks",
                           "workers"},
                "maze": {"source", "seed", "num_train", "num_test", "min_path", "aug", "workers"},
-               "toy": {"seed", "num_train", "num_test"}}
+               "toy": {"seed", "num_train", "num_test"}, "sudoku6": {"seed", "num_train", "num_test", "num_aug"}}
+    allowed["maze_small"] = allowed["maze_small_big"] = {"seed", "num_train", "num_test", "min_path"}
     allowed["arc2"] = allowed["arc1"]
     given = dict(vars(args), concept_path=args.concept)
     options = {k: v for k, v in given.items() if k in allowed[args.dataset] and v is not None and v is not False}
