@@ -62,6 +62,8 @@ ARC = ["hidden_size=64", "num_heads=4", "H_cycles=2", "L_cycles=2", "halt_max_st
 DEPTHS = [1, 2, 4, 8, 16, 32]
 BUDGET = {"steps": 900, "arc_steps": 600, "tta_steps": 20, "maze_train": 4000, "maze_test": 256,
           "sudoku_train": 600, "sudoku_test": 128}
+SMOKE_KEYS = ["hidden_size=16", "num_heads=2", "base_channels=4", "latent_channels=16",
+              "global_batch_size=8"]  # smoke: the smallest models, so a test runs the whole suite in seconds
 SMOKE = {"steps": 2, "arc_steps": 2, "tta_steps": 1, "maze_train": 64, "maze_test": 16, "sudoku_train": 8,
          "sudoku_test": 8}
 
@@ -176,14 +178,16 @@ def main(argv=None):
     os.makedirs(args.out, exist_ok=True)
     paths = build_data(args.data_root or (os.path.join(args.out, "data") if args.smoke else "data"), b)
     pool = Pool(args.workers)
+    extra = SMOKE_KEYS if args.smoke else []
     run = lambda name, model, path, n, keys: pool.submit(model, os.path.join(args.out, name), path, n,
-                                                         applicable(model, keys))
+                                                         applicable(model, keys + extra))
     jobs = {"one_call": run("trm_one_call", "trm", paths["maze_small"], steps, MAZE + ONE_CALL),
             "trm": run("trm", "trm", paths["maze_small"], steps, MAZE + RECURSIVE)}
     for m in ("hrm", "etrm", "prr", "deep_recursive"):
         jobs[m] = run(m, m, paths["maze_small"], steps, MAZE + PER_MODEL[m])
     jobs["etrm_arc"] = run("etrm_arc", "etrm", paths["arc_small"], arc_steps, ARC)
-    jobs["trm_arc"] = run("trm_arc", "trm", paths["arc_small"], arc_steps, ARC + ["puzzle_emb_ndim=64"])
+    jobs["trm_arc"] = run("trm_arc", "trm", paths["arc_small"], arc_steps,
+                          ARC + ["puzzle_emb_ndim=16" if args.smoke else "puzzle_emb_ndim=64"])
     res = {k: f.result() for k, f in jobs.items()}
     ckpt = lambda k: os.path.join(res[k]["out_dir"], "checkpoint.pt")
 
