@@ -46,12 +46,12 @@ from experiments.compare import applicable, arc_tta
 import data
 import evaluate
 
-# Width 64, one block (experiments.TINY) for every model; only the recursion differs between the runs below.
+# Width 64, one block (experiments.TINY) for every model; only the recursion differs between the depth runs.
 MAZE = ["puzzle_emb_ndim=0", "global_batch_size=32", "lr=2e-3"]
+SUDOKU = ["puzzle_emb_ndim=0", "global_batch_size=32", "lr=3e-3", "mlp_t=True"]  # the paper's Sudoku network
 ONE_CALL = ["H_cycles=1", "L_cycles=1", "halt_max_steps=1"]
 RECURSIVE = ["H_cycles=2", "L_cycles=2", "halt_max_steps=4"]
 PER_MODEL = {  # each model's own recursion knobs on the maze task (sizes: experiments.TINY)
-    "trm": RECURSIVE,
     "hrm": ["H_cycles=2", "L_cycles=2", "halt_max_steps=4"],
     "etrm": RECURSIVE,
     "prr": ["num_steps=6", "grad_steps=2"],
@@ -59,13 +59,26 @@ PER_MODEL = {  # each model's own recursion knobs on the maze task (sizes: exper
 }
 ARC = ["hidden_size=64", "num_heads=4", "H_cycles=2", "L_cycles=2", "halt_max_steps=2", "global_batch_size=16",
        "lr=1e-3"]
+# name -> (model, dataset, budget key of its steps, keys); the longest first, so two workers finish together
+RUNS = {
+    "trm": ("trm", "maze_small", "trm_steps", MAZE + RECURSIVE),
+    "hrm": ("hrm", "maze_small", "steps", MAZE + PER_MODEL["hrm"]),
+    "prr": ("prr", "maze_small", "steps", MAZE + PER_MODEL["prr"]),
+    "etrm": ("etrm", "maze_small", "steps", MAZE + PER_MODEL["etrm"]),
+    "one_call": ("trm", "maze_small", "trm_steps", MAZE + ONE_CALL),
+    "etrm_arc": ("etrm", "arc_small", "arc_steps", ARC),
+    "trm_arc": ("trm", "arc_small", "arc_steps", ARC + ["puzzle_emb_ndim=64"]),
+    "deep_recursive": ("deep_recursive", "maze_small", "steps", MAZE + PER_MODEL["deep_recursive"]),
+    "sudoku_recursive": ("trm", "sudoku6", "sudoku_steps", SUDOKU + RECURSIVE),
+    "sudoku_one_call": ("trm", "sudoku6", "sudoku_steps", SUDOKU + ONE_CALL),
+}
+DEPTH = ("one_call", "recursive")          # the runs compared at equal parameters for results.json's "depth"
 DEPTHS = [1, 2, 4, 8, 16, 32]
-BUDGET = {"steps": 900, "arc_steps": 600, "tta_steps": 20, "maze_train": 4000, "maze_test": 256,
-          "sudoku_train": 600, "sudoku_test": 128}
-SMOKE_KEYS = ["hidden_size=16", "num_heads=2", "base_channels=4", "latent_channels=16",
-              "global_batch_size=8"]  # smoke: the smallest models, so a test runs the whole suite in seconds
-SMOKE = {"steps": 2, "arc_steps": 2, "tta_steps": 1, "maze_train": 64, "maze_test": 16, "sudoku_train": 8,
-         "sudoku_test": 8}
+BUDGET = {"steps": 800, "trm_steps": 1200, "arc_steps": 500, "sudoku_steps": 1000, "tta_steps": 20,
+          "maze_train": 4000, "maze_test": 256, "sudoku_train": 600, "sudoku_test": 128}
+SMOKE_KEYS = ["hidden_size=16", "num_heads=2", "base_channels=4", "latent_channels=16", "global_batch_size=8"]  # smoke: the smallest models, so a test runs the whole suite in seconds
+SMOKE = {"steps": 2, "trm_steps": 2, "arc_steps": 2, "sudoku_steps": 2, "tta_steps": 1, "maze_train": 64,
+         "maze_test": 16, "sudoku_train": 8, "sudoku_test": 8}
 
 
 def _cpu_seconds():
@@ -173,22 +186,17 @@ def main(argv=None):
     p.add_argument("--out", default="runs/teach", help="output folder")
     args = p.parse_args(argv)
     b = dict(SMOKE if args.smoke else BUDGET, smoke=args.smoke)
-    steps, arc_steps = (max(1, round(b[k] * args.scale)) for k in ("steps", "arc_steps"))
     t0, c0 = time.time(), _cpu_seconds()
     os.makedirs(args.out, exist_ok=True)
     paths = build_data(args.data_root or (os.path.join(args.out, "data") if args.smoke else "data"), b)
     pool = Pool(args.workers)
     extra = SMOKE_KEYS if args.smoke else []
-    run = lambda name, model, path, n, keys: pool.submit(model, os.path.join(args.out, name), path, n,
-                                                         applicable(model, keys + extra))
-    jobs = {"one_call": run("trm_one_call", "trm", paths["maze_small"], steps, MAZE + ONE_CALL),
-            "trm": run("trm", "trm", paths["maze_small"], steps, MAZE + RECURSIVE)}
-    for m in ("hrm", "etrm", "prr", "deep_recursive"):
-        jobs[m] = run(m, m, paths["maze_small"], steps, MAZE + PER_MODEL[m])
-    jobs["etrm_arc"] = run("etrm_arc", "etrm", paths["arc_small"], arc_steps, ARC)
-    jobs["trm_arc"] = run("trm_arc", "trm", paths["arc_small"], arc_steps,
-                          ARC + ["puzzle_emb_ndim=16" if args.smoke else "puzzle_emb_ndim=64"])
-    res = {k: f.result() for k, f in jobs.items()}
+    jobs = {}
+    for name, (model, task, budget, keys) in RUNS.items():
+        keys = [("puzzle_emb_ndim=16" if extra and k == "puzzle_emb_ndim=64" else k) for k in keys]  # <= width
+        jobs[name] = pool.submit(model, os.path.join(args.out, name), paths[task],
+                                 max(1, round(b[budget] * args.scale)), applicable(model, keys + extra))
+    res = {k: dict(f.result(), task=RUNS[k][1]) for k, f in jobs.items()}
     ckpt = lambda k: os.path.join(res[k]["out_dir"], "checkpoint.pt")
 
     # extrapolation: trained on 7x7 with 4 ACT steps, run deeper on 11x11 (and on 7x7 for reference)
@@ -196,6 +204,10 @@ def main(argv=None):
     big = [evaluate_at(ckpt("trm"), paths["maze_small_big"], [f"halt_max_steps={d}"]) for d in depths]
     small = [evaluate_at(ckpt("trm"), paths["maze_small"], [f"halt_max_steps={d}"]) for d in depths]
     one_big = [evaluate_at(ckpt("one_call"), paths["maze_small_big"], [f"halt_max_steps={d}"]) for d in depths]
+    # the convolutional recursion (translation-equivariant, like the deep-thinking networks) on the same mazes,
+    # and TRM-MLP on Sudoku of the training size, each run for more steps than it was trained with
+    conv_big = [evaluate_at(ckpt("deep_recursive"), paths["maze_small_big"], [f"eval_n_steps={d}"]) for d in depths]
+    sudoku = [evaluate_at(ckpt("sudoku_recursive"), paths["sudoku6"], [f"halt_max_steps={d}"]) for d in depths]
 
     # ETRM on held-out ARC tasks: own demos against another task's; adaptation before / after
     own, wrong, control_ok = demo_swap_exact(ckpt("etrm_arc"), paths["arc_small"])
@@ -203,23 +215,26 @@ def main(argv=None):
     with contextlib.redirect_stdout(open(os.path.join(args.out, "adapt.log"), "w")):
         trm_tta = arc_tta(ckpt("trm_arc"), paths["arc_small"], os.path.join(tta_dir, "trm"), b["tta_steps"], "trm")
         etrm_tta = arc_tta(ckpt("etrm_arc"), paths["arc_small"], os.path.join(tta_dir, "etrm"), b["tta_steps"], "etrm")
+    one, rec = (res["trm" if k == "recursive" else k] for k in DEPTH)
     results = {
-        "depth": {"task": "maze_small", "one_call": res["one_call"]["exact_accuracy"],
-                  "recursive": res["trm"]["exact_accuracy"], "params": res["trm"]["trunk_params"]},
+        "depth": {"task": rec["task"], "one_call": one["exact_accuracy"], "recursive": rec["exact_accuracy"],
+                  "params": rec["trunk_params"]},
         "extrapolation": {"train_size": 7, "test_size": 11, "depths": depths, "exact": [e for e, _ in big]},
-        "models": {m: {"task": "maze_small", "exact": res[m]["exact_accuracy"], "token_acc": res[m]["accuracy"],
+        "models": {m: {"task": res[m]["task"], "exact": res[m]["exact_accuracy"], "token_acc": res[m]["accuracy"],
                        "seconds": res[m]["seconds"]} for m in ("trm", "hrm", "etrm", "prr", "deep_recursive")},
         "etrm_heldout": {"exact": own, "wrong_demos_exact": wrong},
         "adaptation": {"trm_before": trm_tta[0], "trm_after": trm_tta[1], "etrm_before": etrm_tta[0],
                        "etrm_after": etrm_tta[1]},
     }
     wall, cpu = time.time() - t0, _cpu_seconds() - c0
-    details = {"runs": res, "budget": b, "steps": steps, "arc_steps": arc_steps, "wall_seconds": wall,
+    details = {"runs": res, "budget": b, "scale": args.scale, "wall_seconds": wall,
                "cpu_seconds": cpu, "threads": torch.get_num_threads(), "workers": args.workers,
                "extrapolation": {"depths": depths, "big_exact": [e for e, _ in big], "big_token": [t for _, t in big],
-                                 "small_exact": [e for e, _ in small], "one_call_big_exact": [e for e, _ in one_big]},
+                                 "small_exact": [e for e, _ in small], "one_call_big_exact": [e for e, _ in one_big],
+                                 "deep_recursive_big_exact": [e for e, _ in conv_big],
+                                 "sudoku_exact": [e for e, _ in sudoku]},
                "etrm_control_has_other_tasks": control_ok, "datasets": paths,
-               "keys": {"maze": MAZE, "one_call": ONE_CALL, "recursive": RECURSIVE, "per_model": PER_MODEL, "arc": ARC}}
+               "runs_keys": RUNS}
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
     with open(os.path.join(args.out, "details.json"), "w") as f:
@@ -244,11 +259,20 @@ def report(out, results, details):
               f"| 2 (T=1, n=1, 1 ACT step) | {f(d['one_call'])} | {f(runs['one_call']['accuracy'])} | "
               f"{f(runs['one_call']['trunk_params'])} |",
               f"| 6 per ACT step x 4 (T=2, n=2) | {f(d['recursive'])} | {f(runs['trm']['accuracy'])} | {f(d['params'])} |",
+              "", "### Depth at equal parameters (TRM-MLP, 6x6 Sudoku)", "",
+              "| network calls | exact | token acc | trunk params |", "|---|---|---|---|"]
+    for k, label in (("sudoku_one_call", "2 (T=1, n=1, 1 ACT step)"), ("sudoku_recursive", "6 per ACT step x 4")):
+        lines.append(f"| {label} | {f(runs[k]['exact_accuracy'])} | {f(runs[k]['accuracy'])} | "
+                     f"{f(runs[k]['trunk_params'])} |")
+    lines += [
               "", "### Test-time depth (TRM trained on 7x7 with 4 ACT steps)", "",
               "| ACT steps at test | " + " | ".join(map(str, ex["depths"])) + " |", "|---" * (len(ex["depths"]) + 1) + "|",
               "| exact, 11x11 | " + " | ".join(map(f, ex["big_exact"])) + " |",
               "| exact, 7x7 | " + " | ".join(map(f, ex["small_exact"])) + " |",
-              "| exact, 11x11, 2-call TRM | " + " | ".join(map(f, ex["one_call_big_exact"])) + " |"]
+              "| exact, 11x11, 2-call TRM | " + " | ".join(map(f, ex["one_call_big_exact"])) + " |",
+              "| exact, 11x11, deep_recursive (eval_n_steps; trained with 6) | " +
+              " | ".join(map(f, ex["deep_recursive_big_exact"])) + " |",
+              "| exact, 6x6 Sudoku, TRM-MLP | " + " | ".join(map(f, ex["sudoku_exact"])) + " |"]
     e, a = results["etrm_heldout"], results["adaptation"]
     lines += ["", "### Held-out ARC tasks", "",
               f"ETRM exact with its own demos {f(e['exact'])}, with another task's demos {f(e['wrong_demos_exact'])}  ",
@@ -268,8 +292,10 @@ def report(out, results, details):
     fig.savefig(os.path.join(out, "teach_depth.png"), dpi=100)
     plt.close(fig)
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    ax.plot(ex["depths"], ex["big_exact"], "o-", label="11x11 (bigger than training)")
-    ax.plot(ex["depths"], ex["small_exact"], "s--", label="7x7 (training size)")
+    ax.plot(ex["depths"], ex["big_exact"], "o-", label="11x11 (bigger than training), TRM")
+    ax.plot(ex["depths"], ex["small_exact"], "s--", label="7x7 (training size), TRM")
+    ax.plot(ex["depths"], ex["deep_recursive_big_exact"], "^-", label="11x11, deep_recursive (steps)")
+    ax.plot(ex["depths"], ex["sudoku_exact"], "d:", label="6x6 Sudoku, TRM-MLP")
     ax.axvline(4, color="grey", ls=":", lw=1)
     ax.set(xscale="log", xticks=ex["depths"], xticklabels=ex["depths"], ylim=(-0.02, 1.02),
            xlabel="ACT steps at test time (dotted: training)", ylabel="exact accuracy", title="thinking longer")

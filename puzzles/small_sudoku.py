@@ -102,8 +102,12 @@ def augment(puzzle, solution, rng):
 
 
 def draw(count, rng, exclude=(), min_backtracks=0):
-    seen, out = set(exclude), []
+    seen, out, tries = set(exclude), [], 0
     while len(out) < count:
+        tries += 1
+        if tries > 20 * count + 1000:
+            raise DataError(f"small sudoku: only {len(out)} of {count} new puzzles found (min_backtracks "
+                            f"{min_backtracks}); ask for fewer")
         p, s = minimal_puzzle(rng)
         stats = {}
         solve(p, limit=2, stats=stats)

@@ -77,6 +77,14 @@ def test_maze_splits_disjoint_and_train_shared(mazes):
         assert not train & set(test) and len(set(test)) == len(test) and len(train) == 60
 
 
+def test_tiny_mazes_fill_their_few_layouts_without_sharing_one_across_splits(tmp_path):
+    # 3x3 mazes (2x2 rooms) have only a few dozen layouts: drawn at random, two splits of 8 would overlap
+    path = small_maze.build_small_maze(str(tmp_path / "m3"), train_size=3, test_size=3, canvas=5, num_train=8,
+                                       num_test=8)
+    train, test = ({r.tobytes() for r in arrays(path, s)["inputs"]} for s in ("train", "test"))
+    assert len(train) == len(test) == 8 and not train & test
+
+
 def test_maze_loader_and_bad_sizes(mazes, tmp_path):
     batch = next(iter(data.PuzzleDataset(mazes[1], "test", 8)))
     assert batch["inputs"].shape == (8, 121) and int(batch["labels"].min()) >= 1   # no PAD: every cell supervised
