@@ -54,7 +54,7 @@ RECURSIVE = ["H_cycles=2", "L_cycles=2", "halt_max_steps=4"]
 PER_MODEL = {  # each model's own recursion knobs on the maze task (sizes: experiments.TINY)
     "hrm": ["H_cycles=2", "L_cycles=2", "halt_max_steps=4"],
     "etrm": RECURSIVE,
-    "prr": ["num_steps=6", "grad_steps=2"],
+    "prr": [],                                # experiments.TINY: 4 branches, 4 steps, 2 with gradient
     "deep_recursive": ["n_inner=2", "n_outer=3", "eval_n_steps=8"],
 }
 ARC = ["hidden_size=64", "num_heads=4", "H_cycles=2", "L_cycles=2", "halt_max_steps=2", "global_batch_size=16",
@@ -73,8 +73,8 @@ RUNS = {
     "sudoku_one_call": ("trm", "sudoku6", "sudoku_steps", SUDOKU + ONE_CALL),
 }
 DEPTH = ("one_call", "recursive")          # the runs compared at equal parameters for results.json's "depth"
-DEPTHS = [1, 2, 4, 8, 16, 32]
-BUDGET = {"steps": 800, "trm_steps": 1200, "arc_steps": 500, "sudoku_steps": 1000, "tta_steps": 20,
+DEPTHS = [1, 2, 4, 8, 16]
+BUDGET = {"steps": 600, "trm_steps": 1000, "arc_steps": 300, "sudoku_steps": 1000, "tta_steps": 20,
           "maze_train": 4000, "maze_test": 256, "sudoku_train": 600, "sudoku_test": 128}
 SMOKE_KEYS = ["hidden_size=16", "num_heads=2", "base_channels=4", "latent_channels=16", "global_batch_size=8"]  # smoke: the smallest models, so a test runs the whole suite in seconds
 SMOKE = {"steps": 2, "trm_steps": 2, "arc_steps": 2, "sudoku_steps": 2, "tta_steps": 1, "maze_train": 64,
