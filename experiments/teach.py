@@ -37,7 +37,6 @@ import resource
 import sys
 import time
 
-import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # `python experiments/teach.py` too
@@ -184,7 +183,14 @@ def main(argv=None):
     p.add_argument("--workers", type=int, default=2, help="trainings at a time, each in its own process (0: here)")
     p.add_argument("--data-root", default="", help="where the datasets are built (default data/, smoke: <out>/data)")
     p.add_argument("--out", default="runs/teach", help="output folder")
+    p.add_argument("--report-only", action="store_true", help="rewrite results.json, table.md and the plots from "
+                                                              "<out>/details.json of an earlier run (no training)")
     args = p.parse_args(argv)
+    if args.report_only:
+        path = os.path.join(args.out, "details.json")
+        if not os.path.isfile(path):
+            raise SystemExit(f"error: --report-only: {path} does not exist (run the suite first)")
+        return write_results(args.out, json.load(open(path)))
     b = dict(SMOKE if args.smoke else BUDGET, smoke=args.smoke)
     t0, c0 = time.time(), _cpu_seconds()
     os.makedirs(args.out, exist_ok=True)
@@ -215,17 +221,6 @@ def main(argv=None):
     with contextlib.redirect_stdout(open(os.path.join(args.out, "adapt.log"), "w")):
         trm_tta = arc_tta(ckpt("trm_arc"), paths["arc_small"], os.path.join(tta_dir, "trm"), b["tta_steps"], "trm")
         etrm_tta = arc_tta(ckpt("etrm_arc"), paths["arc_small"], os.path.join(tta_dir, "etrm"), b["tta_steps"], "etrm")
-    one, rec = (res["trm" if k == "recursive" else k] for k in DEPTH)
-    results = {
-        "depth": {"task": rec["task"], "one_call": one["exact_accuracy"], "recursive": rec["exact_accuracy"],
-                  "params": rec["trunk_params"]},
-        "extrapolation": {"train_size": 7, "test_size": 11, "depths": depths, "exact": [e for e, _ in big]},
-        "models": {m: {"task": res[m]["task"], "exact": res[m]["exact_accuracy"], "token_acc": res[m]["accuracy"],
-                       "seconds": res[m]["seconds"]} for m in ("trm", "hrm", "etrm", "prr", "deep_recursive")},
-        "etrm_heldout": {"exact": own, "wrong_demos_exact": wrong},
-        "adaptation": {"trm_before": trm_tta[0], "trm_after": trm_tta[1], "etrm_before": etrm_tta[0],
-                       "etrm_after": etrm_tta[1]},
-    }
     wall, cpu = time.time() - t0, _cpu_seconds() - c0
     details = {"runs": res, "budget": b, "scale": args.scale, "wall_seconds": wall,
                "cpu_seconds": cpu, "threads": torch.get_num_threads(), "workers": args.workers,
@@ -233,13 +228,41 @@ def main(argv=None):
                                  "small_exact": [e for e, _ in small], "one_call_big_exact": [e for e, _ in one_big],
                                  "deep_recursive_big_exact": [e for e, _ in conv_big],
                                  "sudoku_exact": [e for e, _ in sudoku]},
-               "etrm_control_has_other_tasks": control_ok, "datasets": paths,
-               "runs_keys": RUNS}
-    with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump(results, f, indent=1)
+               "etrm_heldout": {"exact": own, "wrong_demos_exact": wrong, "control_has_other_tasks": control_ok},
+               "adaptation": {"trm": trm_tta, "etrm": etrm_tta}, "datasets": paths, "runs_keys": RUNS}
     with open(os.path.join(args.out, "details.json"), "w") as f:
         json.dump(details, f, indent=1, default=str)
-    report(args.out, results, details)
+    return write_results(args.out, details)
+
+
+def headline(details):
+    """results.json from details.json. A model's entry is its run with the highest exact accuracy among its
+    recursive runs on the maze and Sudoku tasks (each labelled with its task; the others stay in details)."""
+    res, ex = details["runs"], details["extrapolation"]
+    one, rec = (res["trm" if k == "recursive" else k] for k in DEPTH)
+    best = {}
+    for name, r in res.items():
+        model = RUNS[name][0] if name in RUNS else r.get("model", name)
+        if r["task"] != "arc_small" and "one_call" not in name and (
+                model not in best or r["exact_accuracy"] > best[model]["exact_accuracy"]):
+            best[model] = r
+    return {
+        "depth": {"task": rec["task"], "one_call": one["exact_accuracy"], "recursive": rec["exact_accuracy"],
+                  "params": rec["trunk_params"]},
+        "extrapolation": {"train_size": 7, "test_size": 11, "depths": ex["depths"], "exact": ex["big_exact"]},
+        "models": {m: {"task": best[m]["task"], "exact": best[m]["exact_accuracy"], "token_acc": best[m]["accuracy"],
+                       "seconds": best[m]["seconds"]} for m in ("trm", "hrm", "etrm", "prr", "deep_recursive")},
+        "etrm_heldout": {k: details["etrm_heldout"][k] for k in ("exact", "wrong_demos_exact")},
+        "adaptation": {"trm_before": details["adaptation"]["trm"][0], "trm_after": details["adaptation"]["trm"][1],
+                       "etrm_before": details["adaptation"]["etrm"][0], "etrm_after": details["adaptation"]["etrm"][1]},
+    }
+
+
+def write_results(out, details):
+    results = headline(details)
+    with open(os.path.join(out, "results.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    report(out, results, details)
     return results
 
 
@@ -247,12 +270,17 @@ def report(out, results, details):
     """table.md and the three plots; prints where they went."""
     f = lambda v: f"{v:.3f}" if isinstance(v, float) else f"{v:,}" if isinstance(v, int) else str(v)
     runs, ex = details["runs"], details["extrapolation"]
-    lines = ["### Five models on 7x7 mazes (11x11 canvas), same steps x batch", "",
-             "| model | exact | token acc | trunk params | wall s | CPU s | samples/s |", "|---|---|---|---|---|---|---|"]
-    for m in ("trm", "hrm", "etrm", "prr", "deep_recursive"):
-        r = runs[m]
-        lines.append(f"| {m} | {f(r['exact_accuracy'])} | {f(r['accuracy'])} | {f(r['trunk_params'])} | "
-                     f"{r['seconds']:.0f} | {r['cpu_seconds']:.0f} | {r['samples_per_s']:.0f} |")
+    lines = ["### Every run (maze_small: 7x7 mazes on an 11x11 canvas; sudoku6; arc_small held out)", "",
+             "| run | model | task | steps | exact | token acc | trunk params | wall s | CPU s | samples/s |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, r in runs.items():
+        lines.append(f"| {name} | {RUNS.get(name, ('?',))[0]} | {r['task']} | {r.get('step', '?')} | "
+                     f"{f(r['exact_accuracy'])} | {f(r['accuracy'])} | {f(r['trunk_params'])} | {r['seconds']:.0f} | "
+                     f"{r['cpu_seconds']:.0f} | {r['samples_per_s']:.0f} |")
+    lines += ["", "### Each model's best suite task (results.json)", "", "| model | task | exact | token acc |",
+              "|---|---|---|---|"]
+    for m, r in results["models"].items():
+        lines.append(f"| {m} | {r['task']} | {f(r['exact'])} | {f(r['token_acc'])} |")
     d = results["depth"]
     lines += ["", "### Depth at equal parameters (TRM, 7x7 mazes)", "",
               "| network calls | exact | token acc | trunk params |", "|---|---|---|---|",
@@ -306,7 +334,9 @@ def report(out, results, details):
     fig, ax = plt.subplots(figsize=(6, 3.5))
     names = list(results["models"])
     ax.bar(names, [results["models"][m]["exact"] for m in names])
-    ax.set(ylim=(0, 1), ylabel="exact accuracy", title="7x7 mazes, same budget")
+    ax.set(ylim=(0, 1), ylabel="exact accuracy", title="each model's best suite task")
+    for i, m in enumerate(names):
+        ax.text(i, results["models"][m]["exact"] + 0.02, results["models"][m]["task"], ha="center", fontsize=8)
     fig.tight_layout()
     fig.savefig(os.path.join(out, "teach_models.png"), dpi=100)
     plt.close(fig)
