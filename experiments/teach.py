@@ -103,6 +103,11 @@ class Pool:
         ctx = multiprocessing.get_context("spawn")
         self.ex = cf.ProcessPoolExecutor(workers, mp_context=ctx) if workers else None
 
+    def close(self):
+        """Wait for the workers to exit, so that their CPU time is counted (RUSAGE_CHILDREN: reaped children)."""
+        if self.ex is not None:
+            self.ex.shutdown(wait=True)
+
     def submit(self, *args):
         if self.ex is None:
             f = cf.Future()
@@ -203,6 +208,7 @@ def main(argv=None):
         jobs[name] = pool.submit(model, os.path.join(args.out, name), paths[task],
                                  max(1, round(b[budget] * args.scale)), applicable(model, keys + extra))
     res = {k: dict(f.result(), task=RUNS[k][1]) for k, f in jobs.items()}
+    pool.close()
     ckpt = lambda k: os.path.join(res[k]["out_dir"], "checkpoint.pt")
 
     # extrapolation: trained on 7x7 with 4 ACT steps, run deeper on 11x11 (and on 7x7 for reference)
@@ -313,9 +319,15 @@ def report(out, results, details):
         fh.write(text)
     print(text)
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(4, 3.5))
-    ax.bar(["2 calls", "6 calls x 4"], [d["one_call"], d["recursive"]], color=["grey", "tab:blue"])
-    ax.set(ylim=(0, 1), ylabel="exact accuracy", title=f"7x7 mazes, {f(d['params'])} params each")
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    pairs = [("7x7 mazes (TRM)", runs["one_call"], runs["trm"]),
+             ("6x6 Sudoku (TRM-MLP)", runs["sudoku_one_call"], runs["sudoku_recursive"])]
+    for i, (label, one, rec) in enumerate(pairs):
+        ax.bar([i - 0.18], [one["exact_accuracy"]], 0.36, color="grey", label="2 calls" if i == 0 else None)
+        ax.bar([i + 0.18], [rec["exact_accuracy"]], 0.36, color="tab:blue", label="6 calls x 4 ACT" if i == 0 else None)
+    ax.set(xticks=range(len(pairs)), xticklabels=[p[0] for p in pairs], ylim=(0, 1), ylabel="exact accuracy",
+           title="same weights, same samples: one pass vs recursion")
+    ax.legend()
     fig.tight_layout()
     fig.savefig(os.path.join(out, "teach_depth.png"), dpi=100)
     plt.close(fig)
