@@ -1,18 +1,21 @@
 """recursion_strip.py — watch the recursion: one puzzle's answer after every ACT step, with the Q-halt confidence.
 
-    python -m experiments.recursion_strip          # a TRM trained on 7x7 mazes thinking 16 ACT steps on an 11x11 one
+    python -m experiments.recursion_strip          # a TRM-MLP solving a 6x6 Sudoku, one ACT step at a time
     python -m experiments.recursion_strip --checkpoint runs/trm-arc1/checkpoint.pt --index 3
 
-Default: the maze TRM of `python -m experiments.teach` (runs/teach/trm) if it exists, else a small TRM trained
-here on `maze_small` for --steps; the puzzle is from `maze_small_big` (mazes larger than any seen in training),
-run for --depth ACT steps (more than the 4 it was trained with), so the strip shows the path growing step by step.
+Default: the Sudoku TRM-MLP of `python -m experiments.teach` (runs/teach/sudoku_recursive) if it exists, else
+the same network trained here on `sudoku6` for --steps (4 ACT steps of 6 network calls); the strip runs it for
+--depth ACT steps (default 8, twice its training depth) on a test puzzle, so the digits fill in step by step.
+For the mazes: --data maze_small_big --checkpoint runs/teach/trm/checkpoint.pt.
 
 The model is called on one test example exactly as evaluation calls it (fresh carry, one call per ACT step, the
 carry passed on), but the answer of every call is kept instead of only the last one: the strip shows the input,
 the answer after ACT step 1, 2, ..., halt_max_steps, and the target, each step titled with sigmoid(q_halt) (the
 model's own belief that this answer is right; evaluation halts there once the model is trained) and the share of
-cells right. ARC examples are cropped to their grid (data.crop_grid); other datasets on a square canvas (mazes) are drawn
-as that square, others as rows of tokens (ARC colours for tokens 2-11: colours 0-9; token 1, a maze wall, blank). Models without ACT (prr, deep_recursive) halt after one call: one step.
+cells right. ARC examples are cropped to their grid (data.crop_grid); other datasets on a full square canvas
+(Sudoku, mazes) are drawn as that square, others as rows of tokens (ARC colours for tokens 2-11: colours 0-9;
+token 1, a Sudoku blank or a maze wall, is left white). Models without ACT (prr, deep_recursive) halt after one
+call: one step.
 """
 import argparse
 import os
@@ -23,7 +26,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # `python experiments/recursion_strip.py` too
 from experiments import pyplot, run_train, write_table
-from experiments.teach import MAZE, RECURSIVE
+from experiments.teach import RECURSIVE, SUDOKU
 import data
 import evaluate
 
@@ -43,30 +46,29 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=__doc__.split("\n", 1)[1])
     p.add_argument("--checkpoint", default="", help="a trained checkpoint (default: runs/teach/trm's, or train a "
-                                                    "small TRM on maze_small here)")
-    p.add_argument("--data", default="", help="dataset of the puzzle (default: maze_small_big, or the checkpoint's "
+                                                    "small TRM-MLP on sudoku6 here)")
+    p.add_argument("--data", default="", help="dataset of the puzzle (default: sudoku6, or the checkpoint's "
                                               "when one is given)")
     p.add_argument("--index", type=int, default=0, help="which test example")
-    p.add_argument("--depth", type=int, default=None, help="ACT steps to run (default: 16 on the default mazes, "
+    p.add_argument("--depth", type=int, default=None, help="ACT steps to run (default: 8 on the default Sudoku, "
                                                            "else the checkpoint's halt_max_steps)")
-    p.add_argument("--steps", type=int, default=600, help="training steps of the small TRM")
+    p.add_argument("--steps", type=int, default=1000, help="training steps of the small TRM")
     p.add_argument("--config", nargs="*", default=[], metavar="KEY=VAL", help="train.py keys for the tiny TRM")
     p.add_argument("--out", default="runs/recursion_strip", help="output folder")
     args = p.parse_args(argv)
     ckpt, default = args.checkpoint, not args.checkpoint and not args.data
-    if default and os.path.exists(os.path.join("runs", "teach", "trm", "checkpoint.pt")):
-        ckpt = os.path.join("runs", "teach", "trm", "checkpoint.pt")
-    if not ckpt:  # the maze recursion of experiments.teach: 6 network calls per ACT step, 4 ACT steps
-        path = data.ensure_dataset(args.data or "maze_small", root="data")
+    if default and os.path.exists(os.path.join("runs", "teach", "sudoku_recursive", "checkpoint.pt")):
+        ckpt = os.path.join("runs", "teach", "sudoku_recursive", "checkpoint.pt")
+    if not ckpt:  # the Sudoku recursion of experiments.teach: 6 network calls per ACT step, 4 ACT steps
+        path = data.ensure_dataset(args.data or "sudoku6", root="data")
         ckpt = os.path.join(run_train("trm", os.path.join(args.out, "trm"), path, args.steps,
-                                      [*MAZE, *RECURSIVE, *args.config])["out_dir"], "checkpoint.pt")
+                                      [*SUDOKU, *RECURSIVE, *args.config])["out_dir"], "checkpoint.pt")
     model, saved = evaluate.load_model(ckpt)
     model.eval()
-    depth = args.depth or (16 if default else 0)
+    depth = args.depth or (8 if default else 0)
     if depth and hasattr(model.config, "halt_max_steps"):  # read at every call; no weight depends on it
         model.config.halt_max_steps = depth
-    path = (data.ensure_dataset(args.data, root="data") if args.data else
-            data.ensure_dataset("maze_small_big", root="data") if default else saved["data_path"])
+    path = data.ensure_dataset(args.data, root="data") if args.data else saved["data_path"]
     is_arc = os.path.exists(os.path.join(path, "test_puzzles.json"))
     loader = data.PuzzleDataset(path, "test", args.index + 1, with_demos=model.needs_demos)
     batch = {k: v[args.index:args.index + 1] for k, v in next(iter(loader)).items()}
