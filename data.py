@@ -49,6 +49,8 @@ from puzzles.grids import (EOS, GRID, PAD, aug_name, augment_grid, crop_grid, di
                            grid_hash, invert_aug, inverse_dihedral, parse_aug_name)
 from puzzles.maze import build_maze, maze_bfs  # noqa: F401
 from puzzles.sudoku import build_sudoku, sudoku_solve  # noqa: F401
+from puzzles.small_maze import build_small_maze
+from puzzles.small_sudoku import build_small_sudoku
 from puzzles.toy import build_toy
 
 
@@ -67,6 +69,11 @@ DATASETS = {
     "maze": build_maze,
     "toy": build_toy,
     "arc_small": build_arc_small,
+    "maze_small": _variant(build_small_maze, "7x7 perfect mazes on an 11x11 wall canvas, tested on 7x7 (CPU "
+                                             "minutes)", train_size=7, test_size=7, canvas=11),
+    "maze_small_big": _variant(build_small_maze, "maze_small's training mazes, tested on larger 11x11 mazes "
+                                                 "(test-time depth)", train_size=7, test_size=11, canvas=11),
+    "sudoku6": build_small_sudoku,
 }
 
 META_INTS = {"pad_id": 0, "blank_identifier_id": 0, "vocab_size": 1, "seq_len": 1, "num_puzzle_identifiers": 1,

@@ -1,14 +1,21 @@
 """recursion_strip.py — watch the recursion: one puzzle's answer after every ACT step, with the Q-halt confidence.
 
-    python -m experiments.recursion_strip                        # tiny TRM trained on the toy task here (CPU, ~1 min)
+    python -m experiments.recursion_strip          # a TRM-MLP solving a 6x6 Sudoku, one ACT step at a time
     python -m experiments.recursion_strip --checkpoint runs/trm-arc1/checkpoint.pt --index 3
+
+Default: the Sudoku TRM-MLP of `python -m experiments.teach` (runs/teach/sudoku_recursive) if it exists, else
+the same network trained here on `sudoku6` for --steps (4 ACT steps of 6 network calls); the strip runs it for
+--depth ACT steps (default 8, twice its training depth) on a test puzzle, so the digits fill in step by step.
+For the mazes: --data maze_small_big --checkpoint runs/teach/trm/checkpoint.pt.
 
 The model is called on one test example exactly as evaluation calls it (fresh carry, one call per ACT step, the
 carry passed on), but the answer of every call is kept instead of only the last one: the strip shows the input,
 the answer after ACT step 1, 2, ..., halt_max_steps, and the target, each step titled with sigmoid(q_halt) (the
 model's own belief that this answer is right; evaluation halts there once the model is trained) and the share of
-cells right. ARC examples are cropped to their grid (data.crop_grid); other datasets are drawn as rows of tokens
-(ARC colours for tokens 2-11: colours 0-9). Models without ACT (prr, deep_recursive) halt after one call: one step.
+cells right. ARC examples are cropped to their grid (data.crop_grid); other datasets on a full square canvas
+(Sudoku, mazes) are drawn as that square, others as rows of tokens (ARC colours for tokens 2-11: colours 0-9;
+token 1, a Sudoku blank or a maze wall, is left white). Models without ACT (prr, deep_recursive) halt after one
+call: one step.
 """
 import argparse
 import os
@@ -19,6 +26,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # `python experiments/recursion_strip.py` too
 from experiments import pyplot, run_train, write_table
+from experiments.teach import RECURSIVE, SUDOKU
 import data
 import evaluate
 
@@ -28,26 +36,38 @@ def as_grid(tokens, labels, is_arc):
     if is_arc:
         return data.crop_grid(np.asarray(tokens, np.uint8)).astype(int)
     keep = labels != -100
-    return (np.asarray(tokens)[keep].astype(int) - 2)[None]  # toy / Sudoku / Maze: one row
+    side = int(round(len(labels) ** 0.5))
+    if keep.all() and side * side == len(labels):                # a full square canvas (mazes, Sudoku)
+        return np.asarray(tokens).astype(int).reshape(side, side) - 2
+    return (np.asarray(tokens)[keep].astype(int) - 2)[None]  # toy: one row
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=__doc__.split("\n", 1)[1])
-    p.add_argument("--checkpoint", default="", help="a trained checkpoint (default: train a tiny TRM on toy here)")
-    p.add_argument("--data", default="", help="dataset (default: the checkpoint's, or toy)")
+    p.add_argument("--checkpoint", default="", help="a trained checkpoint (default: runs/teach/trm's, or train a "
+                                                    "small TRM-MLP on sudoku6 here)")
+    p.add_argument("--data", default="", help="dataset of the puzzle (default: sudoku6, or the checkpoint's "
+                                              "when one is given)")
     p.add_argument("--index", type=int, default=0, help="which test example")
-    p.add_argument("--steps", type=int, default=200, help="training steps of the tiny TRM")
+    p.add_argument("--depth", type=int, default=None, help="ACT steps to run (default: 8 on the default Sudoku, "
+                                                           "else the checkpoint's halt_max_steps)")
+    p.add_argument("--steps", type=int, default=1000, help="training steps of the small TRM")
     p.add_argument("--config", nargs="*", default=[], metavar="KEY=VAL", help="train.py keys for the tiny TRM")
     p.add_argument("--out", default="runs/recursion_strip", help="output folder")
     args = p.parse_args(argv)
-    ckpt = args.checkpoint
-    if not ckpt:  # more ACT steps than the compare default, so there is a recursion to watch
-        path = data.ensure_dataset(args.data or "toy", root="data")
+    ckpt, default = args.checkpoint, not args.checkpoint and not args.data
+    if default and os.path.exists(os.path.join("runs", "teach", "sudoku_recursive", "checkpoint.pt")):
+        ckpt = os.path.join("runs", "teach", "sudoku_recursive", "checkpoint.pt")
+    if not ckpt:  # the Sudoku recursion of experiments.teach: 6 network calls per ACT step, 4 ACT steps
+        path = data.ensure_dataset(args.data or "sudoku6", root="data")
         ckpt = os.path.join(run_train("trm", os.path.join(args.out, "trm"), path, args.steps,
-                                      ["halt_max_steps=4", *args.config])["out_dir"], "checkpoint.pt")
+                                      [*SUDOKU, *RECURSIVE, *args.config])["out_dir"], "checkpoint.pt")
     model, saved = evaluate.load_model(ckpt)
     model.eval()
+    depth = args.depth or (8 if default else 0)
+    if depth and hasattr(model.config, "halt_max_steps"):  # read at every call; no weight depends on it
+        model.config.halt_max_steps = depth
     path = data.ensure_dataset(args.data, root="data") if args.data else saved["data_path"]
     is_arc = os.path.exists(os.path.join(path, "test_puzzles.json"))
     loader = data.PuzzleDataset(path, "test", args.index + 1, with_demos=model.needs_demos)
@@ -74,8 +94,12 @@ def main(argv=None):
     plt = pyplot()
     from matplotlib.colors import ListedColormap
     wide = panels[0][1].shape[0] == 1
-    fig, axes = plt.subplots(len(panels) if wide else 1, 1 if wide else len(panels),
-                             figsize=(6, 0.8 * len(panels)) if wide else (2.2 * len(panels), 2.6), squeeze=False)
+    cols = 1 if wide else min(len(panels), 6)
+    nrows = len(panels) if wide else -(-len(panels) // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(6, 0.8 * len(panels)) if wide else (2.2 * cols, 2.6 * nrows),
+                             squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
     for ax, (title, grid) in zip(axes.flat, panels):
         ax.imshow(np.ma.masked_less(grid, 0), cmap=ListedColormap(evaluate.ARC_COLOURS), vmin=0, vmax=9)
         ax.set_xticks([]), ax.set_yticks([])
@@ -84,6 +108,7 @@ def main(argv=None):
     fig.tight_layout()
     fig.savefig(os.path.join(args.out, "recursion_strip.png"), dpi=100)
     plt.close(fig)
+    print(f"wrote {os.path.join(args.out, 'recursion_strip.png')} and {os.path.join(args.out, 'table.md')}")
     return rows
 
 

@@ -11,7 +11,7 @@ import os
 import pytest
 
 import data
-from experiments import ablate, acc_vs_aug, compare, recursion_strip
+from experiments import ablate, acc_vs_aug, compare, recursion_strip, teach
 
 FAST = ["global_batch_size=16", "eval_batches=1"]
 
@@ -83,7 +83,40 @@ def test_recursion_strip_shows_every_act_step(toy, tmp_path):
     assert os.path.getsize(tmp_path / "recursion_strip.png") > 0
 
 
-@pytest.mark.parametrize("script", [compare, ablate, acc_vs_aug, recursion_strip])
+def test_teach_suite_end_to_end_at_its_smallest_budget(tmp_path):
+    results = teach.main(["--smoke", "--workers", "0", "--out", str(tmp_path)])
+    saved = json.load(open(tmp_path / "results.json"))
+    assert saved == json.loads(json.dumps(results))
+    assert set(saved) == {"depth", "extrapolation", "models", "etrm_heldout", "adaptation"}
+    assert set(saved["depth"]) == {"task", "one_call", "recursive", "params"} and saved["depth"]["params"] > 0
+    ex = saved["extrapolation"]
+    assert set(ex) == {"train_size", "test_size", "depths", "exact"} and ex["test_size"] > ex["train_size"]
+    assert len(ex["depths"]) == len(ex["exact"]) >= 3 and ex["depths"] == sorted(set(ex["depths"]))
+    assert set(saved["models"]) == {"trm", "hrm", "etrm", "prr", "deep_recursive"}
+    assert all(set(m) == {"task", "exact", "token_acc", "seconds"} for m in saved["models"].values())
+    assert set(saved["etrm_heldout"]) == {"exact", "wrong_demos_exact"}
+    assert set(saved["adaptation"]) == {"trm_before", "trm_after", "etrm_before", "etrm_after"}
+    numbers = [saved["depth"]["one_call"], saved["depth"]["recursive"], *ex["exact"], *saved["etrm_heldout"].values(),
+               *saved["adaptation"].values()] + [v for m in saved["models"].values() for v in (m["exact"], m["token_acc"])]
+    assert all(0 <= v <= 1 for v in numbers)
+    details = json.load(open(tmp_path / "details.json"))
+    for m, entry in saved["models"].items():  # each entry is one of that model's runs, its own final evaluation
+        runs = [r for name, r in details["runs"].items() if teach.RUNS[name][0] == m and r["task"] == entry["task"]
+                and "one_call" not in name]
+        last = [[json.loads(l) for l in open(os.path.join(r["out_dir"], "metrics.jsonl")) if "eval/accuracy" in l][-1]
+                for r in runs]
+        assert (entry["token_acc"], entry["exact"]) in [(e["eval/accuracy"], e["eval/exact_accuracy"]) for e in last]
+        assert entry["exact"] == max(r["exact_accuracy"] for name, r in details["runs"].items()
+                                     if teach.RUNS[name][0] == m and r["task"] != "arc_small" and "one_call" not in name)
+    assert details["runs"]["trm"]["trunk_params"] == details["runs"]["one_call"]["trunk_params"]
+    assert details["etrm_heldout"]["control_has_other_tasks"]
+    assert teach.main(["--report-only", "--out", str(tmp_path)]) == saved
+    for png in ("teach_depth.png", "teach_extrapolation.png", "teach_models.png"):
+        assert os.path.getsize(tmp_path / png) > 0
+    assert len(table_rows(tmp_path)) >= 5
+
+
+@pytest.mark.parametrize("script", [compare, ablate, acc_vs_aug, recursion_strip, teach])
 def test_help(script, capsys):
     with pytest.raises(SystemExit) as e:
         script.main(["--help"])
