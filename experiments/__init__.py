@@ -31,6 +31,7 @@ if ROOT not in sys.path:  # `python experiments/compare.py` as well as `python -
 import config
 import data as datasets  # noqa: E402  (scripts name their dataset argument `data`)
 import evaluate  # noqa: E402
+import optim  # noqa: E402
 import train  # noqa: E402
 
 MODELS = list(config.MODELS)
@@ -119,7 +120,7 @@ def run_train(model, out, data, steps, overrides=(), tiny=True):
     result["samples_per_s"] = rates[-1] if rates else float("nan")
     net, _ = evaluate.load_model(os.path.join(out, "checkpoint.pt"))
     result["trunk_params"] = sum(p.numel() for p in net.parameters())
-    result["table_values"] = sum(e.weights.numel() for e in train.sparse_embeddings(net))
+    result["table_values"] = sum(e.weights.numel() for e in optim.sparse_embeddings(net))
     return result
 
 
