@@ -33,31 +33,27 @@ def _triton_ok(x):
 
 def rms_norm(x, residual=None, eps=1e-5):
     """y = (x + residual) * rsqrt(mean((x + residual)^2) + eps); sum in x.dtype, statistics in float32."""
-    fn = getattr(_rmsnorm, "rms_norm_triton", None)
-    if fn is not None and _triton_ok(x):
-        return fn(x, residual, eps)
+    if _triton_ok(x):
+        return _rmsnorm.rms_norm_triton(x, residual, eps)
     return _rmsnorm.rms_norm_reference(x, residual, eps)
 
 
 def swiglu(gate_up):
     """[..., 2*inter] (gate first, then up) -> silu(gate) * up, [..., inter]."""
-    fn = getattr(_swiglu, "swiglu_triton", None)
-    if fn is not None and _triton_ok(gate_up):
-        return fn(gate_up)
+    if _triton_ok(gate_up):
+        return _swiglu.swiglu_triton(gate_up)
     return _swiglu.swiglu_reference(gate_up)
 
 
 def cross_entropy(logits, labels, kind="stablemax", ignore_index=-100):
     """Per-token CE, float32, shape of `labels`; 0 where labels == ignore_index. kind: stablemax | softmax."""
-    fn = getattr(_ce, "cross_entropy_triton", None)
-    if fn is not None and _triton_ok(logits):
-        return fn(logits, labels, kind, ignore_index)
+    if _triton_ok(logits):
+        return _ce.cross_entropy_triton(logits, labels, kind, ignore_index)
     return _ce.cross_entropy_reference(logits, labels, kind, ignore_index)
 
 
 def attention(qkv, num_heads, cos=None, sin=None):
     """qkv [N, L, 3*H*D] packed [q heads | k heads | v heads] -> [N, L, H*D]; RoPE on q, k when cos/sin given."""
-    fn = getattr(_attn, "attention_triton", None)
-    if fn is not None and _triton_ok(qkv):
-        return fn(qkv, num_heads, cos, sin)
+    if _triton_ok(qkv):
+        return _attn.attention_triton(qkv, num_heads, cos, sin)
     return _attn.attention_reference(qkv, num_heads, cos, sin)

@@ -8,6 +8,7 @@ One toy dataset and one trained checkpoint are built once for the whole table; e
 working command in one thing.
 """
 import concurrent.futures
+import json
 import os
 import re
 import shutil
@@ -53,6 +54,8 @@ def world(tmp_path_factory):
         for split in ("train", "test"):  # both splits, so the folder itself is consistent
             meta = root / name / split / "dataset.json"
             meta.write_text(meta.read_text().replace(old, new))
+    names = json.loads((root / "moreids" / "identifiers.json").read_text())
+    (root / "moreids" / "identifiers.json").write_text(json.dumps(names + [f"extra{i}" for i in range(50 - len(names))]))
     ckpt = torch.load(root / "run" / "checkpoint.pt", weights_only=False)
     (root / "moved").mkdir()
     torch.save({**ckpt, "data_path": str(root / "gone")}, root / "moved" / "checkpoint.pt")

@@ -103,8 +103,10 @@ def poison(mod, at_call, where):
         if self.training:
             calls["n"] += 1
             if calls["n"] == at_call:
-                if where == "loss":
+                if where == "loss":  # the whole objective, also where the model reports it itself
                     loss = loss * float("nan")
+                    if "total_loss" in metrics:
+                        metrics = {**metrics, "total_loss": metrics["total_loss"] * float("nan")}
                 else:  # the loss stays finite; one weight's gradient becomes NaN in backward
                     x = next(self.parameters()).sum()
                     x.register_hook(lambda g: g * float("nan"))
@@ -155,11 +157,11 @@ def adam_moments(ckpt):
 
 # Steps compared, and the worst weight difference between 1 and 2 processes that the summation order leaves
 # after them, about 2x what we measured (2026-11-29, this CPU, max abs: trm 6.0e-8, hrm 6.0e-8, etrm 8.9e-7,
-# prr 1.2e-7, deep_recursive 4.5e-7; losses within 2.9e-7 relative for all). AdamATan2's atan2 and sign-SGD
+# prr 1.2e-7, deep_recursive 4.5e-7, 1.6e-6 with its recipe's grad clip 1.0 and EMA 0.9995; losses within 2.9e-7 relative for all). AdamATan2's atan2 and sign-SGD
 # are sign-like, so they turn rounding-level gradient differences into whole steps; deep_recursive starts
 # its residual and FiLM branches at zero, so its early gradients ARE rounding-level and grow fastest
 # (1e-8 after 2 steps, 1e-3 after 20): it is compared after 4.
-DDP = {"trm": (10, 1.5e-7), "hrm": (10, 1.5e-7), "etrm": (10, 2e-6), "prr": (10, 3e-7), "deep_recursive": (4, 1e-6)}
+DDP = {"trm": (10, 1.5e-7), "hrm": (10, 1.5e-7), "etrm": (10, 2e-6), "prr": (10, 3e-7), "deep_recursive": (4, 3e-6)}
 DDP_LOSS_RTOL = 6e-7
 # A gauge: a constant added to all K branch scores cancels in every softmax over branches, so its gradient
 # is 0 up to rounding and AdamATan2 walks it by +-lr per step on noise alone.
