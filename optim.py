@@ -58,7 +58,7 @@ def sign_sgd_update(emb, lr, weight_decay, world_size):
     summed = torch.zeros(len(uniq), grad.shape[1], device=grad.device, dtype=grad.dtype).index_add_(0, inverse, grad)
     rows = emb.weights[uniq]
     emb.weights[uniq] = rows * (1 - lr * weight_decay) - lr * summed.sign().to(rows.dtype)
-    emb.local_weights = None
+    emb.local_weights.grad = None  # the leaf is reused by the next forward
 
 
 def lr_at(step, base, cfg, total_steps):

@@ -115,8 +115,11 @@ class SparseEmbedding(nn.Module):
     """Per-puzzle vectors kept in a buffer, not a parameter: only the batch's rows get gradients.
 
     In training the rows of the batch are copied into `local_weights` (a leaf that requires grad);
-    train.py's sign-SGD reads `local_weights.grad` and `local_ids`, all-gathers them across ranks and
-    updates those rows of `weights` (the reference's sparse embedding optimiser). In eval the table is read directly."""
+    train.py's sign-SGD reads `local_weights.grad` and `local_ids`, all-gathers them across ranks,
+    updates those rows of `weights` (the reference's sparse embedding optimiser) and clears the grad. The leaf
+    is allocated once per batch size and refilled in place at every call, grad cleared, as the reference does, so a
+    compiled training step stays one graph (a fresh `requires_grad_` leaf per call broke it in five). In eval the
+    table is read directly."""
 
     def __init__(self, num, dim, dtype):
         super().__init__()
@@ -127,8 +130,14 @@ class SparseEmbedding(nn.Module):
     def forward(self, ids):
         if not (self.training and torch.is_grad_enabled()):
             return self.weights[ids].to(self.dtype)
-        self.local_ids = ids
-        self.local_weights = self.weights[ids].detach().requires_grad_(True)
+        leaf = self.local_weights
+        if leaf is None or leaf.shape[0] != ids.shape[0] or leaf.device != ids.device:
+            self.local_weights = torch.zeros(len(ids), self.weights.shape[1], device=ids.device, requires_grad=True)
+            self.local_ids = torch.zeros_like(ids)
+        self.local_weights.grad = None  # the grad belongs to this call's rows only
+        with torch.no_grad():
+            self.local_weights.copy_(self.weights[ids])
+            self.local_ids.copy_(ids)
         return self.local_weights.to(self.dtype)
 
 

@@ -139,3 +139,37 @@ def test_mlp_t_block_norms_over_the_token_axis():
     ht = h.transpose(1, 2)
     a = rms(ht + blk.mlp_t(ht)).transpose(1, 2)
     assert torch.allclose(blk(h), rms(a + blk.mlp(a)), atol=1e-5)
+
+
+def test_sparse_embedding_step_is_one_compiled_graph_and_its_grad_is_cleared():
+    """The puzzle rows live in one leaf allocated on the first training call and refilled in place after it (as
+    the reference does), so torch.compile traces the training forward as one graph; a fresh `requires_grad_`
+    leaf per call made six. Each call starts the leaf's grad afresh (its rows are that call's), and sign-SGD
+    clears it after the update."""
+    import optim
+    torch.manual_seed(0)
+    model = trm.Model(tiny_config()).train()
+    emb = model.puzzle_emb
+    with torch.no_grad():
+        emb.weights.normal_()
+    first, second = tiny_batch(seed=0), tiny_batch(seed=1)
+    model(model.initial_carry(first), first)[1].backward()  # allocates the leaf, outside the compiled region
+    optim.sign_sgd_update(emb, 0.1, 0.0, 1)
+    assert emb.local_weights.grad is None
+
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(lambda carry, batch: model(carry, batch)[1])(model.initial_carry(second), second)
+    torch._dynamo.reset()
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0), [str(r.reason)[:120] for r in explained.break_reasons]
+
+    # The reused leaf gives exactly the gradient a fresh model copy gives on the second batch alone, although the
+    # first batch's backward ran through the same leaf and nothing cleared it by hand.
+    model(model.initial_carry(first), first)[1].backward()
+    model.zero_grad()
+    fresh = trm.Model(tiny_config()).train()
+    fresh.load_state_dict(model.state_dict())
+    for m in (model, fresh):
+        torch.manual_seed(3)  # same exploration draws
+        m(m.initial_carry(second), second)[1].backward()
+    torch.testing.assert_close(emb.local_weights.grad, fresh.puzzle_emb.local_weights.grad, rtol=0, atol=0)
+    assert torch.equal(emb.local_ids, second["puzzle_identifiers"])
