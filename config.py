@@ -113,17 +113,19 @@ def choices(cls):
 
 
 def check_values(cfg, model):
-    """Ranges every model config obeys, read from the dataclass itself: numbers finite and >= 0; a count whose
-    default is positive stays >= 1 unless its comment documents what 0 means; a chance lies in [0, 1]; string
-    choices as the comments list them; heads divide the width (and leave RoPE an even head size)."""
+    """Ranges every model config obeys, read from the dataclass itself: numbers finite and >= 0 (any sign when the
+    comment says "any real", > 0 when it says "> 0"); a count whose default is positive stays >= 1 unless its
+    comment documents what 0 means; a chance lies in [0, 1]; string choices as the comments list them; heads
+    divide the width (and leave RoPE an even head size)."""
     cls, notes = type(cfg), comments(type(cfg))
     check_choices(cfg, model)
     for f in dataclasses.fields(cfg):
         key, value, default, note = f.name, getattr(cfg, f.name), field_default(cls, f.name), notes[f.name]
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             continue
-        if not math.isfinite(value) or value < 0:
-            bad(key, value, model, "a finite number >= 0")
+        least = "> 0" if "> 0" in note else "" if "any real" in note else ">= 0"
+        if not math.isfinite(value) or (least and value < 0) or (least == "> 0" and value == 0):
+            bad(key, value, model, f"a finite number {least}".rstrip())
         if isinstance(value, int) and default >= 1 and "0 =" not in note and value < 1:
             bad(key, value, model, "an integer >= 1")
         if ("chance" in note or key.endswith("_prob")) and value > 1:

@@ -15,8 +15,9 @@ Format (the TRM/HRM reference layout, so reference data and ours load alike):
 A group is one original puzzle, its puzzles are the original and its augmented versions, a puzzle's examples
 are its (input, output) pairs. dataset.json holds pad_id, ignore_label_id, blank_identifier_id (all 0),
 vocab_size, seq_len, num_puzzle_identifiers, total_groups, total_puzzles, mean_puzzle_examples and sets (["all"]).
-A folder is checked when it is opened (files present and readable, array lengths agreeing with each other and
-with dataset.json, both splits with the same seq_len): a bad one is a DataError naming the file and the fault.
+A folder is checked when it is opened (files present and readable, tokens inside the vocabulary, array lengths
+agreeing with each other and with dataset.json, both splits with the same seq_len): a bad one is a DataError naming
+the file and the fault.
 
 Loader (`PuzzleDataset`): train = one iteration of epochs_per_iter epochs; per epoch the groups in random order,
 from each group one random puzzle, all its examples in random order, cut at the batch end; the last incomplete
@@ -138,9 +139,26 @@ def load_arrays(path, split, meta):
         bad = ids.max() if ids.max() >= n_ids else ids.min()
         raise DataError(f"{name['puzzle_identifiers']}: puzzle identifier {bad} outside 0..{n_ids - 1} "
                         f"(num_puzzle_identifiers in {d}/dataset.json)")
+    for field in ("inputs", "labels"):
+        check_tokens(a[field], name[field], meta, ignore=meta.get("ignore_label_id") if field == "labels" else None)
     if a["is_demo"] is not None and a["is_demo"].shape != (n_ex,):
         raise DataError(f"{name['is_demo']}: {len(a['is_demo'])} flags for {n_ex} examples")
     return a
+
+
+def check_tokens(x, name, meta, ignore=None):
+    """Every token in 0..vocab_size-1 (labels may also hold ignore_label_id): a stray one would index past the
+    embedding table or the logits. One pass over the (memory-mapped) array for each bound."""
+    V = meta["vocab_size"]
+    if not x.size:
+        return
+    lo, hi = int(x.min()), int(x.max())
+    if ignore is not None and (lo == ignore or hi == ignore) and not 0 <= ignore < V:
+        kept = x[x != ignore]
+        lo, hi = (int(kept.min()), int(kept.max())) if kept.size else (0, 0)
+    if lo < 0 or hi >= V:
+        raise DataError(f"{name}: token {lo if lo < 0 else hi} outside 0..{V - 1} (vocab_size in "
+                        f"{os.path.dirname(name)}/dataset.json)")
 
 
 def check_dataset(path):

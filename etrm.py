@@ -59,7 +59,7 @@ class Config(trm.Config):
     encoder_L_cycles: int = 1             # iterative: latent updates per round (public final run: 1)
     encoder_L_layers: int = 2             # iterative: blocks of its recursion network
     kl_weight: float = 1e-4               # beta of the KL term (variational encoders; LPN's value)
-    encoder_init_logvar: float = 0.0      # initial log sigma^2 of the Gaussians (public: 0, sigma = 1)
+    encoder_init_logvar: float = 0.0      # initial log sigma^2 of the Gaussians, any real (public: 0, sigma = 1)
     act_mode: str = "dynamic"             # dynamic (ETRM, TRM's ACT) | fixed (ETRM-FCT)
     num_act_steps: int = 1                # N: ACT steps per sample in fixed mode (training)
     leave_one_out: float = 0.0            # p: chance a training query is swapped for one of its demos

@@ -55,20 +55,20 @@ class Config:
     grad_steps: int = 2                 # last steps run with gradient (the first T - grad_steps under no_grad)
     hidden_size: int = 256              # D
     num_heads: int = 4                  # attention heads (head_dim = D / num_heads)
-    expansion: float = 4.0              # SwiGLU width factor (inner 768 at D=256)
+    expansion: float = 4.0              # SwiGLU width factor (> 0; inner 768 at D=256)
     num_layers: int = 2                 # post-norm blocks in the shared core
     pos_encodings: str = "rope"         # rope | learned | none
-    rope_theta: float = 10000.0         # θ of RoPE
+    rope_theta: float = 10000.0         # θ of RoPE (> 0)
     rms_norm_eps: float = 1e-5          # ε of RMSNorm
     mlp_t: bool = False                 # TRM-MLP blocks (attention replaced by an MLP over the sequence)
     puzzle_emb_ndim: int = 256          # width of the per-puzzle embedding (0 = none)
     puzzle_emb_len: int = 16            # P: prefix slots it occupies (0 = ceil(ndim / D))
     init_noise_std: float = 0.1         # σ: N(0, σ²) noise on the branch inits, training only
     comm_alpha: float = 0.1             # α: pull of each branch toward the score-weighted mean
-    comm_temp: float = 1.0              # temperature of w = softmax(s / temp)
+    comm_temp: float = 1.0              # temperature of w = softmax(s / temp) (> 0)
     comm_interval: int = 2              # c: steps between exchanges (0 = never)
     public_schedule: bool = False       # True: the public code (b_k only at step 0, no exchange under grad)
-    tau: float = 0.1                    # τ: Best-of-K soft-min temperature
+    tau: float = 0.1                    # τ: Best-of-K soft-min temperature (> 0)
     scorer_weight: float = 0.5          # λ_s: weight of the scorer CE toward the lowest-loss branch
     diversity_weight: float = 0.1       # λ_div: weight of the mean off-diagonal branch cosine
     loss_type: str = "stablemax"        # stablemax | softmax cross-entropy

@@ -160,7 +160,7 @@ def parse_args(argv):
     p.add_argument("--model", default=None, help="model to train: " + ", ".join(MODELS) + " (default trm, or the "
                    "run folder's model with --resume)")
     p.add_argument("--config", nargs="*", default=[], metavar="KEY=VAL", help="override config keys (see below)")
-    p.add_argument("--out", default="", help="run folder (default runs/<model>-<data>)")
+    p.add_argument("--out", default="", help="run folder (default runs/<model>-<data>); one that holds a run needs --resume")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its checkpoint, with the config saved there")
     return p.parse_args(argv)
@@ -176,8 +176,9 @@ def check_resume_world(out, ckpt, world):
                          f"(torchrun --nproc_per_node={saved} train.py --out {out} --resume), not {world}")
 
 
-def open_dataset(tcfg, mcfg, rank, world):
-    """Build the dataset if missing (rank 0), read its metadata, fill the model's data-determined keys."""
+def open_dataset(tcfg, mcfg, rank, world, user_keys=()):
+    """Build the dataset if missing (rank 0), read its metadata, fill the model's data-determined keys (a value the
+    user set for one of them must agree with the dataset: it would otherwise be silently replaced)."""
     try:
         path = data.ensure_dataset(tcfg.data, root=tcfg.data_root) if rank == 0 else None
         if world > 1:
@@ -190,6 +191,9 @@ def open_dataset(tcfg, mcfg, rank, world):
         raise SystemExit(f"error: {e}")
     for key in ("vocab_size", "seq_len", "num_puzzle_identifiers"):
         if hasattr(mcfg, key):
+            if key in user_keys and getattr(mcfg, key) != meta[key]:
+                raise SystemExit(f"error: config key {key!r} comes from the dataset: {path}/train/dataset.json says "
+                                 f"{meta[key]}, not {getattr(mcfg, key)}; leave it out of --config")
             setattr(mcfg, key, meta[key])
     return path, meta
 
@@ -309,7 +313,10 @@ def train(args):
     check_resume_world(out, ckpt, world)
     check_values(mcfg, name)
     check_out_dir(out)
-    path, meta = open_dataset(tcfg, mcfg, rank, world)
+    if not args.resume and any(os.path.exists(os.path.join(out, f)) for f in ("checkpoint.pt", "config.json")):
+        raise SystemExit(f"error: --out {out} already holds a run; continue it with --resume, or choose another --out "
+                         "(nothing there is overwritten)")
+    path, meta = open_dataset(tcfg, mcfg, rank, world, {pair.split("=", 1)[0] for pair in args.config or []})
     if ckpt is not None:  # e.g. a data folder of another vocabulary or sequence length
         check_config(ckpt["model_config"], dataclasses.asdict(mcfg), os.path.join(out, "checkpoint.pt"), name)
     init = read_checkpoint(tcfg.init_from, name, mcfg) if tcfg.init_from and ckpt is None else None

@@ -52,12 +52,12 @@ import kernels
 class Config:
     hidden_size: int = 512              # D
     num_heads: int = 8                  # attention heads (head_dim = D / num_heads)
-    expansion: float = 4.0              # SwiGLU width factor
+    expansion: float = 4.0              # SwiGLU width factor (> 0)
     H_cycles: int = 3                   # T: answer updates per ACT step (T-1 of them without gradient)
     L_cycles: int = 4                   # n: latent updates per answer update (6 for Sudoku)
     L_layers: int = 2                   # blocks in the one network
     pos_encodings: str = "rope"         # rope | learned | none
-    rope_theta: float = 10000.0         # θ of RoPE
+    rope_theta: float = 10000.0         # θ of RoPE (> 0)
     rms_norm_eps: float = 1e-5
     mlp_t: bool = False                 # TRM-MLP: attention replaced by an MLP over the sequence (Sudoku)
     puzzle_emb_ndim: int = 512          # width of the per-puzzle embedding (0 = none)

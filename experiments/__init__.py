@@ -19,6 +19,7 @@ import json
 import math
 import os
 import resource
+import shutil
 import sys
 import time
 
@@ -96,7 +97,10 @@ def run_train(model, out, data, steps, overrides=(), tiny=True):
     """train.main for `steps` steps with COMMON + TINY[model] (tiny=False: the papers' defaults of train.py and
     the model's Config), then `overrides` (later keys win). Returns the run's final evaluation metrics plus:
     samples_per_s (train.py's own last progress line, evaluation excluded), peak_mb, seconds (the whole call),
-    trunk_params and table_values (sizes of the trained model)."""
+    trunk_params and table_values (sizes of the trained model). A run left in `out` by an earlier call is
+    replaced: the experiment owns its run folders (train.py itself refuses to overwrite a run)."""
+    if os.path.isfile(os.path.join(out, "config.json")):
+        shutil.rmtree(out)
     base = [*COMMON, *TINY.get(model, [])] if tiny else []
     keys = [*base, *overrides]
     gbs = int(([k for k in keys if k.startswith("global_batch_size=")] or [f"={train.TrainConfig.global_batch_size}"])[-1].split("=")[1])

@@ -54,6 +54,12 @@ def world(tmp_path_factory):
         for split in ("train", "test"):  # both splits, so the folder itself is consistent
             meta = root / name / split / "dataset.json"
             meta.write_text(meta.read_text().replace(old, new))
+    for name, field, row, token in (("negative", "inputs", 0, -3), ("biglabel", "labels", 5, 99)):  # outside 0..11
+        shutil.copytree(toy, root / name)
+        f = root / name / "train" / f"all__{field}.npy"
+        arr = np.load(f).astype(np.int32)
+        arr[row, 0] = token
+        np.save(f, arr)
     names = json.loads((root / "moreids" / "identifiers.json").read_text())
     (root / "moreids" / "identifiers.json").write_text(json.dumps(names + [f"extra{i}" for i in range(50 - len(names))]))
     ckpt = torch.load(root / "run" / "checkpoint.pt", weights_only=False)
@@ -107,12 +113,19 @@ def cases(r):
         (t + ["--model", "deep_recursive", "--config", f"data={r}/toy", "max_steps=1", "n_outer=0"],
          "'n_outer' for model 'deep_recursive' must be an integer >= 1"),
         (t + ["--model", "prr", "--config", f"data={r}/toy", "max_steps=1", "tau=-0.1"],
-         "'tau' for model 'prr' must be a finite number >= 0"),
+         "'tau' for model 'prr' must be a finite number > 0"),
+        (t + ["--model", "prr", "--config", f"data={r}/toy", "max_steps=1", "tau=0"],
+         "'tau' for model 'prr' must be a finite number > 0, got 0.0"),
+        (t + ["--config", *ok, "expansion=0"], "'expansion' for model 'trm' must be a finite number > 0, got 0.0"),
+        (t + ["--config", *ok, "vocab_size=5"], "'vocab_size' comes from the dataset: .*toy/train/dataset.json says 12, not 5"),
         # files and folders
         (["train.py", "--out", f"{r}/afile", "--config", *ok], "--out .*afile is a file"),
         (t + ["--config", f"data={r}/nothere"], "unknown dataset"),
         (t + ["--config", f"data={r}/notest", *tiny], "notest: no test/ split"),
         (t + ["--config", f"data={r}/badids", *tiny], "puzzle identifier 999"),
+        (t + ["--config", f"data={r}/negative", *tiny], "negative/train/all__inputs.npy: token -3 outside 0..11"),
+        (t + ["--config", f"data={r}/biglabel", *tiny], "biglabel/train/all__labels.npy: token 99 outside 0..11"),
+        (["train.py", "--out", run, "--config", *ok], "--out .*run already holds a run; continue it with --resume"),
         (t + ["--config", *ok, "global_batch_size=100000", "epochs=1", "eval_interval=1"], "no full batch"),
         (t + ["--config", *ok, f"init_from={r}/missing.pt"], "no checkpoint at .*missing.pt"),
         (t + ["--config", *ok, f"init_from={r}/truncated.pt"], "truncated.pt is not a readable checkpoint"),

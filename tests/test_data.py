@@ -739,3 +739,16 @@ def test_help_lists_every_dataset_and_a_new_builder_plugs_in(tmp_path, monkeypat
         data.main(["--help"])
     assert "  ring: A one-line registry entry is all a new builder needs.\n      options: --size --wrap --seed" in \
         capsys.readouterr().out
+
+
+def test_tokens_outside_the_vocabulary_are_refused_but_the_ignore_label_is_not():
+    meta = {"vocab_size": 12, "ignore_label_id": -100}
+    labels = np.array([[3, -100, 11], [0, 5, -100]], np.int32)
+    data.check_tokens(labels, "x/train/all__labels.npy", meta, ignore=-100)   # -100 is the declared ignore label
+    with pytest.raises(data.DataError, match=r"all__labels.npy: token -100 outside 0..11"):
+        data.check_tokens(labels, "x/train/all__labels.npy", meta, ignore=0)
+    with pytest.raises(data.DataError, match=r"token 12 outside 0..11"):
+        data.check_tokens(np.array([[12, -100]], np.int32), "x/train/all__labels.npy", meta, ignore=-100)
+    with pytest.raises(data.DataError, match=r"all__inputs.npy: token 12 outside"):
+        data.check_tokens(np.array([[0, 12]], np.uint8), "x/train/all__inputs.npy", meta)
+    data.check_tokens(np.array([[-100, -100]], np.int32), "x/train/all__labels.npy", meta, ignore=-100)  # all ignored

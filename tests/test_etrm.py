@@ -285,6 +285,14 @@ def test_collapse_warning_is_printed_once(capsys):
     assert printed.count("etrm: warning") == 1 and "collapse" in printed and "Try:" in printed
 
 
+def test_a_negative_initial_log_variance_is_a_valid_setting():
+    """encoder_init_logvar is a logarithm: any real is allowed (the tests and RESULTS use -4), others stay >= 0."""
+    import config
+    config.check_values(etrm.Config(encoder_init_logvar=-4.0), "etrm")
+    with pytest.raises(SystemExit, match="'kl_weight' for model 'etrm' must be a finite number >= 0"):
+        config.check_values(etrm.Config(kl_weight=-1.0), "etrm")
+
+
 def test_train_defaults_are_train_keys():
     assert etrm.TRAIN_DEFAULTS == {"grad_clip": 1.0}
     assert set(etrm.TRAIN_DEFAULTS) <= set(train.TrainConfig.__dataclass_fields__)
