@@ -275,7 +275,7 @@ def train_step(s, batch, run_model, tcfg, world, total_steps, out):
         print0(f"warning: {where}; batch skipped (nan_policy=skip), carry reset")
         s.adam.zero_grad(set_to_none=True)
         for e in embs:
-            e.local_weights = None
+            e.local_weights.grad = None  # keep the leaf: a new one would break a compiled step's graph
         s.carry = None
         return None, comm
     if tcfg.grad_clip > 0:
