@@ -181,7 +181,7 @@ class Model(nn.Module):
     def initial_carry(self, batch):
         return Carry(halted=torch.ones(batch["inputs"].shape[0], dtype=torch.bool, device=batch["inputs"].device))
 
-    def forward(self, carry, batch, loss_scale=1.0):
+    def forward(self, carry, batch):
         labels = batch["labels"]
         z, scores = self.rollout(batch["inputs"], batch["puzzle_identifiers"])
         logits = self.decode(z)

@@ -1,39 +1,38 @@
-"""trm.py — the Tiny Recursive Model (Jolicoeur-Martineau, "Less is More: Recursive Reasoning with Tiny
-Networks", arXiv 2510.04871), read top to bottom as the whole model.
+"""trm.py — the Tiny Recursive Model (Jolicoeur-Martineau, "Less is More: Recursive Reasoning with
+Tiny Networks", arXiv 2510.04871), read top to bottom as the whole model.
 
-One small network (`L_level`, L_layers post-norm blocks) is applied recursively: the latent z (`z_L`) is
-refined L_cycles times from (z, y, x), then the answer y (`z_H`) once from (y, z); H_cycles such rounds make
-one ACT step, all but the last under no_grad (paper §4, "deep recursion"). Up to halt_max_steps ACT steps
-("deep supervision") run per sample, the carry (z_H, z_L) detached between them; a Q head decides when to
-halt (paper §4.6: TRM's ACT needs no second forward pass). Every puzzle id gets a learned vector (a sparse
-embedding trained by sign-SGD in train.py) prepended to the sequence.
+One small network (`L_level`, L_layers post-norm blocks) is applied recursively: the latent z
+(`z_L`) is refined L_cycles times from (z, y, x), then the answer y (`z_H`) once from (y, z);
+H_cycles such rounds make one ACT step, all but the last under no_grad (paper §4, "deep recursion").
+Up to halt_max_steps ACT steps ("deep supervision") run per sample, the carry (z_H, z_L) detached
+between them; a Q head decides when to halt (paper §4.6: TRM's ACT needs no second forward pass).
+Every puzzle id gets a learned vector (a sparse embedding trained by sign-SGD in train.py) prepended
+to the sequence.
 
 This file computes the same function as the reference implementation (SamsungSAILMontreal/
-TinyRecursiveModels) and loads its checkpoints: the state-dict keys are the reference's with the prefixes
-`_orig_mod.` and `model.inner.` removed (`convert_reference_state_dict`). Where the reference is broken:
-with `no_ACT_continue=False` it crashes in training; here the bootstrapped Q-continue target is computed as
-HRM does. The stablemax CE is written branch-safe in float32 (kernels/cross_entropy.py) instead of float64.
+TinyRecursiveModels) and loads its checkpoints: the state-dict keys are the reference's with the
+prefixes `_orig_mod.` and `model.inner.` removed (`convert_reference_state_dict`). Where the
+reference is broken: with `no_ACT_continue=False` it crashes in training; here the bootstrapped
+Q-continue target is computed as HRM does. The stablemax CE is written branch-safe in float32
+(kernels/cross_entropy.py) instead of float64. One option of our own, off by default: `conv_kernel`,
+a 2-D mixer over the canvas inside each SwiGLU (`GridConv`), for grid tasks such as mazes.
 
 The model protocol (all five models follow it; train.py and evaluate.py rely on nothing else):
-    Config                        dataclass, paper defaults; `vocab_size`, `seq_len`,
-                                  `num_puzzle_identifiers` are filled from the dataset by train.py
-    Model(config)                 nn.Module
-    model.initial_carry(batch)    -> carry (every sample halted, so the first call loads the batch)
-    model(carry, batch, loss_scale=1.0) -> (carry, loss, metrics, outputs)
-        loss_scale  the factor the caller multiplies `loss` by before backward() (train.py: 1/global
-                 batch). Backward inside forward: a model may back-propagate part of its objective
-                 itself (deep_recursive's memory-efficient mode calls .backward() on all but its last
-                 segment, each times loss_scale, so its gradients add up with the caller's); `loss` is
-                 then only the part not yet back-propagated. Every other model ignores loss_scale.
-        loss     scalar, summed over the local batch (train.py divides by the global batch)
+    Config                      dataclass, paper defaults; `vocab_size`, `seq_len`,
+                                `num_puzzle_identifiers` are filled from the dataset by train.py
+    Model(config)               nn.Module
+    model.initial_carry(batch)  -> carry (every sample halted, so the first call loads the batch)
+    model(carry, batch)         -> (carry, loss, metrics, outputs); no model calls backward()
+        loss     scalar: the whole objective, summed over the local batch (train.py divides by the
+                 global batch)
         metrics  dict of summed tensors: `count` (samples that halted this call), per-sample metrics
-                 summed over them, and `*_loss` sums; `total_loss` (optional) is the whole objective,
-                 summed over the batch, when `loss` is only part of it: train.py logs it instead
+                 summed over them, and `*_loss` sums
         outputs  `logits` [B,L,V], `preds` [B,L], `q_halt_logits` [B] (optional), ...
-    carry.halted                  [B] bool
-    Model.needs_demos             bool: batches carry the task's demonstrations (etrm)
-    TRAIN_DEFAULTS (optional)     module-level dict of train.TrainConfig keys the model's recipe changes
-                                  (deep_recursive: EMA 0.9995, grad clip 1.0); the user's --config wins
+    carry.halted                [B] bool
+    Model.needs_demos           bool: batches carry the task's demonstrations (etrm)
+    model.any_canvas (optional) True when weights and function do not depend on the canvas size
+    TRAIN_DEFAULTS (optional)   module-level dict of train.TrainConfig keys the model's recipe
+                                changes (deep_recursive: EMA 0.9995, grad clip 1.0); --config wins
 
 Run:  python train.py --model trm --config data=toy          (CPU, minutes)
       torchrun --standalone --nproc_per_node=8 train.py --model trm --config data=arc1
@@ -60,8 +59,8 @@ class Config:
     rope_theta: float = 10000.0         # θ of RoPE (> 0)
     rms_norm_eps: float = 1e-5
     mlp_t: bool = False                 # TRM-MLP: attention replaced by an MLP over the sequence (Sudoku)
-    # the 2-D mixer, for grid tasks such as mazes: k odd; 3 gives each cell its 4 neighbours in one layer
-    conv_kernel: "int >= 0" = 0  # k: zero-initialised depthwise k x k conv over the grid inside each SwiGLU (0 = off)
+    # the 2-D mixer, for grid tasks such as mazes (k odd; 3 gives each cell its 4 neighbours at once)
+    conv_kernel: "int >= 0" = 0         # k: zero-init depthwise k x k grid conv in each SwiGLU (0 = off)
     puzzle_emb_ndim: int = 512          # width of the per-puzzle embedding (0 = none)
     puzzle_emb_len: int = 16            # P: prefix slots it occupies (0 = ceil(ndim / D))
     halt_max_steps: int = 16            # N_sup: deep-supervision steps
@@ -74,17 +73,18 @@ class Config:
     forward_dtype: str = "auto"         # auto (bfloat16 on CUDA, float32 on CPU) | bfloat16 | float32
 
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Layers
 
 def trunc_normal_init_(t, std=1.0, lower=-2.0, upper=2.0):
-    """Truncated normal whose *truncated* std is `std` (JAX semantics; torch's trunc_normal_ is off)."""
+    """Truncated normal whose *truncated* std is `std` (JAX; torch's trunc_normal_ is off)."""
     if std == 0:
         return t.zero_()
-    sqrt2 = math.sqrt(2)
+    sqrt2, inv_sqrt_2pi = math.sqrt(2), 1 / math.sqrt(2 * math.pi)
     a, b = math.erf(lower / sqrt2), math.erf(upper / sqrt2)
     z = (b - a) / 2
-    pdf_u, pdf_l = math.exp(-0.5 * upper ** 2) / math.sqrt(2 * math.pi), math.exp(-0.5 * lower ** 2) / math.sqrt(2 * math.pi)
+    pdf_u = math.exp(-0.5 * upper ** 2) * inv_sqrt_2pi
+    pdf_l = math.exp(-0.5 * lower ** 2) * inv_sqrt_2pi
     comp_std = std / math.sqrt(1 - (upper * pdf_u - lower * pdf_l) / z - ((pdf_u - pdf_l) / z) ** 2)
     with torch.no_grad():
         t.uniform_(a, b).erfinv_().mul_(sqrt2 * comp_std).clip_(lower * comp_std, upper * comp_std)
@@ -92,15 +92,17 @@ def trunc_normal_init_(t, std=1.0, lower=-2.0, upper=2.0):
 
 
 class CastedLinear(nn.Module):
-    """Linear with float32 master weights cast to the input dtype at use; LeCun truncated-normal init."""
+    """Linear, float32 weights cast to the input dtype at use; LeCun truncated-normal init."""
 
     def __init__(self, in_features, out_features, bias=False):
         super().__init__()
-        self.weight = nn.Parameter(trunc_normal_init_(torch.empty(out_features, in_features), 1 / math.sqrt(in_features)))
+        w = torch.empty(out_features, in_features)
+        self.weight = nn.Parameter(trunc_normal_init_(w, 1 / math.sqrt(in_features)))
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
 
     def forward(self, x):
-        return F.linear(x, self.weight.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        return F.linear(x, self.weight.to(x.dtype), bias)
 
 
 class CastedEmbedding(nn.Module):
@@ -117,11 +119,11 @@ class SparseEmbedding(nn.Module):
     """Per-puzzle vectors kept in a buffer, not a parameter: only the batch's rows get gradients.
 
     In training the rows of the batch are copied into `local_weights` (a leaf that requires grad);
-    train.py's sign-SGD reads `local_weights.grad` and `local_ids`, all-gathers them across ranks,
-    updates those rows of `weights` (the reference's sparse embedding optimiser) and clears the grad. The leaf
-    is allocated once per batch size and refilled in place at every call, grad cleared, as the reference does, so a
-    compiled training step stays one graph (a fresh `requires_grad_` leaf per call broke it in five). In eval the
-    table is read directly."""
+    train.py's sign-SGD reads `local_weights.grad` and `local_ids`, all-gathers them across
+    ranks, updates those rows of `weights` (the reference's sparse embedding optimiser) and clears
+    the grad. The leaf is allocated once per batch size and refilled in place, grad cleared, as the
+    reference does, so a compiled training step stays one graph. In eval the table is read
+    directly."""
 
     def __init__(self, num, dim, dtype):
         super().__init__()
@@ -134,7 +136,8 @@ class SparseEmbedding(nn.Module):
             return self.weights[ids].to(self.dtype)
         leaf = self.local_weights
         if leaf is None or leaf.shape[0] != ids.shape[0] or leaf.device != ids.device:
-            self.local_weights = torch.zeros(len(ids), self.weights.shape[1], device=ids.device, requires_grad=True)
+            self.local_weights = torch.zeros(len(ids), self.weights.shape[1], device=ids.device,
+                                             requires_grad=True)
             self.local_ids = torch.zeros_like(ids)
         self.local_weights.grad = None  # the grad belongs to this call's rows only
         with torch.no_grad():
@@ -144,7 +147,7 @@ class SparseEmbedding(nn.Module):
 
 
 def rope_tables(head_dim, length, theta):
-    """cos, sin [length, head_dim] in float32, built as concat(freqs, freqs) (rotate_half layout, as the reference)."""
+    """cos, sin [length, head_dim], float32, concat(freqs, freqs) (the reference's rotate_half)."""
     inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
     freqs = torch.outer(torch.arange(length, dtype=torch.float32), inv_freq)
     emb = torch.cat((freqs, freqs), dim=-1)
@@ -152,10 +155,10 @@ def rope_tables(head_dim, length, theta):
 
 
 class InputEmbedding(nn.Module):
-    """Token ids -> the input x [B, P+L, D]: P prefix vectors (TRM's puzzle embedding, ETRM's demonstration
-    context), then the token embeddings, plus learned positions when asked, all times sqrt(D). The
-    embeddings start at std 1/sqrt(D), so x starts at unit scale. Holds the RoPE tables too. TRM, HRM, PRR
-    and ETRM share it as it is."""
+    """Token ids -> the input x [B, P+L, D]: P prefix vectors (TRM's puzzle embedding, ETRM's
+    demonstration context), then the token embeddings, plus learned positions when asked, all times
+    sqrt(D). The embeddings start at std 1/sqrt(D), so x starts at unit scale. Holds the RoPE tables
+    too. TRM, HRM, PRR and ETRM share it as it is."""
 
     def __init__(self, config, prefix_len, dtype):
         super().__init__()
@@ -170,16 +173,16 @@ class InputEmbedding(nn.Module):
         elif c.pos_encodings == "learned":
             self.embed_pos = CastedEmbedding(total_len, D, 1 / self.scale, dtype)
         elif c.pos_encodings != "none":
-            raise ValueError(f"pos_encodings must be rope, learned or none, got {c.pos_encodings!r}")
+            raise ValueError(f"pos_encodings must be rope, learned or none: {c.pos_encodings!r}")
 
     def forward(self, inputs, prefix=None):
-        """inputs [B, L] ids; prefix [B, n] or [B, P, D] with n <= P*D (zero-padded to P tokens) or None."""
+        """inputs [B, L] ids; prefix None, [B, n] or [B, P, D], n <= P*D (zero-padded to P)."""
         e = self.embed_tokens(inputs.long())                              # [B, L, D]
         if self.prefix_len:
             B, D = e.shape[0], e.shape[-1]
             p = F.pad(prefix.reshape(B, -1), (0, self.prefix_len * D - prefix[0].numel()))
             e = torch.cat((p.view(B, self.prefix_len, D).to(e.dtype), e), dim=1)
-        if self.pos_encodings == "learned":  # (e + pos) / sqrt(2) keeps unit variance; the reference's constant
+        if self.pos_encodings == "learned":  # (e + pos) / sqrt(2): unit variance (the reference's)
             e = 0.707106781 * (e + self.embed_pos.embedding_weight.to(e.dtype))
         return self.scale * e
 
@@ -188,8 +191,8 @@ class InputEmbedding(nn.Module):
 
 
 def puzzle_prefix_len(config):
-    """P: sequence slots the puzzle embedding occupies: puzzle_emb_len, or ceil(ndim / D) when that is 0; 0
-    without a puzzle embedding (puzzle_emb_ndim 0)."""
+    """P: sequence slots the puzzle embedding occupies: puzzle_emb_len, or ceil(ndim / D) when that
+    is 0; 0 without a puzzle embedding (puzzle_emb_ndim 0)."""
     if config.puzzle_emb_ndim <= 0:
         return 0
     return config.puzzle_emb_len or -(-config.puzzle_emb_ndim // config.hidden_size)
@@ -212,7 +215,7 @@ class Attention(nn.Module):
 
 
 def grid_side(config):
-    """Side of the square canvas the 2-D mixer convolves over (seq_len = side^2); 0 with the mixer off."""
+    """Side of the square canvas (seq_len = side^2) the 2-D mixer works on; 0 when it is off."""
     k, L = config.conv_kernel, config.seq_len
     if k == 0:
         return 0
@@ -225,10 +228,11 @@ def grid_side(config):
 
 
 class GridConv(nn.Module):
-    """h + conv(h): a depthwise k x k convolution over the canvas cells (the last side^2 positions); the
-    prefix slots before them pass unchanged. Zero-initialised, so the block starts as the paper's. The
-    "board-aware" MLP of public TRM reimplementations: 1-D attention over the flattened canvas must learn
-    that a cell's neighbours sit at offsets +-1 and +-side, a convolution gives it the 4 in one layer."""
+    """h + conv(h): a depthwise k x k convolution over the canvas cells (the last side^2 positions),
+    the prefix slots passed unchanged; zero-initialised, so the block starts as the paper's. This is
+    the "board-aware" MLP of public TRM reimplementations: 1-D attention over the flattened canvas
+    must learn that a cell's neighbours sit at offsets +-1 and +-side, a 3 x 3 convolution hands
+    each cell its 4 neighbours in one layer."""
 
     def __init__(self, channels, kernel, side):
         super().__init__()
@@ -239,12 +243,13 @@ class GridConv(nn.Module):
         B, n, C = h.shape
         s, P = self.side, n - self.side ** 2
         grid = h[:, P:].transpose(1, 2).reshape(B, C, s, s)
-        mixed = F.conv2d(grid, self.weight.to(h.dtype), padding=self.weight.shape[-1] // 2, groups=C)
+        k = self.weight.shape[-1]
+        mixed = F.conv2d(grid, self.weight.to(h.dtype), padding=k // 2, groups=C)
         return h + F.pad(mixed.flatten(2).transpose(1, 2), (0, 0, P, 0))
 
 
 class SwiGLU(nn.Module):
-    """down(swiglu(gate_up(x))); with conv_kernel > 0 the inner activations also pass a GridConv."""
+    """down(swiglu(gate_up(x))); with conv_kernel > 0 the inner activations pass a GridConv too."""
 
     def __init__(self, hidden_size, expansion, conv_kernel=0, side=0):
         super().__init__()
@@ -262,9 +267,9 @@ class SwiGLU(nn.Module):
 
 
 class Block(nn.Module):
-    """Post-norm block: h = rms(h + attn(h)); h = rms(h + mlp(h)). With mlp_t the attention is a SwiGLU
-    over the sequence axis (TRM paper §4.5, "less is more" for small fixed contexts such as Sudoku).
-    `grid`: h ends with the canvas cells, so the conv_kernel mixer applies (off for the demo encoders)."""
+    """Post-norm block: h = rms(h + attn(h)); h = rms(h + mlp(h)). With mlp_t the attention is a
+    SwiGLU over the sequence axis (TRM paper §4.5, "less is more" for small fixed contexts such as
+    Sudoku). `grid`: h is prefix + canvas, so conv_kernel applies (the demo encoders pass False)."""
 
     def __init__(self, config, total_len, grid=False):
         super().__init__()
@@ -278,7 +283,7 @@ class Block(nn.Module):
 
     def forward(self, h, cos=None, sin=None):
         if hasattr(self, "mlp_t"):
-            ht = h.transpose(1, 2)  # [B, D, L+P]: the MLP mixes tokens, and the reference norms over them
+            ht = h.transpose(1, 2)  # [B, D, L+P]: mixes tokens, and the reference norms over them
             h = kernels.rms_norm(ht, self.mlp_t(ht), self.eps).transpose(1, 2)
         else:
             h = kernels.rms_norm(h, self.self_attn(h, cos, sin), self.eps)
@@ -286,8 +291,8 @@ class Block(nn.Module):
 
 
 class ReasoningModule(nn.Module):
-    """net(h, injection): h + injection, then the blocks in order (the input injection of TRM and HRM).
-    `grid`: the state is prefix + canvas, so the blocks may mix the canvas in 2-D (Block)."""
+    """net(h, injection): h + injection, then the blocks in order (the input injection of TRM and
+    HRM). `grid`: the state is prefix + canvas (Block)."""
 
     def __init__(self, config, num_layers, total_len, grid=False):
         super().__init__()
@@ -300,14 +305,14 @@ class ReasoningModule(nn.Module):
         return h
 
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Loss head, shared by every model that predicts tokens
 
 def token_loss_and_metrics(logits, labels, halted, loss_type):
-    """Per-sample mean CE summed over the batch, and the per-sample metrics summed over halted samples.
+    """Per-sample mean CE summed over the batch, and per-sample metrics summed over halted samples.
 
-    Returns (lm_loss, seq_correct [B] bool, metrics dict). Metrics count only samples that halted this
-    call and have at least one label (the reference's `valid_metrics`)."""
+    Returns (lm_loss, seq_correct [B] bool, metrics dict). Metrics count only samples that halted
+    this call and have at least one label (the reference's `valid_metrics`)."""
     mask = labels != -100
     count = mask.sum(-1)
     divisor = count.clamp_min(1).unsqueeze(-1)
@@ -434,7 +439,7 @@ class Model(nn.Module):
                     torch.where(is_last, next_halt, torch.maximum(next_halt, next_cont)))
         return halted
 
-    def forward(self, carry, batch, loss_scale=1.0):
+    def forward(self, carry, batch):
         z_H, z_L, steps, data = self.reset(carry, batch)
         x = self.input_embeddings(data["inputs"], data["puzzle_identifiers"])
         z_H, z_L, logits, q_halt, q_continue = self.inner_step(z_H, z_L, x)

@@ -173,3 +173,88 @@ def test_sparse_embedding_step_is_one_compiled_graph_and_its_grad_is_cleared():
         m(m.initial_carry(second), second)[1].backward()
     torch.testing.assert_close(emb.local_weights.grad, fresh.puzzle_emb.local_weights.grad, rtol=0, atol=0)
     assert torch.equal(emb.local_ids, second["puzzle_identifiers"])
+
+
+# -- the 2-D mixer (conv_kernel) ---------------------------------------------------------------------
+
+def test_grid_conv_reads_the_canvas_as_rows_and_leaves_the_prefix():
+    """A kernel that picks the left neighbour moves every canvas cell one column right (zero at the
+    left edge) and adds it; the P prefix slots come out unchanged."""
+    side, P, C = 3, 2, 4
+    conv = trm.GridConv(C, 3, side)
+    with torch.no_grad():
+        conv.weight[:, 0, 1, 0] = 1.0  # the cell's left neighbour, same row
+    h = torch.randn(2, P + side * side, C)
+    grid = h[:, P:].view(2, side, side, C)
+    left = torch.cat((torch.zeros_like(grid[:, :, :1]), grid[:, :, :-1]), dim=2)
+    out = conv(h)
+    assert torch.equal(out[:, :P], h[:, :P])
+    torch.testing.assert_close(out[:, P:], (grid + left).view(2, side * side, C))
+
+
+def test_mixer_at_zero_init_is_the_paper_model():
+    """conv_kernel=3 adds only `*.mlp.conv.weight`, all zero, and computes exactly (torch.equal) the
+    paper's model; the conv weights are on the gradient path."""
+    kw = dict(seq_len=9, puzzle_emb_len=2)
+    torch.manual_seed(0)
+    paper = trm.Model(tiny_config(**kw)).eval()
+    torch.manual_seed(0)
+    mixer = trm.Model(tiny_config(conv_kernel=3, **kw)).eval()
+    extra = set(mixer.state_dict()) - set(paper.state_dict())
+    assert extra == {"L_level.layers.0.mlp.conv.weight"}
+    assert set(paper.state_dict()) <= set(mixer.state_dict())
+    assert mixer.L_level.layers[0].mlp.conv.weight.shape == (256, 1, 3, 3)
+    batch = tiny_batch(L=9)
+    with torch.no_grad():
+        mixer.puzzle_emb.weights.normal_()
+        paper.puzzle_emb.weights.copy_(mixer.puzzle_emb.weights)
+    _, _, _, out_paper = paper(paper.initial_carry(batch), batch)
+    _, loss, _, out_mixer = mixer(mixer.initial_carry(batch), batch)
+    assert torch.equal(out_paper["logits"], out_mixer["logits"])
+    mixer.train()
+    mixer(mixer.initial_carry(batch), batch)[1].backward()
+    assert mixer.L_level.layers[0].mlp.conv.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("kw, words", [(dict(seq_len=8, conv_kernel=3), "seq_len=8 is not a square"),
+                                       (dict(seq_len=9, conv_kernel=2), "must be odd")])
+def test_mixer_refuses_a_non_square_canvas_and_an_even_kernel(kw, words):
+    with pytest.raises(ValueError, match=words):
+        trm.Model(tiny_config(**kw))
+    trm.Model(tiny_config(seq_len=8, conv_kernel=0))  # off: any canvas
+
+
+def neighbour_batch(B, side, g):
+    """A grid task only a model that knows the canvas's 2-D layout can solve: cells are on (3) with
+    chance 1/4, else off (2); a cell's label is 3 when any of its 4 neighbours is on, else 2."""
+    on = torch.rand(B, side, side, generator=g) < 0.25
+    p = torch.nn.functional.pad(on.float(), (1, 1, 1, 1))
+    near = (p[:, :-2, 1:-1] + p[:, 2:, 1:-1] + p[:, 1:-1, :-2] + p[:, 1:-1, 2:]) > 0
+    return dict(inputs=(2 + on.int()).flatten(1), labels=(2 + near.int()).flatten(1),
+                puzzle_identifiers=torch.zeros(B, dtype=torch.int32))
+
+
+def neighbour_exact(conv_kernel, steps=200, side=5):
+    torch.manual_seed(0)
+    model = trm.Model(tiny_config(
+        seq_len=side * side, vocab_size=4, puzzle_emb_ndim=0, H_cycles=1, L_cycles=1, halt_max_steps=1,
+        expansion=2.0, pos_encodings="none", conv_kernel=conv_kernel))
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        batch = neighbour_batch(32, side, g)
+        (model(model.initial_carry(batch), batch)[1] / 32).backward()
+        opt.step()
+        opt.zero_grad()
+    batch = neighbour_batch(256, side, torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        _, _, metrics, _ = model.eval()(model.initial_carry(batch), batch)
+    return metrics["exact_accuracy"].item() / 256
+
+
+def test_mixer_learns_a_neighbour_task_the_paper_block_cannot():
+    """Without positions (pos_encodings none) only the conv tells a cell where its neighbours are:
+    with conv_kernel=3 a one-block TRM solves unseen grids after 200 steps (1.000 exact, 0.957 at
+    100), without it it stays at 0 (token accuracy ~0.6, the base rate)."""
+    assert neighbour_exact(3) >= 0.9
+    assert neighbour_exact(0) <= 0.1
