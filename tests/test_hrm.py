@@ -158,3 +158,20 @@ def test_train_and_evaluate_run_hrm_with_only_model_changed(tmp_path):
     # evaluate.py rebuilds the model from the checkpoint alone and scores the same test batches the same.
     again = evaluate.main(["--checkpoint", os.path.join(result["out_dir"], "checkpoint.pt"), "--max-batches", "2"])
     assert abs(again["accuracy"] - result["accuracy"]) < 1e-6, (again, result)
+
+
+def test_mixer_in_both_levels_and_exactly_the_paper_model_at_init():
+    """conv_kernel reaches the blocks of H_level and L_level (trm.Block); zero-initialised, the model
+    computes exactly what the paper's does, and the conv weights get gradients."""
+    torch.manual_seed(0)
+    paper = hrm.Model(tiny_config(seq_len=9)).eval()
+    torch.manual_seed(0)
+    mixer = hrm.Model(tiny_config(seq_len=9, conv_kernel=3)).eval()
+    assert set(mixer.state_dict()) - set(paper.state_dict()) == {
+        "H_level.layers.0.mlp.conv.weight", "L_level.layers.0.mlp.conv.weight"}
+    batch = tiny_batch(L=9)
+    a = paper(paper.initial_carry(batch), batch)[3]
+    b = mixer(mixer.initial_carry(batch), batch)[3]
+    assert torch.equal(a["logits"], b["logits"]) and torch.equal(a["q_halt_logits"], b["q_halt_logits"])
+    mixer.train()(mixer.initial_carry(batch), batch)[1].backward()
+    assert all(p.grad.abs().sum() > 0 for n, p in mixer.named_parameters() if n.endswith("conv.weight"))

@@ -282,3 +282,24 @@ def test_training_recipe_names_train_config_keys_with_their_types():
     defaults = {f.name: f.default for f in dataclasses.fields(train.TrainConfig)}
     for key, value in prr.TRAIN_DEFAULTS.items():
         assert key in defaults and type(value) is type(defaults[key]) and value != defaults[key], key
+
+
+def test_mixer_reaches_the_shared_core_and_is_exactly_the_plain_core_at_init():
+    """prr's conv_kernel builds trm.py's grid mixer into the shared core (prefix slots left out);
+    zero-initialised it changes nothing (eval: no noise), and it learns under gradient."""
+    torch.manual_seed(0)
+    plain = prr.Model(tiny_config(seq_len=9)).eval()
+    torch.manual_seed(0)
+    mixer = prr.Model(tiny_config(seq_len=9, conv_kernel=3)).eval()
+    assert set(mixer.state_dict()) - set(plain.state_dict()) == {"core.layers.0.mlp.conv.weight"}
+    batch = tiny_batch(L=9)
+    with torch.no_grad():
+        mixer.puzzle_emb.weights.normal_()
+        plain.puzzle_emb.weights.copy_(mixer.puzzle_emb.weights)
+    a = plain(plain.initial_carry(batch), batch)[3]
+    b = mixer(mixer.initial_carry(batch), batch)[3]
+    assert torch.equal(a["logits"], b["logits"]) and torch.equal(a["scores"], b["scores"])
+    mixer.train()(mixer.initial_carry(batch), batch)[1].backward()
+    assert mixer.core.layers[0].mlp.conv.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="not a square"):
+        prr.Model(tiny_config(seq_len=8, conv_kernel=3))
