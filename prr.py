@@ -243,5 +243,6 @@ class Model(nn.Module):
                 mean_branch_diversity=summed(1 - cosine))
         outputs = {"logits": sel_logits, "preds": preds[rows, pick],
                    "q_halt_logits": scores[rows, pick], "scores": scores, "branch_preds": preds,
-                   "oracle_preds": preds[rows, oracle], "oracle_q_halt_logits": scores[rows, oracle]}
+                   "oracle_preds": preds[rows, oracle],
+                   "oracle_q_halt_logits": scores[rows, oracle]}
         return loss, metrics, outputs
