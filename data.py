@@ -42,16 +42,16 @@ import sys
 
 import numpy as np
 
+from cli import DataError, OneLineParser, one_line_errors
 from puzzles.arc import build_arc
 from puzzles.arc_small import build_arc_small
-from puzzles.arc_sources import load_arc_tasks  # noqa: F401  (public: the ARC tasks in the reference's order)
-from puzzles.common import DataError, check_count, check_grid, check_out, read_json, write_json  # noqa: F401
-from puzzles.grids import (EOS, GRID, PAD, aug_name, augment_grid, crop_grid, dihedral, encode_grid_pair,  # noqa: F401
-                           grid_hash, invert_aug, inverse_dihedral, parse_aug_name)
-from puzzles.maze import build_maze, maze_bfs  # noqa: F401
-from puzzles.sudoku import build_sudoku, sudoku_solve  # noqa: F401
+from puzzles.arc_sources import load_arc_tasks
+from puzzles.common import check_count, check_out, read_json
+from puzzles.grids import GRID
+from puzzles.maze import build_maze
 from puzzles.small_maze import build_small_maze
 from puzzles.small_sudoku import build_small_sudoku
+from puzzles.sudoku import build_sudoku
 from puzzles.toy import build_toy
 
 
@@ -397,35 +397,6 @@ def summarize(path):
                      f"{m['total_groups']:,} groups")
     size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
     return f"{path}: " + "; ".join(parts) + f"; {size:,} bytes"
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse with a bad command line answered in one line (argparse's own adds the usage), exit code 2."""
-
-    def error(self, message):
-        print(f"error: {message} (see python {self.prog} --help)", file=sys.stderr)
-        sys.exit(2)
-
-
-def one_line_errors(main, *args):
-    """Run a command's main(*args) -> exit code: a DataError, an OSError or a SystemExit("error: ...") is printed
-    as its one line on stderr with exit code 2 (no traceback), Ctrl-C as one line with 130."""
-    try:
-        main(*args)
-        return 0
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-    except OSError as e:                                   # read-only folder, disk full: builds removed their files
-        where = str(e.filename).replace(f".tmp-{os.getpid()}", "")   # the path the user asked for, not the temp one
-        print(f"error: {where}: {e.strerror or e}", file=sys.stderr)
-    except SystemExit as e:
-        if not isinstance(e.code, str):
-            raise
-        print(e.code, file=sys.stderr)
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
-    return 2
 
 
 def main(argv=None):

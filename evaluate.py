@@ -26,8 +26,10 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+import cli
 import config
 import data
+from puzzles.grids import crop_grid, grid_hash, invert_aug, parse_aug_name
 
 PASS_K = (1, 2, 5, 10, 100, 1000)
 ARC_COLOURS = ["#000000", "#0074D9", "#FF4136", "#2ECC40", "#FFDC00", "#AAAAAA", "#F012BE", "#FF851B", "#7FDBFF", "#870C25"]
@@ -133,12 +135,12 @@ class ARCVoter:
             if pid == 0:  # padding row (blank identifier)
                 continue
             name = self.names[pid]
-            task = data.parse_aug_name(name)[0]
-            grid_in = data.invert_aug(data.crop_grid(inputs[i]), name)
-            grid_out = data.invert_aug(data.crop_grid(preds[i]), name)
-            h = data.grid_hash(grid_out)
+            task = parse_aug_name(name)[0]
+            grid_in = invert_aug(crop_grid(inputs[i]), name)
+            grid_out = invert_aug(crop_grid(preds[i]), name)
+            h = grid_hash(grid_out)
             self.grids[h] = grid_out
-            self.votes[(task, data.grid_hash(grid_in))][h].append(float(q[i]))
+            self.votes[(task, grid_hash(grid_in))][h].append(float(q[i]))
 
     def gather(self, world):
         """Merge every rank's votes into rank 0's (all_gather_object; small)."""
@@ -154,7 +156,7 @@ class ARCVoter:
 
     def ranked(self, task, test_input):
         """Distinct predictions for one test input, best first: (count, mean q) descending."""
-        cands = self.votes.get((task, data.grid_hash(np.array(test_input, dtype=np.uint8))), {})
+        cands = self.votes.get((task, grid_hash(np.array(test_input, dtype=np.uint8))), {})
         return sorted(cands, key=lambda h: (len(cands[h]), float(np.mean(cands[h]))), reverse=True)
 
     def result(self, ks=PASS_K):
@@ -165,7 +167,7 @@ class ARCVoter:
             entries = []
             for pair in puzzle["test"]:
                 ranked = self.ranked(task, pair["input"])
-                truth = data.grid_hash(np.array(pair["output"], dtype=np.uint8))
+                truth = grid_hash(np.array(pair["output"], dtype=np.uint8))
                 for k in ks:
                     hits[k].append(truth in ranked[:k])
                 top = [self.grids[h].tolist() for h in ranked if self.grids[h].size][:2] or [[[0]]]  # never empty
@@ -354,4 +356,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(data.one_line_errors(main))
+    sys.exit(cli.one_line_errors(main))

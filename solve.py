@@ -32,12 +32,15 @@ import time
 import numpy as np
 import torch
 
+import cli
 import config
 import data
 import evaluate
 import optim
 from puzzles.arc import LegacyStream, augmentations, encode_group, offsets
 from puzzles.arc_sources import check_task, read_challenges
+from puzzles.common import write_json
+from puzzles.grids import GRID, PAD, aug_name, grid_hash, parse_aug_name
 
 
 @dataclasses.dataclass
@@ -79,8 +82,8 @@ def check_config(cfg):
 
 def canvas_side(seq_len):
     side = math.isqrt(seq_len)
-    if side * side != seq_len or side > data.GRID:
-        raise SystemExit(f"error: solve.py needs an ARC-style square canvas (seq_len = side^2, side <= {data.GRID});"
+    if side * side != seq_len or side > GRID:
+        raise SystemExit(f"error: solve.py needs an ARC-style square canvas (seq_len = side^2, side <= {GRID});"
                          f" this checkpoint has seq_len={seq_len}")
     return side
 
@@ -88,7 +91,7 @@ def canvas_side(seq_len):
 # ----------------------------------------------------------------------------------------------------
 # Tasks, versions, examples: the dataset builder's own functions
 
-def load_tasks(path, side=data.GRID):
+def load_tasks(path, side=GRID):
     """challenges.json -> {task_id: {"train": [(in, out)], "test": [(in, None)]}} of uint8 grids, each checked to
     fit the side x side canvas; test outputs are dropped here, so nothing downstream can see them."""
     return {tid: check_task(task, f"{path}: task {tid}", side, test_outputs=False)
@@ -100,7 +103,7 @@ def versions(task_id, task, num_aug, stream):
     (an unknown test output counts as its input)."""
     pairs = task["train"] + [(x, x) for x, _ in task["test"]]
     ts, maps = augmentations(pairs, num_aug, stream)
-    return [(data.aug_name(task_id, int(t), m), int(t), m) for t, m in zip(ts, maps)]
+    return [(aug_name(task_id, int(t), m), int(t), m) for t, m in zip(ts, maps)]
 
 
 def encode(pairs, vers, side, stream, translate):
@@ -115,7 +118,7 @@ def demo_examples(task, vers, ids, side, stream, translate):
     """The demo pairs of every version: inputs, raw labels (PAD kept) and targets (PAD -> -100), puzzle ids."""
     x, y = encode(task["train"], vers, side, stream, translate)
     return {"inputs": torch.from_numpy(x.astype(np.int32)), "raw_labels": y,
-            "labels": torch.from_numpy(np.where(y == data.PAD, -100, y.astype(np.int32))),
+            "labels": torch.from_numpy(np.where(y == PAD, -100, y.astype(np.int32))),
             "puzzle_identifiers": torch.tensor(np.repeat(ids, len(task["train"])), dtype=torch.int32)}
 
 
@@ -215,7 +218,7 @@ def predict(model, task, vers, ids, side, voter, device, batch_size, stream, dem
 # The run
 
 def parse_args(argv):
-    p = data.OneLineParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = cli.OneLineParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
                            epilog="solve keys (--config key=val; the model's run-time keys too, e.g. tto_steps):\n"
                            + config.describe(SolveConfig))
     p.add_argument("--checkpoint", required=True, help="checkpoint.pt written by train.py")
@@ -266,7 +269,7 @@ def solve(args):
     torch.manual_seed(cfg.seed)
     stream, needs_demos, n_trained, known = LegacyStream(cfg.seed), model.needs_demos, len(names), {}
     for i in sorted(trained - {0}):  # a held-out task's names have rows, but untrained ones: it counts as unseen
-        tid, t, m = data.parse_aug_name(names[i])
+        tid, t, m = parse_aug_name(names[i])
         known.setdefault(tid, []).append(((names[i], t, m), i))
     plan = {}  # task -> (versions, ids, unseen): the versions and rows of every task first (cheap)
     for tid, task in tasks.items():
@@ -276,8 +279,8 @@ def solve(args):
             vers = versions(tid, task, cfg.num_aug, stream)
             plan[tid] = (vers, add_rows(model, names, [v[0] for v in vers], n_trained), True)
     os.makedirs(out, exist_ok=True)
-    data.write_json(os.path.join(out, "identifiers.json"), names)
-    data.write_json(os.path.join(out, "test_puzzles.json"),  # ARCVoter reads its task list from a folder
+    write_json(os.path.join(out, "identifiers.json"), names)
+    write_json(os.path.join(out, "test_puzzles.json"),  # ARCVoter reads its task list from a folder
                     {t: {"train": [], "test": [{"input": x.tolist(), "output": [[0]]} for x, _ in task["test"]]}
                      for t, task in tasks.items()})
     voter = evaluate.ARCVoter(out)
@@ -313,7 +316,7 @@ def solve(args):
                 examples if needs_demos else None)
         if snap is not None and not cfg.joint:
             restore(model, snap)
-        votes = [voter.votes.get((tid, data.grid_hash(x)), {}) for x, _ in task["test"]]
+        votes = [voter.votes.get((tid, grid_hash(x)), {}) for x, _ in task["test"]]
         top = [max(map(len, v.values()), default=0) for v in votes]  # votes of the leading answer per test input
         log.write(json.dumps({"task": tid, "unseen": is_new, "versions": len(vers), "steps": len(losses),
                               "adapt_seconds": t_adapt, "seconds": time.time() - t0, "losses": losses}) + "\n")
@@ -351,7 +354,7 @@ def score(voter, tasks, solutions, submission, out, render):
             "train": [{"input": a.tolist(), "output": b.tolist()} for a, b in task["train"]],
             "test": [{"input": x.tolist(), "output": s} for (x, _), s in zip(task["test"], sols)]}
     scores = {k: v for k, v in voter.result().items() if k != "submission"}
-    data.write_json(os.path.join(out, "scores.json"), scores, indent=1)
+    write_json(os.path.join(out, "scores.json"), scores, indent=1)
     for tid in list(tasks)[:render]:
         evaluate.render_task(voter.test_puzzles[tid], submission[tid], os.path.join(out, f"task_{tid}.png"), title=tid)
     return scores
@@ -382,4 +385,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(data.one_line_errors(main))
+    sys.exit(cli.one_line_errors(main))

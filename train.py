@@ -37,6 +37,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+import cli
 import data
 import evaluate
 from config import (MODELS, atomic_save, build_model, check_choices, check_config, check_out_dir, check_values,
@@ -418,4 +419,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(data.one_line_errors(main))
+    sys.exit(cli.one_line_errors(main))

@@ -12,7 +12,7 @@ The model is called on one test example exactly as evaluation calls it (fresh ca
 carry passed on), but the answer of every call is kept instead of only the last one: the strip shows the input,
 the answer after ACT step 1, 2, ..., halt_max_steps, and the target, each step titled with sigmoid(q_halt) (the
 model's own belief that this answer is right; evaluation halts there once the model is trained) and the share of
-cells right. ARC examples are cropped to their grid (data.crop_grid); other datasets on a full square canvas
+cells right. ARC examples are cropped to their grid (crop_grid); other datasets on a full square canvas
 (Sudoku, mazes) are drawn as that square, others as rows of tokens (ARC colours for tokens 2-11: colours 0-9;
 token 1, a Sudoku blank or a maze wall, is left white). Models without ACT (prr, deep_recursive) halt after one
 call: one step.
@@ -29,12 +29,13 @@ from experiments import pyplot, run_train, write_table
 from experiments.teach import RECURSIVE, SUDOKU
 import data
 import evaluate
+from puzzles.grids import crop_grid
 
 
 def as_grid(tokens, labels, is_arc):
     """Token row -> 2-D array of colours 0-9 (-1 = blank) over the cells the label covers."""
     if is_arc:
-        return data.crop_grid(np.asarray(tokens, np.uint8)).astype(int)
+        return crop_grid(np.asarray(tokens, np.uint8)).astype(int)
     keep = labels != -100
     side = int(round(len(labels) ** 0.5))
     if keep.all() and side * side == len(labels):                # a full square canvas (mazes, Sudoku)

@@ -44,6 +44,7 @@ from experiments import pyplot, run_train
 from experiments.compare import applicable, arc_tta
 import data
 import evaluate
+from puzzles.grids import parse_aug_name
 
 # Width 64, one block (experiments.TINY) for every model; only the recursion differs between the depth runs.
 MAZE = ["puzzle_emb_ndim=0", "global_batch_size=32", "lr=2e-3"]
@@ -128,7 +129,7 @@ def evaluate_at(ckpt, path, overrides, batch_size=128):
 
 
 def task_of(names, pid):
-    return data.parse_aug_name(names[pid])[0]
+    return parse_aug_name(names[pid])[0]
 
 
 def demo_swap_exact(ckpt, path, batch_size=64):

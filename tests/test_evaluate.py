@@ -14,6 +14,7 @@ import torch
 import data
 import evaluate
 import train
+from puzzles import grids
 
 A_IN, A_OUT, A_WRONG = [[1, 2, 0], [0, 3, 4]], [[4, 3, 0], [0, 2, 1]], [[4, 4, 4], [0, 2, 1]]
 B_IN1, B_OUT1 = [[5]], [[6]]
@@ -21,12 +22,12 @@ B_IN2, B_OUT2 = [[7, 7]], [[8, 8]]
 
 
 def augment(grid, t, cmap):
-    return data.dihedral(np.asarray(cmap, dtype=np.uint8)[np.asarray(grid, dtype=np.uint8)], t)
+    return grids.dihedral(np.asarray(cmap, dtype=np.uint8)[np.asarray(grid, dtype=np.uint8)], t)
 
 
 def make_dataset(tmp_path):
     cmap = [0, 2, 3, 4, 5, 6, 7, 8, 9, 1]
-    names = ["<blank>", "A", data.aug_name("A", 1, cmap), data.aug_name("A", 6, cmap), "B"]
+    names = ["<blank>", "A", grids.aug_name("A", 1, cmap), grids.aug_name("A", 6, cmap), "B"]
     tests = {"A": {"train": [{"input": A_IN, "output": A_OUT}], "test": [{"input": A_IN, "output": A_OUT}]},
              "B": {"train": [{"input": B_IN1, "output": B_OUT1}],
                    "test": [{"input": B_IN1, "output": B_OUT1}, {"input": B_IN2, "output": B_OUT2}]}}
@@ -36,7 +37,7 @@ def make_dataset(tmp_path):
 
 
 def encoded(inp, out):
-    i, o = data.encode_grid_pair(np.asarray(inp, dtype=np.uint8), np.asarray(out, dtype=np.uint8))
+    i, o = grids.encode_grid_pair(np.asarray(inp, dtype=np.uint8), np.asarray(out, dtype=np.uint8))
     return torch.as_tensor(i.astype(np.int64)), torch.as_tensor(o.astype(np.int64))
 
 
