@@ -8,11 +8,11 @@ import sys
 
 
 class DataError(ValueError):
-    """Bad input data; the message is one line naming the file (and task, row or key) and the fault."""
+    """Bad input data; its message is one line naming the file (and task, row or key) and fault."""
 
 
 class OneLineParser(argparse.ArgumentParser):
-    """argparse with a bad command line answered in one line (argparse's own adds the usage), exit code 2."""
+    """argparse answering a bad command line in one line (argparse's own adds the usage), exit 2."""
 
     def error(self, message):
         print(f"error: {message} (see python {self.prog} --help)", file=sys.stderr)
@@ -20,15 +20,16 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def one_line_errors(main, *args):
-    """Run a command's main(*args) -> exit code: a DataError, an OSError or a SystemExit("error: ...") is
-    printed as its one line on stderr with exit code 2 (no traceback), Ctrl-C as one line with 130."""
+    """Run a command's main(*args) -> exit code: a DataError, an OSError or a SystemExit("error:
+    ...") is printed as its one line on stderr with exit code 2 (no traceback), Ctrl-C as one line
+    with 130."""
     try:
         main(*args)
         return 0
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
     except OSError as e:  # read-only folder, disk full: builds removed their files
-        where = str(e.filename).replace(f".tmp-{os.getpid()}", "")  # the user's path, not the temp one
+        where = str(e.filename).replace(f".tmp-{os.getpid()}", "")  # the user's path, not the temp
         print(f"error: {where}: {e.strerror or e}", file=sys.stderr)
     except SystemExit as e:
         if not isinstance(e.code, str):
