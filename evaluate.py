@@ -320,7 +320,9 @@ def show(model, path, n, out_dir):
     show.png / show.gif in out_dir. -> {"steps": [steps per puzzle], "png": file, "gif": file}"""
     model.eval()
     is_arc = os.path.exists(os.path.join(path, "test_puzzles.json"))
-    batch = next(iter(data.PuzzleDataset(path, "test", n, with_demos=model.needs_demos)))
+    batch = next(iter(data.PuzzleDataset(path, "test", n, with_demos=model.needs_demos)), None)
+    if batch is None:
+        raise SystemExit(f"error: {path}/test holds no puzzle to show")
     device = next(model.parameters()).device
     steps = thinking(model, {k: v.to(device) for k, v in batch.items()})
     names = json.load(open(os.path.join(path, "identifiers.json"))) if is_arc else []
@@ -336,6 +338,8 @@ def show(model, path, n, out_dir):
         pid = int(batch["puzzle_identifiers"][i])
         title = f"test puzzle {i}" + (f" ({names[pid]})" if names else "")
         print_panels(title, panels, is_arc, width)
+    if not rows:
+        raise SystemExit(f"error: {path}/test holds no puzzle to show")
     return {"steps": [len(r) - 2 for r in rows], **draw_thinking(rows, is_arc, out_dir)}
 
 
