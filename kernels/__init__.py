@@ -22,6 +22,13 @@ import os
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 USE_TRITON = os.environ.get("NANOTRM_KERNELS", "auto") != "torch"
 
+
+def _rows(t, width):
+    """2-D [M, width] view with a unit last stride (copies only when it must): the ops' layout."""
+    t2 = t.reshape(-1, width)
+    return t2 if t2.stride(-1) == 1 else t2.contiguous()
+
+
 from . import (rmsnorm as _rmsnorm, swiglu as _swiglu, cross_entropy as _ce,  # noqa: E402
                attention as _attn)
 

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from . import INTERPRET
+from . import INTERPRET, _rows
 
 MAX_V = 16384  # one block over the vocabulary; beyond this a looped kernel would be needed
 
@@ -135,11 +135,6 @@ def _settings(V):
     return BLOCK_M, BLOCK_V, num_warps
 
 
-def _2d(logits):
-    x = logits.reshape(-1, logits.shape[-1])
-    return x if x.stride(-1) == 1 else x.contiguous()
-
-
 def cross_entropy_fwd(x, y, stablemax, ignore_index):
     M, V = x.shape
     loss = torch.empty(M, dtype=torch.float32, device=x.device)
@@ -208,7 +203,6 @@ def cross_entropy_triton(logits, labels, kind="stablemax", ignore_index=-100):
         f"cross_entropy: labels {tuple(labels.shape)} vs logits {tuple(logits.shape)}"
     if logits.numel() == 0 or logits.shape[-1] > MAX_V or logits.dtype == torch.float64:
         return cross_entropy_reference(logits, labels, kind, ignore_index)
-    loss = _ce_fwd_op(_2d(logits), labels.reshape(-1).contiguous(), kind == "stablemax",
-                      int(ignore_index))
-
+    loss = _ce_fwd_op(_rows(logits, logits.shape[-1]), labels.reshape(-1).contiguous(),
+                      kind == "stablemax", int(ignore_index))
     return loss.view(labels.shape)

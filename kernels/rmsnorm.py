@@ -24,7 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import INTERPRET
+from . import INTERPRET, _rows
 
 
 # --------------------------------------------------------------------------------------------------
@@ -91,12 +91,6 @@ def _settings(N):
     BLOCK_M = max(1, min(budget // BLOCK_N, 64))
     num_warps = 4 if BLOCK_M * BLOCK_N <= 4096 else 8
     return BLOCK_M, BLOCK_N, num_warps
-
-
-def _rows(t, N):
-    """2-D [M, N] view with a unit last stride (copies only when it must)."""
-    t2 = t.reshape(-1, N)
-    return t2 if t2.stride(-1) == 1 else t2.contiguous()
 
 
 def rms_norm_fwd(x2, r2, eps):
