@@ -31,12 +31,9 @@ identifier (the same augmented version); only query examples are then targets. W
 file (reference data) every train example is a demo and a train target is left out of its own demos.
 
 Building: a named dataset is built on first use into <root>/<name>, unless its estimated size is
-above LARGE (ARC-AGI-1 with 1000 augmentations is 6.5 GB): that one is built only when asked for by
-name.
-    python data.py toy                         # seconds; the CPU quickstart
-    python data.py arc_small                   # seconds; ARC-AGI-1 tasks on a 10x10 canvas
+above LARGE (ARC-AGI-1 with 1000 augmentations: 6.5 GB); that one is built only by name:
+    python data.py arc1                        # or: arc_small (seconds), toy, sudoku6, ...
     python data.py arc1 --num-aug 8 --max-tasks 5 --out /tmp/arc_tiny
-    python data.py sudoku --source DIR         # Sudoku-Extreme's CSVs; without --source: generated
 `python data.py --help` lists every dataset and its options.
 """
 import argparse
@@ -50,10 +47,9 @@ import numpy as np
 from cli import DataError, OneLineParser, one_line_errors
 from puzzles.arc import build_arc
 from puzzles.arc_small import build_arc_small
-from puzzles.arc_sources import load_arc_tasks
 from puzzles.common import check_count, check_out, read_json
-from puzzles.grids import GRID
 from puzzles.maze import build_maze
+from puzzles.sizes import build_bytes
 from puzzles.small_maze import build_small_maze
 from puzzles.small_sudoku import build_small_sudoku
 from puzzles.sudoku import build_sudoku
@@ -392,49 +388,6 @@ def options_of(name):
             if p.name != "out_dir" and p.name not in getattr(DATASETS[name], "keywords", {})]
 
 
-def _csv_rows(o, split, n, width):
-    """Rows a CSV builder keeps of one split: n, or every row of its source file (by its size)."""
-    f = os.path.join(o["source"] or "", f"{split}.csv")
-    if n or not o["source"] or not os.path.isfile(f):
-        return n or 1000  # generated, num_test 0: 1000 puzzles
-    return os.path.getsize(f) // (2 * width + 4)
-
-
-def _arc_pairs(o):
-    tasks = load_arc_tasks(o.get("version", "arc1"), o["source"], o.get("concept_path"),
-                           o["max_tasks"], o["canvas"])
-    return sum(len(t["train"]) + len(t["test"]) for _, subset in tasks for _, t, _ in subset)
-
-
-# builder -> (examples, tokens per example) from its options o, to size a build before it starts;
-# any other: num_train x (num_aug + 1) + num_test examples of seq_len, canvas^2 or 900 tokens
-SHAPES = {
-    build_arc: lambda o: (_arc_pairs(o) * (o["num_aug"] + 1), o["canvas"] ** 2),
-    build_arc_small: lambda o: (_arc_pairs(o) * (o["num_aug"] + 1), o["canvas"] ** 2),
-    build_sudoku: lambda o: (_csv_rows(o, "train", o["num_train"], 81) * (o["num_aug"] + 1)
-                             + _csv_rows(o, "test", o["num_test"], 81), 81),
-    build_maze: lambda o: (_csv_rows(o, "train", o["num_train"], 900) * (8 if o["aug"] else 1)
-                           + _csv_rows(o, "test", o["num_test"], 900), 900),
-    build_small_sudoku: lambda o: (o["num_train"] * (o["num_aug"] + 1) + o["num_test"], 36),
-}
-
-
-def estimate(name, **options):
-    """Bytes dataset `name` takes on disk with `options`: examples x tokens x 2 (inputs and labels,
-    uint8), from the builder's options, before anything is built."""
-    fn = DATASETS[name]
-    builder = getattr(fn, "func", fn)
-    o = {p.name: p.default for p in inspect.signature(builder).parameters.values()}
-    o.update(getattr(fn, "keywords", {}), **options)
-    if builder in SHAPES:
-        examples, tokens = SHAPES[builder](o)
-    else:
-        n = lambda key: o.get(key) or 0  # noqa: E731
-        examples = n("num_train") * (n("num_aug") + 1) + n("num_test")
-        tokens = n("seq_len") or n("canvas") ** 2 or GRID * GRID
-    return 2 * examples * tokens
-
-
 def build(name, out_dir=None, **options):
     """Build dataset `name` (a key of DATASETS) into out_dir (default data/<name>) -> out_dir.
     Options are checked before anything is written; an existing out_dir is replaced only if it is a
@@ -467,7 +420,7 @@ def ensure_dataset(name_or_path, root="data", **options):
                         f"train/dataset.json) and not one of {', '.join(DATASETS)}")
     path = os.path.join(root, name_or_path)
     if not os.path.isfile(os.path.join(path, "train", "dataset.json")):
-        size = estimate(name_or_path, **options)
+        size = build_bytes(DATASETS[name_or_path], **options)  # estimated before building
         mb = f"{size / 1e9:.1f} GB" if size >= 1e9 else f"{size / 1e6:.1f} MB"
         if size > LARGE:
             flags = "".join(f" --{k.replace('_', '-')} {v}" for k, v in options.items())

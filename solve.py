@@ -42,6 +42,7 @@ import torch
 import cli
 import config
 import data
+import draw
 import evaluate
 import optim
 from puzzles.arc import LegacyStream, augmentations, encode_group, offsets
@@ -393,8 +394,8 @@ def score(voter, tasks, solutions, submission, out, render):
     scores = {k: v for k, v in voter.result().items() if k != "submission"}
     write_json(os.path.join(out, "scores.json"), scores, indent=1)
     for tid in list(tasks)[:render]:
-        evaluate.render_task(voter.test_puzzles[tid], submission[tid],
-                             os.path.join(out, f"task_{tid}.png"), title=tid)
+        picture = os.path.join(out, f"task_{tid}.png")
+        draw.render_task(voter.test_puzzles[tid], submission[tid], picture, title=tid)
     return scores
 
 
@@ -403,7 +404,7 @@ def plot_losses(curves, path):
     curves = {k: v for k, v in curves.items() if v}
     if not curves:
         return
-    plt = evaluate.pyplot()
+    plt = draw.pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for k, v in curves.items():
         ax.plot(v, lw=0.8, alpha=0.5, label=k if len(curves) <= 8 else None)

@@ -28,6 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 from experiments import pyplot, run_train, write_table
 from experiments.teach import RECURSIVE, SUDOKU
 import data
+import draw
 import evaluate
 from puzzles.grids import crop_grid
 
@@ -110,7 +111,7 @@ def main(argv=None):
     for ax in axes.flat[len(panels):]:
         ax.axis("off")
     for ax, (title, grid) in zip(axes.flat, panels):
-        ax.imshow(np.ma.masked_less(grid, 0), cmap=ListedColormap(evaluate.ARC_COLOURS), vmin=0,
+        ax.imshow(np.ma.masked_less(grid, 0), cmap=ListedColormap(draw.ARC_COLOURS), vmin=0,
                   vmax=9)
         ax.set_xticks([]), ax.set_yticks([])
         (ax.set_ylabel(title.replace("\n", " "), rotation=0, ha="right", va="center", fontsize=8)

@@ -22,6 +22,7 @@ from puzzles import arc, grids
 from puzzles.arc_sources import load_arc_tasks
 from puzzles.common import read_csv
 from puzzles.maze import maze_bfs, neighbours
+from puzzles.sizes import build_bytes
 from puzzles.sudoku import sudoku_solve
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -320,7 +321,7 @@ def test_ensure_dataset(tmp_path):
 def test_a_large_dataset_is_built_only_when_asked(tmp_path, monkeypatch):
     """Above data.LARGE a named dataset is refused in one line saying what to run, its size and build
     time; nothing is written. The estimate (examples x seq_len x 2 bytes) is checked against real builds."""
-    assert data.estimate("arc1") > 6e9 > data.LARGE and data.estimate("arc2") > data.LARGE
+    assert build_bytes(data.DATASETS["arc1"]) > 6e9 > data.LARGE < build_bytes(data.DATASETS["arc2"])
     with pytest.raises(data.DataError) as e:
         data.ensure_dataset("arc1", root=str(tmp_path / "data"))
     msg = str(e.value)
@@ -336,7 +337,7 @@ def test_a_large_dataset_is_built_only_when_asked(tmp_path, monkeypatch):
         path = data.build(name, str(tmp_path / name), **options)
         real = sum(np.load(os.path.join(path, s, f"all__{f}.npy"), mmap_mode="r").nbytes
                    for s in ("train", "test") for f in ("inputs", "labels"))
-        assert 0.9 * real <= data.estimate(name, **options) <= 1.1 * real, (name, real)
+        assert 0.9 * real <= build_bytes(data.DATASETS[name], **options) <= 1.1 * real, (name, real)
 
 
 # ---- Sudoku and Maze ----------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 import data
+import draw
 import evaluate
 import train
 import trm
@@ -78,7 +79,7 @@ def test_ties_broken_by_mean_q_and_missing_inputs_get_fallback(tmp_path):
 
 def test_render_task_writes_png(tmp_path):
     task = {"train": [{"input": A_IN, "output": A_OUT}], "test": [{"input": A_IN, "output": A_OUT}]}
-    evaluate.render_task(task, [{"attempt_1": A_OUT, "attempt_2": A_WRONG}], str(tmp_path / "t.png"), "A")
+    draw.render_task(task, [{"attempt_1": A_OUT, "attempt_2": A_WRONG}], str(tmp_path / "t.png"), "A")
     assert (tmp_path / "t.png").stat().st_size > 1000
 
 
