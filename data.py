@@ -42,10 +42,11 @@ import sys
 
 import numpy as np
 
+import rules
 from puzzles.arc import build_arc
 from puzzles.arc_small import build_arc_small
 from puzzles.arc_sources import load_arc_tasks  # noqa: F401  (public: the ARC tasks in the reference's order)
-from puzzles.common import DataError, check_count, check_grid, check_out, read_json, write_json  # noqa: F401
+from puzzles.common import DataError, check_grid, check_out, read_json, write_json  # noqa: F401
 from puzzles.grids import (EOS, GRID, PAD, aug_name, augment_grid, crop_grid, dihedral, encode_grid_pair,  # noqa: F401
                            grid_hash, invert_aug, inverse_dihedral, parse_aug_name)
 from puzzles.maze import build_maze, maze_bfs  # noqa: F401
@@ -79,9 +80,14 @@ DATASETS = {
 
 META_INTS = {"pad_id": 0, "blank_identifier_id": 0, "vocab_size": 1, "seq_len": 1, "num_puzzle_identifiers": 1,
              "total_groups": 0}   # dataset.json keys the loader needs, with their smallest value
-LEAST = {"num_aug": 0, "num_train": 0, "num_test": 0, "max_tasks": 1, "workers": 1, "canvas": 1, "seed": 0,
-         "min_path": 0, "target_backtracks": 0, "num_rules": 1, "length": 1, "seq_len": 1, "demos": 0,
-         "shift": 0}   # the least value of each count option
+# The rule of each builder option, by name, in the grammar of the config fields (rules.py); an
+# option left unset (None) takes its builder's default. Paths are checked when they are opened.
+OPTION_RULES = {"num_aug": "int >= 0", "num_train": "int >= 0", "num_test": "int >= 0",
+                "max_tasks": "int >= 1", "workers": "int >= 1", "canvas": "int >= 1",
+                "seed": "int in [0, 2**32)", "min_path": "int >= 0", "min_difficulty": "float",
+                "target_backtracks": "int >= 0", "min_backtracks": "int >= 0",
+                "num_rules": "int >= 1", "length": "int >= 1", "seq_len": "int >= 1",
+                "demos": "int >= 0", "shift": "int >= 0", "held_out": "bool", "aug": "bool"}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -361,10 +367,10 @@ def build(name, out_dir=None, **options):
     for key, value in options.items():
         if key not in takes:
             raise DataError(f"dataset {name!r} takes no option {key!r} (it takes {', '.join(sorted(takes))})")
-        if key in LEAST:
-            check_count(key, value, LEAST[key])
-    if options.get("seed") is not None and options["seed"] >= 2 ** 32:
-        raise DataError(f"seed={options['seed']}: expected an integer below 2**32")
+        rule = OPTION_RULES.get(key)
+        broken = value is not None and rule and rules.parse(rule).broken(value)
+        if broken:
+            raise DataError(f"{key}={value!r} must be {broken}")
     out_dir = out_dir or os.path.join("data", name)
     check_out(out_dir)
     DATASETS[name](out_dir, **options)

@@ -260,7 +260,7 @@ def load_model(checkpoint, use_ema=True, overrides=()):
             raise SystemExit(f"error: --config {key} cannot change at evaluation of a {name} checkpoint (it is not a "
                              f"key of {name}, or it changes the weights' meaning); allowed: {', '.join(allowed)}")
     config.apply_overrides(overrides, cfg, cfg, name)
-    config.check_values(cfg, name)
+    config.check(cfg, name)
     model = config.build_model(mod, cfg, name)
     model.load_state_dict(ckpt["model"])
     if use_ema and ckpt.get("ema"):

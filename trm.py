@@ -39,7 +39,7 @@ Run:  python train.py --model trm --config data=toy          (CPU, minutes)
       torchrun --standalone --nproc_per_node=8 train.py --model trm --config data=arc1
 """
 import math
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -48,28 +48,43 @@ from torch import nn
 import kernels
 
 
+def heads_divide_width(c):
+    """Attention splits D into num_heads equal heads."""
+    if c.hidden_size % c.num_heads:
+        return "num_heads", f"a divisor of hidden_size={c.hidden_size}"
+
+
+def rope_head_size_even(c):
+    """RoPE rotates pairs of dimensions of each head."""
+    if c.pos_encodings == "rope" and c.hidden_size // c.num_heads % 2:
+        return "num_heads", ("a head size hidden_size/num_heads that is even for RoPE "
+                             f"(hidden_size={c.hidden_size})")
+
+
 @dataclass
 class Config:
-    hidden_size: int = 512              # D
-    num_heads: int = 8                  # attention heads (head_dim = D / num_heads)
-    expansion: float = 4.0              # SwiGLU width factor (> 0)
-    H_cycles: int = 3                   # T: answer updates per ACT step (T-1 of them without gradient)
-    L_cycles: int = 4                   # n: latent updates per answer update (6 for Sudoku)
-    L_layers: int = 2                   # blocks in the one network
-    pos_encodings: str = "rope"         # rope | learned | none
-    rope_theta: float = 10000.0         # θ of RoPE (> 0)
-    rms_norm_eps: float = 1e-5
-    mlp_t: bool = False                 # TRM-MLP: attention replaced by an MLP over the sequence (Sudoku)
-    puzzle_emb_ndim: int = 512          # width of the per-puzzle embedding (0 = none)
-    puzzle_emb_len: int = 16            # P: prefix slots it occupies (0 = ceil(ndim / D))
-    halt_max_steps: int = 16            # N_sup: deep-supervision steps
-    halt_exploration_prob: float = 0.1  # ε: chance of a random minimum number of steps in training
-    no_ACT_continue: bool = True        # halt on q_halt > 0 alone (TRM); False: HRM's Q-learning target
-    loss_type: str = "stablemax"        # stablemax | softmax cross-entropy
-    vocab_size: int = 12                # V (from the dataset)
-    seq_len: int = 900                  # L (from the dataset)
-    num_puzzle_identifiers: int = 1     # rows of the puzzle-embedding table (from the dataset)
-    forward_dtype: str = "auto"         # auto (bfloat16 on CUDA, float32 on CPU) | bfloat16 | float32
+    hidden_size: "int >= 1" = 512                   # D
+    num_heads: "int >= 1" = 8                       # attention heads (head_dim = D / num_heads)
+    expansion: "float > 0" = 4.0                    # SwiGLU width factor
+    H_cycles: "int >= 1" = 3                        # T: answer updates per ACT step (T-1 no grad)
+    L_cycles: "int >= 1" = 4                        # n: latent updates per answer update
+    L_layers: "int >= 1" = 2                        # blocks in the one network
+    pos_encodings: "str in rope|learned|none" = "rope"
+    rope_theta: "float > 0" = 10000.0               # θ of RoPE
+    rms_norm_eps: "float >= 0" = 1e-5
+    mlp_t: "bool" = False                           # TRM-MLP: attention -> an MLP over the sequence
+    puzzle_emb_ndim: "int >= 0" = 512               # width of the per-puzzle embedding (0 = none)
+    puzzle_emb_len: "int >= 0" = 16                 # P: prefix slots it takes (0 = ceil(ndim / D))
+    halt_max_steps: "int >= 1" = 16                 # N_sup: deep-supervision steps
+    halt_exploration_prob: "float in [0, 1]" = 0.1  # ε: chance of a random minimum number of steps
+    no_ACT_continue: "bool" = True                  # TRM: halt on q_halt > 0; False: HRM's Q target
+    loss_type: "str in stablemax|softmax" = "stablemax"  # cross-entropy
+    vocab_size: "int >= 1" = 12                     # V (from the dataset)
+    seq_len: "int >= 1" = 900                       # L (from the dataset)
+    num_puzzle_identifiers: "int >= 1" = 1          # puzzle-embedding rows (from the dataset)
+    forward_dtype: "str in auto|bfloat16|float32" = "auto"  # auto: bfloat16 on CUDA, float32 on CPU
+
+    cross_rules = (heads_divide_width, rope_head_size_even)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -167,8 +182,6 @@ class InputEmbedding(nn.Module):
             self.register_buffer("rope_sin", sin, persistent=False)
         elif c.pos_encodings == "learned":
             self.embed_pos = CastedEmbedding(total_len, D, 1 / self.scale, dtype)
-        elif c.pos_encodings != "none":
-            raise ValueError(f"pos_encodings must be rope, learned or none, got {c.pos_encodings!r}")
 
     def forward(self, inputs, prefix=None):
         """inputs [B, L] ids; prefix [B, n] or [B, P, D] with n <= P*D (zero-padded to P tokens) or None."""
@@ -436,8 +449,3 @@ def convert_reference_state_dict(sd):
         out[k] = v
     return out
 
-
-def config_from(cls, values):
-    """Build a config dataclass from a dict, ignoring keys it does not have (used for checkpoints)."""
-    names = {f.name for f in fields(cls)}
-    return replace(cls(), **{k: v for k, v in values.items() if k in names})
