@@ -137,9 +137,9 @@ def comments(cls):
 
 
 def describe(cls):
-    """One line per field: name, rule, default and comment (what --help prints)."""
+    """One line per field: name, default, rule and comment (what --help prints)."""
     notes, rule = comments(cls), rules.of(cls)
-    return "\n".join(f"  {f.name:<24}{rule[f.name].text:<20}{field_default(cls, f.name)!r:<12} "
+    return "\n".join(f"  {f.name:<23} {field_default(cls, f.name)!r:<12} {rule[f.name].text:<18} "
                      f"{notes[f.name]}".rstrip() for f in dataclasses.fields(cls))
 
 

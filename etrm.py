@@ -72,7 +72,7 @@ class Config(trm.Config):
     leave_one_out: "float in [0, 1]" = 0.0   # p: chance a training query becomes one of its demos
     tto_steps: "int >= 0" = 0                # test-time optimisation steps in evaluation (0 = off)
     tto_lr: "float >= 0" = 1e-2              # alpha: Adam step (LPN's 5e-2 overshoots here)
-    tto_target: "str in context|latent" = "context"  # or the latent before its projection
+    tto_target: "str in context|latent" = "context"  # latent: before the encoder's projection
     tto_act_steps: "int >= 1" = 1            # decoder ACT steps per demo prediction inside TTO
     collapse_patience: "int >= 0" = 200      # collapsed calls before a warning (0 = off)
     decoder_init: "str" = ""                 # TRM checkpoint to initialise the decoder

@@ -90,9 +90,10 @@ def test_checks_come_from_the_annotation_not_the_comment():
 def test_help_prints_rule_default_and_comment():
     lines = config.describe(config.model_module("trm").Config).splitlines()
     line = next(x for x in lines if x.split()[0] == "hidden_size")
-    assert line.split()[1:] == ["int", ">=", "1", "512", "D"]
+    assert line.split()[1:] == ["512", "int", ">=", "1", "D"]
     text = config.help_text(train.TrainConfig, data.DATASETS)
-    assert 'halt_exploration_prob   float in [0, 1]' in text and "str in stop|skip" in text
+    assert "halt_exploration_prob   0.1          float in [0, 1]    ε: chance" in text
+    assert "'stop'       str in stop|skip" in text
 
 
 def test_config_values_are_coerced_to_the_annotated_type():
