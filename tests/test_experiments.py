@@ -9,6 +9,7 @@ import json
 import os
 
 import pytest
+import torch
 
 import data
 from experiments import ablate, acc_vs_aug, compare, recursion_strip, teach
@@ -83,37 +84,110 @@ def test_recursion_strip_shows_every_act_step(toy, tmp_path):
     assert os.path.getsize(tmp_path / "recursion_strip.png") > 0
 
 
-def test_teach_suite_end_to_end_at_its_smallest_budget(tmp_path):
-    results = teach.main(["--smoke", "--workers", "0", "--out", str(tmp_path)])
-    saved = json.load(open(tmp_path / "results.json"))
+def last_eval(run_dir):
+    return [json.loads(l) for l in open(os.path.join(run_dir, "metrics.jsonl")) if "eval/accuracy" in l][-1]
+
+
+@pytest.fixture(scope="module")
+def teach_smoke(tmp_path_factory):
+    out = tmp_path_factory.mktemp("teach")
+    return out, teach.main(["--smoke", "--workers", "0", "--out", str(out)])
+
+
+def test_teach_smoke_writes_every_headline_key_in_0_1(teach_smoke):
+    out, results = teach_smoke
+    saved = json.load(open(out / "results.json"))
     assert saved == json.loads(json.dumps(results))
-    assert set(saved) == {"depth", "extrapolation", "models", "etrm_heldout", "adaptation"}
-    assert set(saved["depth"]) == {"task", "one_call", "recursive", "params"} and saved["depth"]["params"] > 0
+    assert set(saved) == {"depth", "extrapolation", "models", "etrm_heldout", "attention_mazes"}
+    assert len({e["task"] for e in saved["depth"]}) >= 2
+    for e in saved["depth"]:
+        assert {"task", "one_call", "recursive", "params"} <= set(e) and e["params"] > 0
     ex = saved["extrapolation"]
-    assert set(ex) == {"train_size", "test_size", "depths", "exact"} and ex["test_size"] > ex["train_size"]
+    assert set(ex) == {"model", "train_size", "test_size", "depths", "exact"}
+    assert ex["test_size"] > ex["train_size"] and ex["model"] == "deep_recursive"
     assert len(ex["depths"]) == len(ex["exact"]) >= 3 and ex["depths"] == sorted(set(ex["depths"]))
     assert set(saved["models"]) == {"trm", "hrm", "etrm", "prr", "deep_recursive"}
-    assert all(set(m) == {"task", "exact", "token_acc", "seconds"} for m in saved["models"].values())
-    assert set(saved["etrm_heldout"]) == {"exact", "wrong_demos_exact"}
-    assert set(saved["adaptation"]) == {"trm_before", "trm_after", "etrm_before", "etrm_after"}
-    numbers = [saved["depth"]["one_call"], saved["depth"]["recursive"], *ex["exact"], *saved["etrm_heldout"].values(),
-               *saved["adaptation"].values()] + [v for m in saved["models"].values() for v in (m["exact"], m["token_acc"])]
-    assert all(0 <= v <= 1 for v in numbers)
-    details = json.load(open(tmp_path / "details.json"))
-    for m, entry in saved["models"].items():  # each entry is one of that model's runs, its own final evaluation
-        runs = [r for name, r in details["runs"].items() if teach.RUNS[name][0] == m and r["task"] == entry["task"]
-                and "one_call" not in name]
-        last = [[json.loads(l) for l in open(os.path.join(r["out_dir"], "metrics.jsonl")) if "eval/accuracy" in l][-1]
-                for r in runs]
-        assert (entry["token_acc"], entry["exact"]) in [(e["eval/accuracy"], e["eval/exact_accuracy"]) for e in last]
-        assert entry["exact"] == max(r["exact_accuracy"] for name, r in details["runs"].items()
-                                     if teach.RUNS[name][0] == m and r["task"] != "arc_small" and "one_call" not in name)
-    assert details["runs"]["trm"]["trunk_params"] == details["runs"]["one_call"]["trunk_params"]
-    assert details["etrm_heldout"]["control_has_other_tasks"]
-    assert teach.main(["--report-only", "--out", str(tmp_path)]) == saved
-    for png in ("teach_depth.png", "teach_extrapolation.png", "teach_models.png"):
-        assert os.path.getsize(tmp_path / png) > 0
-    assert len(table_rows(tmp_path)) >= 5
+    for m in saved["models"].values():
+        assert {"task", "exact", "control", "control_exact"} <= set(m) and m["control"]
+    assert set(saved["etrm_heldout"]) == {"task", "exact", "wrong_demos_exact"}
+    assert set(saved["attention_mazes"]) == {"recipe", "steps", "exact"}
+    assert "conv_kernel=3" in saved["attention_mazes"]["recipe"]
+    numbers = [*ex["exact"], saved["etrm_heldout"]["exact"], saved["etrm_heldout"]["wrong_demos_exact"],
+               saved["attention_mazes"]["exact"]]
+    numbers += [e[k] for e in saved["depth"] for k in ("one_call", "recursive")]
+    numbers += [m[k] for m in saved["models"].values() for k in ("exact", "control_exact")]
+    assert all(isinstance(v, float) and 0 <= v <= 1 for v in numbers)
+    for png in ("teach_models.png", "teach_depth.png", "teach_extrapolation.png"):
+        assert os.path.getsize(out / png) > 0
+    table = open(out / "table.md").read()
+    assert table.splitlines()[0].endswith("smoke (smallest budget, numbers mean nothing)")
+    assert "wall" in table and "CPU" in table and len(table_rows(out)) >= 20
+
+
+def test_teach_controls_share_the_weights_count_samples_and_data(teach_smoke):
+    """Each control is its recipe with the control's keys on top: same task, steps x batch, weights."""
+    out, _ = teach_smoke
+    details = json.load(open(out / "details.json"))
+    runs = details["runs"]
+    for name, recipe in details["recipes"].items():
+        if recipe["control_keys"] is None:  # ETRM: the same checkpoint, another task's demos
+            continue
+        run, control = runs[name], runs[name + "_control"]
+        a, b = (json.load(open(os.path.join(r["out_dir"], "config.json"))) for r in (run, control))
+        assert a["train"]["data"] == b["train"]["data"] and a["train"]["global_batch_size"] == \
+            b["train"]["global_batch_size"] and run["step"] == control["step"]
+        for pair in recipe["control_keys"]:
+            key, value = pair.split("=")
+            assert str(b["model_config"][key]) == value
+        if name != "prr":  # PRR's K branch inits are K x D weights
+            assert run["trunk_params"] == control["trunk_params"]
+        # every entry is that run's own final evaluation
+        for r in (run, control):
+            assert r["exact_accuracy"] == last_eval(r["out_dir"])["eval/exact_accuracy"]
+
+
+def test_teach_headline_reads_each_number_from_its_own_run(teach_smoke, tmp_path):
+    """--report-only on planted, all-different numbers: every headline entry picks its own run."""
+    out, results = teach_smoke
+    assert teach.main(["--report-only", "--out", str(out)]) == results
+    details = json.load(open(out / "details.json"))
+    for i, r in enumerate(details["runs"].values()):
+        r["exact_accuracy"] = (i + 1) / 100
+    ex = details["extrapolation"]
+    ex["sizes"] = {s: [(j + 1) / 10 + int(s) / 1000 for j in range(len(ex["depths"]))] for s in ex["sizes"]}
+    details["etrm_heldout"].update(exact=0.91, wrong_demos_exact=0.19)
+    json.dump(details, open(tmp_path / "details.json", "w"))
+    res, runs = teach.main(["--report-only", "--out", str(tmp_path)]), details["runs"]
+    for m, entry in res["models"].items():
+        if m == "etrm":
+            assert (entry["exact"], entry["control_exact"]) == (0.91, 0.19)
+        else:
+            assert (entry["exact"], entry["control_exact"]) == (runs[m]["exact_accuracy"],
+                                                                runs[m + "_control"]["exact_accuracy"])
+    for e, name in zip(res["depth"], teach.DEPTH):
+        assert (e["recursive"], e["one_call"]) == (runs[name]["exact_accuracy"],
+                                                   runs[name + "_control"]["exact_accuracy"])
+    assert res["extrapolation"]["exact"] == ex["sizes"]["11"]
+    assert res["attention_mazes"]["exact"] == runs[teach.ATTENTION_MAZES]["exact_accuracy"]
+    assert (res["etrm_heldout"]["exact"], res["etrm_heldout"]["wrong_demos_exact"]) == (0.91, 0.19)
+
+
+def test_teach_demo_swap_feeds_another_tasks_demos(teach_smoke, monkeypatch):
+    """A stand-in model right exactly when it reads the query's own demos: 1.0 own, 0.0 swapped."""
+    out, _ = teach_smoke
+    details = json.load(open(out / "details.json"))
+    path = details["datasets"][details["etrm_heldout"]["task"]]
+    own = {bytes(b["inputs"][i].numpy()): bytes(b["demo_inputs"][i].numpy())
+           for b in data.PuzzleDataset(path, "test", 4, with_demos=True) for i in range(len(b["inputs"]))}
+
+    def reads_demos(model, batch):
+        right = torch.tensor([own[bytes(q.numpy())] == bytes(d.numpy())
+                              for q, d in zip(batch["inputs"], batch["demo_inputs"])])
+        return None, {"preds": torch.where(right[:, None], batch["labels"], -1)}
+
+    monkeypatch.setattr(teach.evaluate, "run_batch", reads_demos)
+    ckpt = os.path.join(details["runs"]["etrm"]["out_dir"], "checkpoint.pt")
+    assert teach.demo_swap_exact(ckpt, path) == (1.0, 0.0, True)
 
 
 @pytest.mark.parametrize("script", [compare, ablate, acc_vs_aug, recursion_strip, teach])
