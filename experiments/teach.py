@@ -47,7 +47,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 from experiments import pyplot, run_train
 from experiments.compare import applicable
 from puzzles.grids import parse_aug_name
-import config
+import cli
 import data
 import evaluate
 
@@ -162,10 +162,7 @@ def evaluate_at(ckpt, path, overrides=()):
     if seq_len != model.config.seq_len:
         if not getattr(model, "any_canvas", False):
             return None
-        model.config.seq_len = seq_len
-        weights, name = model.state_dict(), saved["model_name"]
-        model = config.build_model(config.model_module(name), model.config, name)
-        model.load_state_dict(weights)
+        model = evaluate.model_from(saved, overrides=overrides, seq_len=seq_len)
     return evaluate.evaluate_dataset(model, path, 128).get("exact_accuracy", 0.0)
 
 
@@ -386,4 +383,4 @@ def report(out, results, d):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli.one_line_errors(main))

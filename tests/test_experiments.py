@@ -203,6 +203,16 @@ def test_teach_demo_swap_feeds_another_tasks_demos(teach_smoke, monkeypatch):
     assert teach.demo_swap_exact(ckpt, path) == (1.0, 0.0, True)
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["--scale", "0"], "error: --scale 0.0"), (["--workers", "-1"], "error: --scale"),
+    (["--report-only"], "error: --report-only: "), ])
+def test_teach_refuses_bad_flags_in_one_line_before_writing(argv, message, tmp_path):
+    with pytest.raises(SystemExit) as e:
+        teach.main([*argv, "--out", str(tmp_path / "out")])
+    assert str(e.value.code).startswith(message) and "\n" not in str(e.value.code)
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("script", [compare, ablate, acc_vs_aug, recursion_strip, teach])
 def test_help(script, capsys):
     with pytest.raises(SystemExit) as e:
