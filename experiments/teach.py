@@ -225,9 +225,10 @@ def main(argv=None):
         if not os.path.isfile(path):
             raise SystemExit(f"error: --report-only: {path} does not exist (run the suite first)")
         return write_results(args.out, json.load(open(path)))
-    if not (args.scale > 0 and args.workers >= 0):
-        raise SystemExit(f"error: --scale {args.scale} / --workers {args.workers}: expected a "
-                         "scale > 0 and workers >= 0")
+    if not args.scale > 0:
+        raise SystemExit(f"error: --scale {args.scale}: expected a number > 0")
+    if args.workers < 0:
+        raise SystemExit(f"error: --workers {args.workers}: expected an integer >= 0")
     t0, c0 = time.time(), _cpu_seconds()
     os.makedirs(args.out, exist_ok=True)
     root = args.data_root or (os.path.join(args.out, "data") if args.smoke else "data")

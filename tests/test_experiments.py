@@ -204,7 +204,7 @@ def test_teach_demo_swap_feeds_another_tasks_demos(teach_smoke, monkeypatch):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--scale", "0"], "error: --scale 0.0"), (["--workers", "-1"], "error: --scale"),
+    (["--scale", "0"], "error: --scale 0.0"), (["--workers", "-1"], "error: --workers -1"),
     (["--report-only"], "error: --report-only: "), ])
 def test_teach_refuses_bad_flags_in_one_line_before_writing(argv, message, tmp_path):
     with pytest.raises(SystemExit) as e:
