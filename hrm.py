@@ -47,8 +47,8 @@ class Config(trm.Config):
 class Model(trm.Model):
     def build_reasoning(self, total_len):
         c = self.config
-        self.H_level = ReasoningModule(c, c.H_layers, total_len)
-        self.L_level = ReasoningModule(c, c.L_layers, total_len)
+        self.H_level = ReasoningModule(c, c.H_layers, total_len, grid=True)
+        self.L_level = ReasoningModule(c, c.L_layers, total_len, grid=True)
 
     def reason(self, z_H, z_L, x):
         """One ACT step with HRM's one-step gradient: all but the last L and last H update without

@@ -67,6 +67,7 @@ class Config:
     rope_theta: "float > 0" = 10000.0   # θ of RoPE
     rms_norm_eps: "float >= 0" = 1e-5   # ε of RMSNorm
     mlp_t: "bool" = False               # TRM-MLP: attention -> an MLP over the sequence
+    conv_kernel: "int >= 0" = 0         # k: trm.py's 2-D grid mixer in each SwiGLU, odd (0 = off)
     puzzle_emb_ndim: "int >= 0" = 256   # width of the per-puzzle embedding (0 = none)
     puzzle_emb_len: "int >= 0" = 16     # P: prefix slots it occupies (0 = ceil(ndim / D))
     init_noise_std: "float >= 0" = 0.1  # σ: N(0, σ²) noise on the branch inits, training only
@@ -136,7 +137,7 @@ class Model(nn.Module):
         self.lm_head = trm.CastedLinear(D, c.vocab_size)
         if c.puzzle_emb_ndim > 0:
             self.puzzle_emb = trm.SparseEmbedding(c.num_puzzle_identifiers, c.puzzle_emb_ndim, self.dtype)
-        self.core = trm.ReasoningModule(c, c.num_layers, total_len)   # shared by all branches and steps
+        self.core = trm.ReasoningModule(c, c.num_layers, total_len, grid=True)   # shared by all branches and steps
         self.scorer = Scorer(D)
         self.branch_init = nn.Parameter(trm.trunc_normal_init_(torch.empty(c.num_branches, D), 1.0))  # b_k
 

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+import cli
 import data
 import evaluate
 from config import (MODELS, atomic_save, build_model, check, check_config, check_out_dir, help_text,
@@ -296,7 +297,13 @@ def train(args):
     path, meta = open_dataset(tcfg, mcfg, rank, world, {pair.split("=", 1)[0] for pair in args.config or []})
     if ckpt is not None:  # e.g. a data folder of another vocabulary or sequence length
         check_config(ckpt["model_config"], dataclasses.asdict(mcfg), os.path.join(out, "checkpoint.pt"), name)
-    init = read_checkpoint(tcfg.init_from, name, mcfg) if tcfg.init_from and ckpt is None else None
+    init = read_checkpoint(tcfg.init_from, name) if tcfg.init_from and ckpt is None else None
+    if init is not None:  # its vocabulary and canvas must fit this dataset, the rest this config
+        try:
+            data.check_fit(init["model_config"], meta, tcfg.init_from, path)
+        except ValueError as e:
+            raise SystemExit(f"error: {e}")
+        check_config(init["model_config"], dataclasses.asdict(mcfg), tcfg.init_from, name)
     torch.manual_seed(tcfg.seed)  # identical init on every rank; the broadcast below makes sure
     model = build_model(mod, mcfg, name).to(device)
     try:
@@ -395,4 +402,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(data.one_line_errors(main))
+    sys.exit(cli.one_line_errors(main))

@@ -24,6 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 from experiments import pyplot, run_train, write_table
 import data
 import evaluate
+from puzzles.grids import parse_aug_name
 
 # A small TRM for the 100-token canvas: a step in a fraction of a second on one CPU thread.
 ARC_TINY = ["hidden_size=64", "num_heads=4", "H_cycles=2", "L_cycles=2", "halt_max_steps=2",
@@ -46,7 +47,7 @@ def predictions(model, path, batch_size):
             parts.append([batch["inputs"][keep], batch["puzzle_identifiers"][keep],
                           out["preds"].cpu()[keep], q.cpu()[keep]])
     rows = [torch.cat(col) for col in zip(*parts)]
-    versions = [(data.parse_aug_name(names[p])[0], names[p]) for p in rows[1].tolist()]
+    versions = [(parse_aug_name(names[p])[0], names[p]) for p in rows[1].tolist()]
     return rows, versions
 
 

@@ -13,7 +13,7 @@ The model is called on one test example exactly as evaluation calls it (fresh ca
 ACT step, the carry passed on), keeping every call's answer: the strip shows the input, the answer
 after each ACT step titled with sigmoid(q_halt) (the model's belief that it is right; evaluation
 halts there once trained) and the share of cells right, and the target. ARC examples are cropped
-to their grid (data.crop_grid), full square canvases (Sudoku, mazes) drawn as squares, others as
+to their grid (crop_grid), full square canvases (Sudoku, mazes) drawn as squares, others as
 rows of tokens (ARC colours for tokens 2-11; token 1, a Sudoku blank or maze wall, white). Models
 without ACT (prr, deep_recursive) halt after one call: one step.
 """
@@ -29,12 +29,13 @@ from experiments import pyplot, run_train, write_table
 from experiments.teach import RECURSIVE, SUDOKU
 import data
 import evaluate
+from puzzles.grids import crop_grid
 
 
 def as_grid(tokens, labels, is_arc):
     """Token row -> 2-D array of colours 0-9 (-1 = blank) over the cells the label covers."""
     if is_arc:
-        return data.crop_grid(np.asarray(tokens, np.uint8)).astype(int)
+        return crop_grid(np.asarray(tokens, np.uint8)).astype(int)
     keep = labels != -100
     side = int(round(len(labels) ** 0.5))
     if keep.all() and side * side == len(labels):  # a full square canvas (mazes, Sudoku)

@@ -14,13 +14,10 @@ import time
 
 import numpy as np
 
+from cli import DataError  # noqa: F401  (raised here; every command reports it in one line)
 from puzzles.grids import GRID
 
 DATASET_ENTRIES = {"identifiers.json", "test_puzzles.json", "train", "test"}
-
-
-class DataError(ValueError):
-    """Bad input data; the one-line message names the file (and task, row or key) and the fault."""
 
 
 # --------------------------------------------------------------------------------------------------
