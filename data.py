@@ -46,6 +46,7 @@ from puzzles.arc import build_arc
 from puzzles.arc_small import build_arc_small
 from puzzles.arc_sources import load_arc_tasks  # noqa: F401  (public: the ARC tasks in the reference's order)
 from puzzles.common import DataError, check_count, check_grid, check_out, read_json, write_json  # noqa: F401
+from puzzles.grid_programs import build_grid_programs
 from puzzles.grids import (EOS, GRID, PAD, aug_name, augment_grid, crop_grid, dihedral, encode_grid_pair,  # noqa: F401
                            grid_hash, invert_aug, inverse_dihedral, parse_aug_name)
 from puzzles.maze import build_maze, maze_bfs  # noqa: F401
@@ -75,6 +76,7 @@ DATASETS = {
     "maze_small_big": _variant(build_small_maze, "maze_small's training mazes, tested on larger 11x11 mazes "
                                                  "(test-time depth)", train_size=7, test_size=11, canvas=11),
     "sudoku6": build_small_sudoku,
+    "grid_programs": build_grid_programs,
 }
 
 META_INTS = {"pad_id": 0, "blank_identifier_id": 0, "vocab_size": 1, "seq_len": 1, "num_puzzle_identifiers": 1,
