@@ -53,6 +53,7 @@ from puzzles.arc import build_arc
 from puzzles.arc_small import build_arc_small
 from puzzles.arc_sources import load_arc_tasks
 from puzzles.common import check_out, read_json
+from puzzles.grid_programs import build_grid_programs
 from puzzles.grids import GRID
 from puzzles.maze import build_maze
 from puzzles.small_maze import build_small_maze
@@ -84,6 +85,7 @@ DATASETS = {
                                "11x11 mazes (test-time depth)", train_size=7, test_size=11,
                                canvas=11),
     "sudoku6": build_small_sudoku,
+    "grid_programs": build_grid_programs,
 }
 
 # dataset.json keys the loader needs, with their least value

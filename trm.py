@@ -358,21 +358,36 @@ def resolve_dtype(name):
     return {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}[name]
 
 
+def deep_recursion(net, z_H, z_L, x, H_cycles, L_cycles, cos=None, sin=None):
+    """One ACT step of recursion (paper Fig. 3, deep_recursion): H_cycles rounds of L_cycles latent updates
+    z <- net(z, y + x) and one answer update y <- net(y, z); all rounds but the last run without gradient
+    (they only move the state). TRM's network, ETRM's decoder and its iterative encoder all run this."""
+    with torch.no_grad():
+        for _ in range(H_cycles - 1):
+            for _ in range(L_cycles):
+                z_L = net(z_L, z_H + x, cos, sin)
+            z_H = net(z_H, z_L, cos, sin)
+    for _ in range(L_cycles):
+        z_L = net(z_L, z_H + x, cos, sin)
+    return net(z_H, z_L, cos, sin), z_L
+
+
 class Model(nn.Module):
+    """Subclasses change what they need through hooks: prefix_len and build_prefix (how many prefix slots
+    and what fills them), build_reasoning (the networks) and reason (one ACT step of recursion)."""
     needs_demos = False  # True: the loader adds demo_inputs, demo_labels, demo_mask to every batch
+
     def __init__(self, config: Config):
         super().__init__()
         self.config = c = config
         self.dtype = resolve_dtype(c.forward_dtype)
         D = c.hidden_size
-        self.puzzle_emb_len = puzzle_prefix_len(c)
-        total_len = c.seq_len + self.puzzle_emb_len
+        self.puzzle_emb_len = self.prefix_len()
         self.embed = InputEmbedding(c, self.puzzle_emb_len, self.dtype)
         self.lm_head = CastedLinear(D, c.vocab_size)
         self.q_head = CastedLinear(D, 2, bias=True)
-        if c.puzzle_emb_ndim > 0:
-            self.puzzle_emb = SparseEmbedding(c.num_puzzle_identifiers, c.puzzle_emb_ndim, self.dtype)
-        self.build_reasoning(total_len)
+        self.build_prefix()
+        self.build_reasoning(c.seq_len + self.puzzle_emb_len)
         # Initial states y0, z0: fixed random vectors (persistent buffers, truncated normal std 1).
         self.register_buffer("H_init", trunc_normal_init_(torch.empty(D), 1.0).to(self.dtype))
         self.register_buffer("L_init", trunc_normal_init_(torch.empty(D), 1.0).to(self.dtype))
@@ -380,6 +395,16 @@ class Model(nn.Module):
         with torch.no_grad():
             self.q_head.weight.zero_()
             self.q_head.bias.fill_(-5)
+
+    def prefix_len(self):
+        """P, the sequence slots before the tokens: the puzzle embedding's (puzzle_prefix_len)."""
+        return puzzle_prefix_len(self.config)
+
+    def build_prefix(self):
+        """What fills the P prefix slots: one learned vector per puzzle id (none when P is 0)."""
+        c = self.config
+        if c.puzzle_emb_ndim > 0:
+            self.puzzle_emb = SparseEmbedding(c.num_puzzle_identifiers, c.puzzle_emb_ndim, self.dtype)
 
     def build_reasoning(self, total_len):
         self.L_level = ReasoningModule(self.config, self.config.L_layers, total_len, grid=True)
@@ -394,16 +419,8 @@ class Model(nn.Module):
 
     # -- one ACT step of recursion (paper Fig. 3) ----------------------------------------------------
     def reason(self, z_H, z_L, x):
-        c, net, (cos, sin) = self.config, self.L_level, self.rope()
-        with torch.no_grad():  # T-1 rounds without gradient: they only move the state
-            for _ in range(c.H_cycles - 1):
-                for _ in range(c.L_cycles):
-                    z_L = net(z_L, z_H + x, cos, sin)  # z <- net(z, y + x)
-                z_H = net(z_H, z_L, cos, sin)          # y <- net(y, z)
-        for _ in range(c.L_cycles):                    # the last round carries the gradient
-            z_L = net(z_L, z_H + x, cos, sin)
-        z_H = net(z_H, z_L, cos, sin)
-        return z_H, z_L
+        c = self.config
+        return deep_recursion(self.L_level, z_H, z_L, x, c.H_cycles, c.L_cycles, *self.rope())
 
     def inner_step(self, z_H, z_L, x):
         z_H, z_L = self.reason(z_H, z_L, x)
