@@ -98,7 +98,9 @@ OPTION_RULES = {"num_aug": "int >= 0", "num_train": "int >= 0", "num_test": "int
                 "seed": "int in [0, 2**32)", "min_path": "int >= 0", "min_difficulty": "float",
                 "target_backtracks": "int >= 0", "min_backtracks": "int >= 0",
                 "num_rules": "int >= 1", "length": "int >= 1", "seq_len": "int >= 1",
-                "demos": "int >= 0", "shift": "int >= 0", "held_out": "bool", "aug": "bool"}
+                "demos": "int >= 0", "shift": "int >= 0", "held_out": "bool", "aug": "bool",
+                "size": "int >= 1", "colours": "int in [2, 10]", "geometry": "int in [1, 8]",
+                "test_programs": "int >= 1"}
 
 
 # --------------------------------------------------------------------------------------------------
