@@ -12,13 +12,11 @@ Format (the TRM/HRM reference layout, so reference data and ours load alike):
     <out>/{train,test}/all__group_indices.npy    int32 [groups + 1]   group g: gi[g]..gi[g+1]
     <out>/{train,test}/all__is_demo.npy    optional uint8 [examples]: 1 = a demo pair (ours only)
 
-A group is one original puzzle, its puzzles are the original and its augmented versions, a puzzle's
-examples are its (input, output) pairs. dataset.json holds pad_id, ignore_label_id,
-blank_identifier_id (all 0), vocab_size, seq_len, num_puzzle_identifiers, total_groups,
-total_puzzles, mean_puzzle_examples and sets (["all"]). A folder is checked when it is opened (files
-present and readable, tokens inside the vocabulary, array lengths agreeing with each other and with
-dataset.json, both splits with the same seq_len): a bad one is a DataError naming the file and the
-fault.
+A group is one original puzzle, its puzzles the original and its augmented versions, a puzzle's
+examples its (input, output) pairs. dataset.json: pad_id, ignore_label_id, blank_identifier_id (all
+0), vocab_size, seq_len, num_puzzle_identifiers, total_groups, total_puzzles, mean_puzzle_examples,
+sets (["all"]). A folder is checked when opened (files readable, tokens inside the vocabulary, array
+lengths agreeing with each other and dataset.json, one seq_len): a DataError names file and fault.
 
 Loader (`PuzzleDataset`): train = one iteration of epochs_per_iter epochs; per epoch the groups in
 random order, from each group one random puzzle, all its examples in random order, cut at the batch
@@ -32,9 +30,7 @@ file (reference data) every train example is a demo and a train target is left o
 
 Building: a named dataset is built on first use into <root>/<name>, unless its estimated size is
 above LARGE (ARC-AGI-1 with 1000 augmentations: 6.5 GB); that one is built only by name:
-    python data.py arc1                        # or: arc_small (seconds), toy, sudoku6, ...
-    python data.py arc1 --num-aug 8 --max-tasks 5 --out /tmp/arc_tiny
-`python data.py --help` lists every dataset and its options.
+    python data.py arc1          # or arc1 --num-aug 8 --out DIR; `python data.py --help` lists all
 """
 import argparse
 import functools
@@ -44,10 +40,12 @@ import sys
 
 import numpy as np
 
+import rules
 from cli import DataError, OneLineParser, one_line_errors
 from puzzles.arc import build_arc
 from puzzles.arc_small import build_arc_small
-from puzzles.common import check_count, check_out, read_json
+from puzzles.common import check_out, read_json
+from puzzles.grid_programs import build_grid_programs
 from puzzles.maze import build_maze
 from puzzles.sizes import build_bytes
 from puzzles.small_maze import build_small_maze
@@ -75,18 +73,25 @@ DATASETS = {
     "arc_small": build_arc_small,
     "maze_small": _variant(build_small_maze, "7x7 perfect mazes on an 11x11 wall canvas, tested "
                            "on 7x7 (CPU minutes)", train_size=7, test_size=7, canvas=11),
-    "maze_small_big": _variant(build_small_maze, "maze_small's training mazes, tested on larger "
-                               "11x11 mazes (test-time depth)", train_size=7, test_size=11,
-                               canvas=11),
+    "maze_small_big": _variant(build_small_maze, "maze_small's training mazes, tested on 11x11 "
+                               "(test-time depth)", train_size=7, test_size=11, canvas=11),
     "sudoku6": build_small_sudoku,
+    "grid_programs": build_grid_programs,
 }
 
 # dataset.json keys the loader needs, with their least value
 META_INTS = {"pad_id": 0, "blank_identifier_id": 0, "vocab_size": 1, "seq_len": 1,
              "num_puzzle_identifiers": 1, "total_groups": 0}
-LEAST = {"num_aug": 0, "num_train": 0, "num_test": 0, "max_tasks": 1, "workers": 1, "canvas": 1,
-         "seed": 0, "min_path": 0, "target_backtracks": 0, "num_rules": 1, "length": 1,
-         "seq_len": 1, "demos": 0, "shift": 0}  # the least value of each count option
+# The rule of each builder option, by name, in the grammar of the config fields (rules.py); an
+# option left unset (None) takes its builder's default. Paths are checked when they are opened.
+OPTION_RULES = {"num_aug": "int >= 0", "num_train": "int >= 0", "num_test": "int >= 0",
+                "max_tasks": "int >= 1", "workers": "int >= 1", "canvas": "int >= 1",
+                "seed": "int in [0, 2**32)", "min_path": "int >= 0", "min_difficulty": "float",
+                "target_backtracks": "int >= 0", "min_backtracks": "int >= 0",
+                "num_rules": "int >= 1", "length": "int >= 1", "seq_len": "int >= 1",
+                "demos": "int >= 0", "shift": "int >= 0", "held_out": "bool", "aug": "bool",
+                "size": "int >= 1", "colours": "int in [2, 10]", "geometry": "int in [1, 8]",
+                "test_programs": "int >= 1"}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -108,8 +113,7 @@ def load_metadata(path, split):
 
 
 def load_arrays(path, split, meta):
-    """The split's arrays (inputs and labels memory-mapped), checked against each other and against
-    dataset.json."""
+    """A split's arrays (inputs, labels memory-mapped), checked together and with dataset.json."""
     d, a = os.path.join(path, split), {}
     name = {k: os.path.join(d, f"all__{k}.npy") for k in (
         "inputs", "labels", "puzzle_identifiers", "puzzle_indices", "group_indices", "is_demo")}
@@ -189,9 +193,8 @@ def check_dataset(path):
 
 
 def check_fit(trained, meta, ckpt, path, rows=None, any_canvas=False):
-    """A checkpoint's model config (`trained`, a dict) against dataset `path`'s metadata: the same
-    vocabulary, the same canvas (seq_len) unless the model is canvas-free (any_canvas), and no more
-    puzzle identifiers than its embedding table has `rows`. A misfit: one DataError naming both."""
+    """A checkpoint's model config (a dict) against dataset `path`'s metadata: the same vocabulary,
+    canvas (seq_len; any for an any_canvas model), at most `rows` puzzle identifiers (its table)."""
     for key in ("vocab_size", "seq_len"):
         if key in trained and meta[key] != trained[key] and not (key == "seq_len" and any_canvas):
             why = "; the model is not canvas-free (any_canvas)" if key == "seq_len" else ""
@@ -207,9 +210,8 @@ def check_fit(trained, meta, ckpt, path, rows=None, any_canvas=False):
 # Loader
 
 def demo_tensors(sources, max_demos, seq_len, pad_id=0):
-    """Per batch row None or (inputs, labels, example indices) of its demonstrations -> demo_inputs,
-    demo_labels int32 [B, K, L] (raw tokens, PAD kept: the encoder reads them, not targets),
-    demo_mask bool [B, K]; the first K = max_demos demos in order."""
+    """Per row None or (inputs, labels, example indices) of its demos -> demo_inputs, demo_labels
+    int32 [B, K, L] (raw tokens), demo_mask bool [B, K]; the first K = max_demos demos in order."""
     import torch  # here and in _collate only: building datasets starts without torch's 5-8 s import
     B, K = len(sources), max_demos
     d_in = np.full((B, K, seq_len), pad_id, np.int32)
@@ -389,9 +391,8 @@ def options_of(name):
 
 
 def build(name, out_dir=None, **options):
-    """Build dataset `name` (a key of DATASETS) into out_dir (default data/<name>) -> out_dir.
-    Options are checked before anything is written; an existing out_dir is replaced only if it is a
-    dataset folder."""
+    """Build dataset `name` into out_dir (default data/<name>) -> out_dir. Options are checked
+    before anything is written; an existing out_dir is replaced only if it is a dataset folder."""
     if name not in DATASETS:
         raise DataError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
     takes = {p.name for p in options_of(name)}
@@ -399,10 +400,10 @@ def build(name, out_dir=None, **options):
         if key not in takes:
             raise DataError(f"dataset {name!r} takes no option {key!r} (it takes "
                             f"{', '.join(sorted(takes))})")
-        if key in LEAST:
-            check_count(key, value, LEAST[key])
-    if options.get("seed") is not None and options["seed"] >= 2 ** 32:
-        raise DataError(f"seed={options['seed']}: expected an integer below 2**32")
+        rule = OPTION_RULES.get(key)
+        broken = value is not None and rule and rules.parse(rule).broken(value)
+        if broken:
+            raise DataError(f"{key}={value!r} must be {broken}")
     out_dir = out_dir or os.path.join("data", name)
     check_out(out_dir)
     DATASETS[name](out_dir, **options)

@@ -301,7 +301,7 @@ def model_from(ckpt, use_ema=True, overrides=(), seq_len=None):
                              "checkpoint (it is not a key of the model, or it changes the weights' "
                              f"meaning); allowed: {', '.join(allowed)}")
     config.apply_overrides(overrides, cfg, cfg, name)
-    config.check_values(cfg, name)
+    config.check(cfg, name)
     cfg.seq_len = seq_len or cfg.seq_len
     model = config.build_model(mod, cfg, name)
     model.load_state_dict(ckpt["model"])

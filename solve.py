@@ -55,39 +55,23 @@ ARC_VOCAB = 12  # PAD, EOS and the ten colours (puzzles/grids.py)
 
 @dataclasses.dataclass
 class SolveConfig:
-    mode: str = "embeddings"        # embeddings (new rows only) | full (rows + all weights, restored) | none
-    joint: bool = False             # adapt all unseen tasks together instead of one task at a time
-    num_aug: int = 32               # extra versions per task (dihedral x colour map); the reference trains with 1000
-    translate: bool = True          # random placement of the demo grids on the canvas, as the builder's train split
-    steps: int = 200                # adaptation steps per task (joint: in all)
-    batch_size: int = 64            # demo examples per adaptation step
-    emb_lr: float = 3e-2            # sign-SGD step of the new embedding rows
-    emb_weight_decay: float = 0.1   # decoupled weight decay of the rows (train.py's puzzle_emb_weight_decay)
-    lr: float = 1e-4                # AdamATan2 learning rate of the weights (mode=full)
-    weight_decay: float = 0.1       # AdamATan2 weight decay (mode=full)
-    grad_clip: float = 1.0          # max global grad norm of the weights (mode=full; 0 = off)
-    task_seconds: float = 0.0       # adaptation time budget per task (0 = none)
-    total_seconds: float = 0.0      # time budget of the whole run; tasks past it get fallback entries (0 = none)
-    eval_batch_size: int = 256      # rows per prediction batch
-    use_ema: bool = True            # start from the checkpoint's EMA weights when it has them
-    seed: int = 0                   # augmentation draws, demo placement and adaptation batches
-    render: int = 1                 # task pictures to draw when --solutions is given
-
-
-LEAST = {"num_aug": 0, "steps": 0, "batch_size": 1, "eval_batch_size": 1, "render": 0, "seed": 0, "task_seconds": 0,
-         "total_seconds": 0, "emb_weight_decay": 0, "weight_decay": 0, "grad_clip": 0}
-POSITIVE = ("lr", "emb_lr")
-MODES = ("embeddings", "full", "none")
-
-
-def check_config(cfg):
-    if cfg.mode not in MODES:
-        raise SystemExit(f"error: config key 'mode' takes {', '.join(MODES)}, got {cfg.mode!r}")
-    for key in (*LEAST, *POSITIVE):
-        v, least = getattr(cfg, key), LEAST.get(key, 0)
-        if not math.isfinite(v) or (v <= 0 if key in POSITIVE else v < least) or (key == "seed" and v >= 2 ** 32):
-            bound = ("> 0" if key in POSITIVE else f">= {least}") + (" below 2**32" if key == "seed" else "")
-            raise SystemExit(f"error: config key {key!r} = {v!r}: expected a finite number {bound}")
+    mode: "str in embeddings|full|none" = "embeddings"  # full: the weights too (restored)
+    joint: "bool" = False             # adapt all unseen tasks together, not one by one
+    num_aug: "int >= 0" = 32          # extra versions per task (reference: 1000)
+    translate: "bool" = True          # random demo placement, as the train split's
+    steps: "int >= 0" = 200           # adaptation steps per task (joint: in all)
+    batch_size: "int >= 1" = 64       # demo examples per adaptation step
+    emb_lr: "float > 0" = 3e-2        # sign-SGD step of the new embedding rows
+    emb_weight_decay: "float >= 0" = 0.1  # decoupled decay of the new rows
+    lr: "float > 0" = 1e-4            # AdamATan2 learning rate of the weights (mode=full)
+    weight_decay: "float >= 0" = 0.1  # AdamATan2 weight decay (mode=full)
+    grad_clip: "float >= 0" = 1.0     # max global grad norm of the weights (mode=full; 0 = off)
+    task_seconds: "float >= 0" = 0.0  # adaptation time budget per task (0 = none)
+    total_seconds: "float >= 0" = 0.0  # budget of the run; later tasks: fallbacks (0 = none)
+    eval_batch_size: "int >= 1" = 256  # rows per prediction batch
+    use_ema: "bool" = True            # start from the checkpoint's EMA weights when it has them
+    seed: "int in [0, 2**32)" = 0     # augmentation draws, demo placement and adaptation batches
+    render: "int >= 0" = 1            # task pictures to draw when --solutions is given
 
 
 def arc_checkpoint(ckpt, name, path):
@@ -262,7 +246,8 @@ def prepare(args):
     model, ckpt = evaluate.load_model(args.checkpoint, use_ema=True)
     cfg = SolveConfig()
     config.apply_overrides(args.config, cfg, model.config, ckpt["model_name"])
-    check_config(cfg)
+    config.check(cfg)
+    config.check(model.config, ckpt["model_name"])
     if not cfg.use_ema:
         model.load_state_dict(ckpt["model"])
     if model.needs_demos and cfg.mode == "full":

@@ -92,13 +92,6 @@ def read_csv(path, width, charset):
     return rows
 
 
-def check_count(name, value, least=0):
-    """A count option (num_aug, num_train, ...) must be an integer >= least."""
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int)
-                              or value < least):
-        raise DataError(f"{name}={value!r}: expected an integer >= {least}")
-
-
 # --------------------------------------------------------------------------------------------------
 # Writing
 

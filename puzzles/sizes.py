@@ -7,6 +7,7 @@ import os
 from puzzles.arc import build_arc
 from puzzles.arc_small import build_arc_small
 from puzzles.arc_sources import load_arc_tasks
+from puzzles.grid_programs import build_grid_programs
 from puzzles.grids import GRID
 from puzzles.maze import build_maze
 from puzzles.small_sudoku import build_small_sudoku
@@ -38,6 +39,8 @@ SHAPES = {
     build_maze: lambda o: (_csv_rows(o, "train", o["num_train"], 900) * (8 if o["aug"] else 1)
                            + _csv_rows(o, "test", o["num_test"], 900), 900),
     build_small_sudoku: lambda o: (o["num_train"] * (o["num_aug"] + 1) + o["num_test"], 36),
+    build_grid_programs: lambda o: ((o["num_train"] + o["num_test"]) * (o["demos"] + 1),
+                                    o["size"] ** 2),
 }
 
 

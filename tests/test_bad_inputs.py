@@ -89,8 +89,8 @@ def cases(r):
         # config keys: names, types, ranges, choices
         (["train.py", "--model", "gpt"], "unknown model 'gpt'"),
         (t + ["--config", "lr_warmup=5"], "unknown config key 'lr_warmup'.*did you mean 'lr_warmup_steps'"),
-        (t + ["--config", "H_cycles=three"], r"'H_cycles' for model 'trm' takes a int \(default 3\), got 'three'"),
-        (t + ["--config", "hidden_size=32", "hidden_size=x"], r"takes a int \(default 512\)"),
+        (t + ["--config", "H_cycles=three"], r"'H_cycles' for model 'trm' takes an int \(default 3\), got 'three'"),
+        (t + ["--config", "hidden_size=32", "hidden_size=x"], r"takes an int \(default 512\)"),
         (t + ["--config", "H_cycles"], "--config takes key=value, got 'H_cycles'"),
         (t + ["--config", *ok, "global_batch_size=0"], "'global_batch_size' must be an integer >= 1, got 0"),
         (t + ["--config", *ok, "global_batch_size=-16"], "'global_batch_size' must be an integer >= 1, got -16"),
@@ -113,9 +113,9 @@ def cases(r):
         (t + ["--config", *ok, "forward_dtype=fp32"], "'forward_dtype' .*one of auto, bfloat16, float32, got 'fp32'"),
         (t + ["--config", *ok, "pos_encodings=alibi"], "'pos_encodings' .*one of rope, learned, none, got 'alibi'"),
         (t + ["--config", *ok, "loss_type=crossentropy"], "'loss_type' .*one of stablemax, softmax"),
-        (t + ["--config", *ok, "halt_exploration_prob=2.0"], "'halt_exploration_prob' .*a probability in"),
+        (t + ["--config", *ok, "halt_exploration_prob=2.0"], r"'halt_exploration_prob' .*must be in \[0, 1\]"),
         (t + ["--model", "etrm", "--config", f"data={r}/toy", "max_steps=1", "encoder_type=bogus"],
-         "model 'etrm' .*encoder_type must be one of standard.*got 'bogus'"),
+         "'encoder_type' for model 'etrm' must be one of standard.*got 'bogus'"),
         (t + ["--model", "deep_recursive", "--config", f"data={r}/toy", "max_steps=1", "n_outer=0"],
          "'n_outer' for model 'deep_recursive' must be an integer >= 1"),
         (t + ["--model", "prr", "--config", f"data={r}/toy", "max_steps=1", "tau=-0.1"],
@@ -174,7 +174,7 @@ def cases(r):
         (ev + ["--config", "hidden_size=64"], "--config hidden_size cannot change at evaluation"),
         (ev + ["--config", "halt_max_steps=0"], "'halt_max_steps' for model 'trm' must be an integer >= 1, got 0"),
         (ev + ["--config", "forward_dtype=fp8"], "'forward_dtype' .*one of auto, bfloat16, float32"),
-        (ev + ["--config", "H_cycles=x"], r"'H_cycles' for model 'trm' takes a int \(default 3\)"),
+        (ev + ["--config", "H_cycles=x"], r"'H_cycles' for model 'trm' takes an int \(default 3\)"),
     ]
     if os.geteuid() != 0:  # root writes anywhere
         table.append((["train.py", "--out", f"{r}/locked/run", "--config", *ok], "locked is not writable"))

@@ -333,7 +333,8 @@ def test_a_large_dataset_is_built_only_when_asked(tmp_path, monkeypatch):
         data.ensure_dataset("toy", root=str(tmp_path), num_train=4000)
     assert os.listdir(tmp_path) == []
     for name, options in (("toy", {"num_train": 64, "num_test": 16}), ("sudoku6", {"num_train": 8}),
-                          ("maze_small", {"num_train": 16, "num_test": 8})):
+                          ("maze_small", {"num_train": 16, "num_test": 8}),
+                          ("grid_programs", {"num_train": 16, "num_test": 8})):
         path = data.build(name, str(tmp_path / name), **options)
         real = sum(np.load(os.path.join(path, s, f"all__{f}.npy"), mmap_mode="r").nbytes
                    for s in ("train", "test") for f in ("inputs", "labels"))
