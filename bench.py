@@ -74,16 +74,18 @@ class Ctx:
         self.tokens = args.tokens or (ARC_TOKENS if CUDA else CPU_TOKENS)
         self.elt = torch.finfo(self.dtype).bits // 8
         self.quick = getattr(args, "check", False)  # --check: only the shapes its time budget allows
+        self.cpu_compile = getattr(args, "cpu_compile", False)
 
-    def time(self, fn, warmup=25, rep=100):
-        """(median, p20, p80) in ms; warmup and rep in ms of device time, as do_bench takes them."""
+    def time(self, fn, warmup=25, rep=100, reps=3):
+        """(median, p20, p80) in ms; warmup and rep in ms of device time, as do_bench takes them (on a
+        CPU: `reps` timed calls after one untimed)."""
         if CUDA:
             import triton.testing
             fn()  # compile / autotune outside the timed region
             return tuple(triton.testing.do_bench(fn, warmup=warmup, rep=rep, quantiles=[0.5, 0.2, 0.8]))
         fn()
         ts = []
-        for _ in range(3):
+        for _ in range(reps):
             t0 = time.perf_counter()
             fn()
             ts.append((time.perf_counter() - t0) * 1e3)
@@ -177,30 +179,28 @@ def random_batch(ctx, B, L, ids, demos=0):
     return batch
 
 
-def step_row(ctx, mod, cfg, batch, label, provider, compiled=False, flops=None):
-    """Time forward + backward + AdamATan2 with the ACT carry kept between steps; a Row with samples/s, peak."""
+def step_row(ctx, mod, cfg, batch, label, provider, compiled=False, flops=None, reps=3):
+    """Time train.train_step (forward, backward, AdamATan2, sign-SGD) with the ACT carry kept between
+    steps -> a Row with samples/s, peak memory and, compiled, the first call's seconds (the compile)."""
     import optim
+    import train
     torch.manual_seed(0)
     model = mod.Model(cfg).to(ctx.device).train()
     B = batch["inputs"].shape[0]
-    opt = optim.AdamATan2(model.parameters())
-    run = torch.compile(model) if compiled else model
-    state = {"carry": model.initial_carry(batch)}
-
-    def step():
-        carry, loss, _, _ = run(state["carry"], batch, loss_scale=1.0 / B)
-        (loss / B).backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        state["carry"] = carry
+    s = train.State(model, optim.AdamATan2(model.parameters()),
+                    forward=torch.compile(model) if compiled else None)
+    tcfg = train.TrainConfig(global_batch_size=B, lr_warmup_steps=0, ema=False)
     if CUDA:
         torch.cuda.reset_peak_memory_stats()
-    t = ctx.time(step, warmup=500, rep=2500)  # whole steps of 0.2-0.6 s: about 3 warm-up and 5-10 timed
+    t0 = time.perf_counter()
+    train.train_step(s, batch, tcfg)
+    first = time.perf_counter() - t0
+    t = ctx.time(lambda: train.train_step(s, batch, tcfg), warmup=500, rep=2500, reps=reps)
     peak = torch.cuda.max_memory_allocated() / 1e9 if CUDA else 0.0
-    del model, opt, run, state
+    del model, s
     torch.cuda.empty_cache() if CUDA else None
-    return Row(label, f"{B / t[0] * 1e3:.0f} samples/s, {peak:.1f} GB", provider,
-               f"[{B}, {batch['inputs'].shape[1]}]", *t, flops=flops, peak_gb=peak)
+    mode = f"{B / t[0] * 1e3:.0f} samples/s, {peak:.1f} GB" + (f", 1st call {first:.0f} s" if compiled else "")
+    return Row(label, mode, provider, f"[{B}, {batch['inputs'].shape[1]}]", *t, flops=flops, peak_gb=peak)
 
 
 @register("attention", "non-causal attention from packed qkv [N, 916, 3*8*64], RoPE: TRM (N=192), PRR (N=512)")
@@ -305,6 +305,26 @@ def bench_models(ctx):
         label = name + "".join(f" {k}={v}" for k, v in extra.items())
         rows.append(step_row(ctx, mod, cfg, batch, label, "eager"))
     return rows
+
+
+@register("cpu_step", "a TRM step on a CPU, 1 thread, maze recipe: eager, and compiled with --cpu-compile")
+def bench_cpu_step(ctx):
+    """What train.py's CPU_COMPILE_STEPS rests on: the step time eager and compiled, and the compile time
+    (the compiled row's first call), at the teaching suite's TRM maze recipe (experiments/teach.py)."""
+    import trm
+    if CUDA:
+        return []
+    cfg = trm.Config(hidden_size=64, num_heads=4, L_layers=1, H_cycles=2, L_cycles=2, halt_max_steps=4,
+                     puzzle_emb_ndim=0, seq_len=121, vocab_size=6, num_puzzle_identifiers=2)
+    batch = random_batch(ctx, 32, cfg.seq_len, 2)
+    batch = {k: v.clamp(max=5) if k != "puzzle_identifiers" else v for k, v in batch.items()}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return [step_row(ctx, trm, cfg, batch, "cpu_step maze", name, compiled, reps=10)
+                for name, compiled in (("eager", False), ("compile", True))[:1 + ctx.cpu_compile]]
+    finally:
+        torch.set_num_threads(threads)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -428,6 +448,8 @@ def main(argv=None):
     ap.add_argument("--check", action="store_true",
                     help="first run on a GPU machine: GPU tests + kernel benchmarks + TRM step, recorded (<= 8 min)")
     ap.add_argument("--list", action="store_true", help="list the benchmarks and exit")
+    ap.add_argument("--cpu-compile", action="store_true",
+                    help="cpu_step: also the compiled step (a cold torch.compile: about 100 s)")
     ap.add_argument("--record", action="store_true", help="append the results to BENCHMARKS.md (CUDA only)")
     ap.add_argument("--tokens", type=int, default=None,
                     help=f"tokens per call (default {ARC_TOKENS} on CUDA, {CPU_TOKENS} on CPU)")

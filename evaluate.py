@@ -28,6 +28,7 @@ import torch.distributed as dist
 
 import config
 import data
+from checkpoint import check_out_dir, read_checkpoint, read_metrics, restore_rng, rng_state
 
 PASS_K = (1, 2, 5, 10, 100, 1000)
 ARC_COLOURS = ["#000000", "#0074D9", "#FF4136", "#2ECC40", "#FFDC00", "#AAAAAA", "#F012BE", "#FF851B", "#7FDBFF", "#870C25"]
@@ -235,10 +236,10 @@ def load_ema(model, ema):
 def evaluate_ema(model, ema, path, global_batch_size, rank=0, world=1, max_batches=0, out_dir=None):
     """evaluate_dataset on a copy of `model` holding the EMA weights (the model itself when ema is None), leaving
     the RNG as it found it, so that a training run that evaluates continues as one that does not."""
-    rng = config.rng_state()
+    rng = rng_state()
     copy = model if ema is None else load_ema(copy_module.deepcopy(model), ema)  # deepcopy: a new Model() draws RNG
     result = evaluate_dataset(copy, path, global_batch_size, rank, world, max_batches, out_dir)
-    config.restore_rng(rng)
+    restore_rng(rng)
     return result
 
 
@@ -247,7 +248,7 @@ def load_model(checkpoint, use_ema=True, overrides=()):
 
     `overrides` ("key=val") may change model keys that do not change the weights: test-time depth
     (halt_max_steps, H_cycles, eval_n_steps, ...) or e.g. etrm's tto_steps."""
-    ckpt = config.read_checkpoint(checkpoint)
+    ckpt = read_checkpoint(checkpoint)
     name = ckpt["model_name"]
     mod = config.model_module(name)
     cfg = config.config_from(mod.Config, ckpt["model_config"])
@@ -287,17 +288,6 @@ def plot_curves(out):
     fig.tight_layout()
     fig.savefig(os.path.join(out, "curves.png"), dpi=100)
     plt.close(fig)
-
-
-def read_metrics(path):
-    """The rows of a metrics.jsonl; a line cut short by a kill mid-write is dropped, not an error."""
-    rows = []
-    for line in open(path) if os.path.exists(path) else ():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return [r for r in rows if isinstance(r, dict) and "step" in r]
 
 
 def open_test_split(args, ckpt):
@@ -343,7 +333,7 @@ def main(argv=None):
     path = open_test_split(args, ckpt)
     ckpt_file = args.checkpoint if not os.path.isdir(args.checkpoint) else os.path.join(args.checkpoint, "checkpoint.pt")
     out = args.out or os.path.dirname(os.path.abspath(ckpt_file))
-    config.check_out_dir(out)
+    check_out_dir(out)
     os.makedirs(out, exist_ok=True)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     bs = args.batch_size or ckpt["train_config"].get("eval_batch_size") or ckpt["train_config"]["global_batch_size"]

@@ -102,8 +102,8 @@ def allreduce_flat(tensors):
 
 def non_finite(model, embs, stats):
     """Name the first non-finite loss or gradient (one reduction over all gradients; names only on a fault)."""
-    bad = [k for k, v in sorted(stats.items(), key=lambda kv: kv[0] != "total_loss")
-           if k.endswith("_loss") and not math.isfinite(v)]
+    bad = [k for k, v in sorted(stats.items(), key=lambda kv: kv[0] != "loss")
+           if (k == "loss" or k.endswith("_loss")) and not math.isfinite(v)]
     if bad:
         return f"loss '{bad[0]}'"
     grads = [(n, p.grad) for n, p in model.named_parameters() if p.grad is not None]

@@ -16,6 +16,7 @@ import sys
 import pytest
 import torch
 
+import checkpoint
 import config
 import data
 import train
@@ -61,12 +62,12 @@ def test_resume_continues_the_same_run(toy, tmp_path):
 def test_resume_refuses_other_model_and_changed_config(toy, tmp_path):
     run(toy, tmp_path / "r", "max_steps=1", "eval_batches=1")
     with pytest.raises(SystemExit, match="checkpoint of model 'trm', not 'prr'"):
-        config.read_checkpoint(str(tmp_path / "r" / "checkpoint.pt"), "prr")
+        checkpoint.read_checkpoint(str(tmp_path / "r" / "checkpoint.pt"), "prr")
     with pytest.raises(SystemExit, match="cannot change lr"):
         train.main(["--model", "trm", "--out", str(tmp_path / "r"), "--resume", "--config", "lr=0.5"])
     cfg = config.model_module("trm").Config(hidden_size=32)
     with pytest.raises(SystemExit, match="hidden_size=64 .this run: 32."):
-        config.read_checkpoint(str(tmp_path / "r" / "checkpoint.pt"), "trm", cfg)
+        checkpoint.read_checkpoint(str(tmp_path / "r" / "checkpoint.pt"), "trm", cfg)
 
 
 def test_config_errors_name_key_and_value():
@@ -134,7 +135,7 @@ def listing(folder):
 def test_model_recipe_applied_unless_the_user_sets_the_key(monkeypatch):
     import trm
     monkeypatch.setattr(trm, "TRAIN_DEFAULTS", {"grad_clip": 1.0, "ema_rate": 0.99}, raising=False)
-    resolve = lambda *a: config.resolve_configs(train.parse_args(["--model", "trm", *a]), train.TrainConfig,
+    resolve = lambda *a: checkpoint.resolve_configs(train.parse_args(["--model", "trm", *a]), train.TrainConfig,
                                                 train.RESUMABLE_KEYS)[2]
     assert (resolve().grad_clip, resolve().ema_rate) == (1.0, 0.99)
     assert resolve("--config", "grad_clip=0.5").grad_clip == 0.5 and train.TrainConfig().grad_clip == 0.0
