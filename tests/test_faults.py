@@ -11,6 +11,8 @@ Faults are injected from outside train.py: this file is also a launcher, `python
     write_rank:N   SIGKILL half-way through writing the temporary file of rank 0's state at step N
     save_rank:N    SIGKILL after that temporary file is complete, before it is renamed into place
     write_ckpt:N / save_ckpt:N   the same for checkpoint.pt at step N
+    after_ckpt:N   SIGKILL right after checkpoint.pt of step N is in place
+    sigint:N       Ctrl-C (SIGINT) during optimisation step N
     nan_loss:N / nan_gradient:N  the loss (or one weight's gradient) of the N-th training call becomes NaN
 """
 import io
@@ -55,12 +57,14 @@ SELF = os.path.abspath(__file__)
 def arm(fault, argv):
     kind, n = fault.rsplit(":", 1)
     n, die = int(n), lambda: os.kill(os.getpid(), signal.SIGKILL)
-    if kind == "step":
+    if kind in ("step", "sigint"):
         step = train.train_step
 
         def train_step(s, *args):
+            if kind == "sigint" and s.step == n - 1:
+                os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C during step n: the loop stops after it
             out = step(s, *args)
-            if s.step == n:
+            if kind == "step" and s.step == n:
                 die()
             return out
         train.train_step = train_step
@@ -90,7 +94,10 @@ def arm(fault, argv):
         def os_replace(src, dst, *args, **kwargs):
             if kind == f"save_{which(str(dst))}":
                 die()
-            return replace(src, dst, *args, **kwargs)
+            out = replace(src, dst, *args, **kwargs)
+            if kind == f"after_{which(str(dst))}":
+                die()
+            return out
         torch.save, os.replace = torch_save, os_replace
 
 
@@ -238,6 +245,58 @@ def test_ctrl_c_checkpoints_and_resume_continues(toy, tmp_path):
     assert stopped >= 1 and [r["step"] for r in metrics(out) if "loss" in r] == list(range(1, stopped + 1))
     python("train.py", "--out", str(out), "--resume", "--config", f"max_steps={stopped + 2}")
     assert checkpoint(out)["step"] == stopped + 2
+
+
+@pytest.fixture(scope="module")
+def small_toy(tmp_path_factory):
+    """24 puzzles of 4 examples: a data iteration (eval_interval=1 epoch) is 6 steps of 16."""
+    return data.build_toy(str(tmp_path_factory.mktemp("data") / "toy"), num_train=96, num_test=16)
+
+
+def assert_same_run(a, b):
+    """Weights, EMA and the metrics log (evaluations included) equal bit for bit."""
+    ca, cb = checkpoint(a), checkpoint(b)
+    assert ca["step"] == cb["step"]
+    for key in ("model", "ema"):
+        for k, v in ca[key].items():
+            assert torch.equal(cb[key][k], v), f"{key} {k} differs after resume"
+    assert metrics(a) == metrics(b)
+
+
+# first run's fault or max_steps -> the boundary it stops at; 6 and 18 end data iterations
+BOUNDARIES = {"iteration_end": ["max_steps=6"], "checkpoint_interval": ["after_ckpt:6", "checkpoint_interval=6"],
+              "ctrl_c_on_an_iteration's_last_batch": ["sigint:6"], "ctrl_c_on_the_last_step": ["sigint:18"]}
+
+
+@pytest.mark.parametrize("boundary", list(BOUNDARIES))
+def test_resume_from_every_boundary_equals_no_stop(boundary, small_toy, tmp_path):
+    """The checkpoint a run leaves at each kind of boundary resumes into the uninterrupted run: the loader
+    at the end of a data iteration starts the next one, an evaluation a stop skipped is made first."""
+    keys = [*COMMON[1:], "global_batch_size=16", "eval_interval=1", "epochs=3"]
+    python("train.py", *argv("trm", small_toy, tmp_path / "ref", *keys))
+    run = argv("trm", small_toy, tmp_path / "run", *keys)
+    fault, *extra = BOUNDARIES[boundary]
+    if ":" not in fault:
+        python("train.py", *run, fault, *extra)
+    else:
+        proc = python(SELF, fault, *run, *extra, check=False)
+        code = 130 if fault.startswith("sigint") else -9
+        assert proc.returncode == code, (fault, proc.stderr[-2000:])
+    python("train.py", "--out", str(tmp_path / "run"), "--resume", "--config", "max_steps=0")
+    assert_same_run(tmp_path / "ref", tmp_path / "run")
+    evals = [r["step"] for r in metrics(tmp_path / "run") if "eval/accuracy" in r]
+    assert evals == [6, 12, 18]
+
+
+def test_resume_at_the_end_of_the_schedule_says_how_to_train_on(small_toy, tmp_path):
+    out = tmp_path / "run"
+    python("train.py", *argv("trm", small_toy, out, *COMMON[1:], "global_batch_size=16", "eval_interval=1",
+                             "epochs=2"))
+    before = {f: os.stat(out / f).st_mtime_ns for f in os.listdir(out)}
+    proc = python("train.py", "--out", str(out), "--resume", "--config", "max_steps=100")
+    assert f"{out} is finished: step 12 is the end of its schedule (2 epochs)" in proc.stdout
+    assert f"init_from={out}" in proc.stdout
+    assert {f: os.stat(out / f).st_mtime_ns for f in os.listdir(out)} == before
 
 
 # ----------------------------------------------------------------------------------------------------
