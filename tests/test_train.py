@@ -214,3 +214,27 @@ def test_an_in_process_run_leaves_no_signal_handler_behind(toy, tmp_path):
     before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     run(toy, tmp_path / "r", "max_steps=2")
     assert {sig: signal.getsignal(sig) for sig in before} == before
+
+
+def test_progress_rows_average_over_the_samples_that_halted(toy, tmp_path, capsys):
+    """A progress row covers every step since the previous one: losses per sample over those steps, the
+    other metrics over the samples that halted in them, and `-` (null) when none did (here step 1: the Q
+    head starts far below halting, so every sample runs both of its ACT steps)."""
+    keys = ("max_steps=6", "halt_exploration_prob=0.0", "eval_batches=1")
+    run(toy, tmp_path / "one", "log_interval=1", *keys)
+    first = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("step 1/6"))
+    assert "| acc - exact - |" in first, first
+    run(toy, tmp_path / "three", "log_interval=3", *keys)
+    one = [r for r in rows(tmp_path / "one") if "loss" in r]
+    three = [r for r in rows(tmp_path / "three") if "loss" in r]
+    assert one[0]["count"] == 0 and one[0]["accuracy"] is None
+    assert [r["step"] for r in three] == [3, 6]
+    for r in three:
+        part = one[r["step"] - 3:r["step"]]
+        count = sum(p["count"] for p in part)
+        assert r["count"] == count > 0
+        assert math.isclose(r["loss"], sum(p["loss"] for p in part) / 3, rel_tol=1e-6)
+        for k in ("accuracy", "exact_accuracy", "lm_loss"):
+            expect = (sum(p[k] for p in part) / 3 if k.endswith("loss") else
+                      sum(p[k] * p["count"] for p in part if p["count"]) / count)
+            assert math.isclose(r[k], expect, rel_tol=1e-6), (k, r, part)
