@@ -27,6 +27,7 @@ import json
 import math
 import os
 import random
+import resource
 import signal
 import sys
 import threading
@@ -154,13 +155,20 @@ def open_dataset(tcfg, mcfg, rank, world, user_keys=()):
 
 
 def available_memory(device):
-    """Bytes this process may still allocate: the GPU's free memory, or MemAvailable of /proc/meminfo."""
+    """Bytes this process may still allocate: the GPU's free memory; on a CPU MemAvailable of
+    /proc/meminfo, or less under an address-space limit (ulimit -v); None where neither is known."""
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
     try:
         with open("/proc/meminfo") as f:
-            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
-    except (OSError, StopIteration, ValueError):  # not Linux: no estimate, the allocator still answers
+            free = next(int(ln.split()[1]) * 1024 for ln in f if ln.startswith("MemAvailable:"))
+        limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+        if limit != resource.RLIM_INFINITY:
+            with open("/proc/self/status") as f:
+                used = next(int(ln.split()[1]) * 1024 for ln in f if ln.startswith("VmSize:"))
+            free = min(free, limit - used)
+        return free
+    except (OSError, StopIteration, ValueError):  # not Linux: the allocator's own failure still answers
         return None
 
 

@@ -238,3 +238,36 @@ def test_progress_rows_average_over_the_samples_that_halted(toy, tmp_path, capsy
             expect = (sum(p[k] for p in part) / 3 if k.endswith("loss") else
                       sum(p[k] * p["count"] for p in part if p["count"]) / count)
             assert math.isclose(r[k], expect, rel_tol=1e-6), (k, r, part)
+
+
+def test_a_batch_too_big_for_memory_is_refused_in_one_line(toy, tmp_path):
+    """Through the command line, under a 3 GB address-space limit: the activations of a step, measured on
+    1 and 2 samples, refuse the batch before it is allocated; exit code 2, no run folder."""
+    import resource
+    limit = lambda: resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))  # noqa: E731
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), "--out", str(tmp_path / "r"),
+                           "--config", f"data={toy}", *TINY, "global_batch_size=100000"], cwd=tmp_path,
+                          preexec_fn=limit, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-3000:]
+    assert lines[0].startswith("error: config key 'global_batch_size' = 100000 does not fit in memory")
+    assert os.listdir(tmp_path) == []
+
+
+def test_the_allocator_failing_at_a_step_is_one_line(toy, tmp_path, monkeypatch):
+    import trm
+    monkeypatch.setattr(train, "check_memory", lambda *a: None)  # as if the estimate had missed
+
+    def no_room(self, carry, batch):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory")
+    monkeypatch.setattr(trm.Model, "forward", no_room)
+    with pytest.raises(SystemExit, match=r"^error: config key 'global_batch_size' = 32 \(step 1\) does not "
+                                         r"fit in memory \(\[enforce fail"):
+        run(toy, tmp_path / "r", "max_steps=2")
+    assert not os.path.exists(tmp_path / "r")
+    def broken(self, carry, batch):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+    monkeypatch.setattr(trm.Model, "forward", broken)
+    with pytest.raises(RuntimeError, match="shapes cannot"):  # not dressed up as memory
+        run(toy, tmp_path / "r", "max_steps=2")
