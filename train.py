@@ -335,7 +335,7 @@ def train_step(s, batch, tcfg, world=1, total_steps=1):
     batch = {k: v.to(next(model.parameters()).device) for k, v in batch.items()}
     if s.carry is None:
         s.carry = model.initial_carry(batch)
-    s.carry, loss, metrics, _ = (s.forward or model)(s.carry, batch)
+    s.carry, loss, metrics, _ = (model if s.forward is None else s.forward)(s.carry, batch)
     (loss / tcfg.global_batch_size).backward()
     t0 = time.time()
     if world > 1:  # unused parameters get zero grads so every rank's flat buffer lines up
