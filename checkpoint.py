@@ -1,9 +1,10 @@
-"""checkpoint.py — checkpoint files and run folders: atomic writes, checked reads, RNG state, and a training
-run's folder (its configs on --resume, config.json, metrics.jsonl, checkpoint.pt and the per-rank states).
+"""checkpoint.py — checkpoint files (atomic writes, checked reads, RNG state) and a training run's
+folder: its configs on --resume, config.json, metrics.jsonl, checkpoint.pt and the per-rank states.
 
-A run folder holds `config.json`, `metrics.jsonl`, `curves.png`, `checkpoint.pt` (weights, optimiser, EMA,
-step, configs) and each rank's `rank<r>.step<N>.pt` (ACT carry, RNG, data position), so `--resume`
-continues the same run. Every fault is one line starting "error: " naming the file.
+A run folder holds `config.json`, `metrics.jsonl`, `curves.png`, `checkpoint.pt` (weights,
+optimiser, EMA, step, the step last evaluated, configs) and each rank's `rank<r>.step<N>.pt` (ACT
+carry, RNG, data position), so `--resume` continues the same run. Every fault is one line starting
+"error: " naming the file.
 """
 import dataclasses
 import json
@@ -23,12 +24,13 @@ def print0(*args, **kwargs):
         print(*args, **kwargs, flush=True)
 
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Files
 
 def atomic_save(obj, path):
-    """Write to a temporary file in the same folder, then rename: a reader sees the old file or the new
-    one. A failed write (disk full, no permission) removes its temporary file, the old file stays."""
+    """Write to a temporary file in the same folder, then rename: a reader sees the old file or the
+    new one. A failed write (disk full, no permission) removes its temporary file; the old one
+    stays."""
     tmp = f"{path}.tmp{os.getpid()}"
     try:
         torch.save(obj, tmp)
@@ -36,9 +38,9 @@ def atomic_save(obj, path):
     except (OSError, RuntimeError) as e:  # torch.save reports a failed write as RuntimeError
         if os.path.exists(tmp):
             os.remove(tmp)
-        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0][:200]
-        raise SystemExit(f"error: could not write {path} ({reason}); the previous checkpoint there is "
-                         "intact")
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0]
+        raise SystemExit(f"error: could not write {path} ({reason[:200]}); the previous checkpoint "
+                         "there is intact")
 
 
 def load_file(path):
@@ -60,14 +62,14 @@ def check_config(theirs, ours, path, model_name):
 
 
 def read_checkpoint(path, model_name=None, model_cfg=None):
-    """A checkpoint written by train.py, checked: a nanoTRM file, of `model_name` (any model when None),
-    trained with a config `model_cfg` can use. A run folder stands for its checkpoint.pt."""
+    """A checkpoint written by train.py, checked: a nanoTRM file, of `model_name` (any model when
+    None), trained with a config `model_cfg` can use. A run folder stands for its checkpoint.pt."""
     if os.path.isdir(path):
         path = os.path.join(path, "checkpoint.pt")
     ckpt = load_file(path)
     if not isinstance(ckpt, dict) or "model_name" not in ckpt:
-        raise SystemExit(f"error: {path} is not a nanoTRM checkpoint (reference TRM weights load through "
-                         "trm.convert_reference_state_dict)")
+        raise SystemExit(f"error: {path} is not a nanoTRM checkpoint (reference TRM weights load "
+                         "through trm.convert_reference_state_dict)")
     if ckpt["model_name"] not in MODELS:
         raise SystemExit(f"error: {path} is a checkpoint of unknown model {ckpt['model_name']!r}")
     if model_name is not None and ckpt["model_name"] != model_name:
@@ -79,12 +81,13 @@ def read_checkpoint(path, model_name=None, model_cfg=None):
 
 
 def load_weights(model, state, path):
-    """load_state_dict, resizing puzzle-embedding tables to this dataset the reference's way (mean row)."""
+    """load_state_dict, resizing puzzle-embedding tables to this dataset the reference's way (mean
+    row)."""
     own = model.state_dict()
     for key, value in list(state.items()):
         if key.endswith("puzzle_emb.weights") and key in own and value.shape != own[key].shape:
-            print0(f"{path}: puzzle-embedding table {tuple(value.shape)} -> {tuple(own[key].shape)}, "
-                   "filled with the mean row")
+            print0(f"{path}: puzzle-embedding table {tuple(value.shape)} -> "
+                   f"{tuple(own[key].shape)}, filled with the mean row")
             state[key] = value.mean(0, keepdim=True).expand_as(own[key]).clone()
     model.load_state_dict(state)
 
@@ -101,7 +104,8 @@ def to_device(obj, device):
 
 
 def rng_state():
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+            "python": random.getstate(),
             "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None}
 
 
@@ -113,19 +117,20 @@ def restore_rng(s):
         torch.cuda.set_rng_state(s["cuda"])
 
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # A training run's configs and folder
 
 def saved_run(out, model):
-    """--resume: the folder's checkpoint, else its config.json (a run killed before its first checkpoint)
-    -> (model name, train config dict, model config dict, checkpoint or None)."""
+    """--resume: the folder's checkpoint, else its config.json (a run killed before its first
+    checkpoint) -> (model name, train config dict, model config dict, checkpoint or None)."""
     cpath, jpath = os.path.join(out, "checkpoint.pt"), os.path.join(out, "config.json")
     if os.path.exists(cpath):
         ckpt = read_checkpoint(cpath, model)
         return ckpt["model_name"], ckpt["train_config"], ckpt["model_config"], ckpt
     if not os.path.exists(jpath):
-        raise SystemExit(f"error: --resume: {out} holds no checkpoint.pt and no config.json, so there is "
-                         "no run to continue (check --out; drop --resume to start a new run)")
+        raise SystemExit(f"error: --resume: {out} holds no checkpoint.pt and no config.json, so "
+                         "there is no run to continue (check --out; drop --resume to start a new "
+                         "run)")
     try:
         saved = json.load(open(jpath))
         name, tcfg, mcfg = saved["model"], saved["train"], saved["model_config"]
@@ -137,9 +142,9 @@ def saved_run(out, model):
 
 
 def resolve_configs(args, train_cls, resumable):
-    """train.py's configs: defaults < the model's recipe < --config; on --resume the run folder's own, of
-    which only the `resumable` keys may change -> (name, module, train config, model config, checkpoint,
-    out)."""
+    """train.py's configs: defaults < the model's recipe < --config; on --resume the run folder's
+    own, of which only the `resumable` keys may change -> (name, module, train config, model config,
+    checkpoint, out)."""
     if args.resume and not args.out:
         raise SystemExit("error: --resume needs --out <run folder>")
     if not args.resume:
@@ -147,7 +152,8 @@ def resolve_configs(args, train_cls, resumable):
         mod = model_module(name)
         tcfg, mcfg = train_cls(**train_defaults(mod, name, train_cls)), mod.Config()
         apply_overrides(args.config, tcfg, mcfg, name)
-        out = args.out or os.path.join("runs", f"{name}-{os.path.basename(os.path.normpath(tcfg.data))}")
+        data_name = os.path.basename(os.path.normpath(tcfg.data))
+        out = args.out or os.path.join("runs", f"{name}-{data_name}")
         return name, mod, tcfg, mcfg, None, out
     name, saved_train, saved_model, ckpt = saved_run(args.out, args.model)
     mod = model_module(name)
@@ -174,30 +180,33 @@ def check_out_dir(out):
 
 
 def check_run_folder(out, ckpt, resuming, world):
-    """A new run never goes into a folder holding one; a resumed one runs on as many processes as saved
-    it (each rank's carry and data position were saved by one process each)."""
+    """A new run never goes into a folder holding one; a resumed one runs on as many processes as
+    saved it (each rank's carry and data position were saved by one process each)."""
     check_out_dir(out)
-    if not resuming and any(os.path.exists(os.path.join(out, f)) for f in ("checkpoint.pt", "config.json")):
-        raise SystemExit(f"error: --out {out} already holds a run; continue it with --resume, or choose "
-                         "another --out (nothing there is overwritten)")
+    if not resuming and any(os.path.exists(os.path.join(out, f)) for f in ("checkpoint.pt",
+                                                                            "config.json")):
+        raise SystemExit(f"error: --out {out} already holds a run; continue it with --resume, or "
+                         "choose another --out (nothing there is overwritten)")
     if ckpt is None:
         return
     saved = ckpt.get("world_size") or len([f for f in os.listdir(out)
                                            if re.fullmatch(rf"rank\d+\.step{ckpt['step']}\.pt", f)])
     if saved != world:
-        raise SystemExit(f"error: {out} was trained by {saved} process(es); resume it with the same number "
-                         f"(torchrun --nproc_per_node={saved} train.py --out {out} --resume), not {world}")
+        raise SystemExit(f"error: {out} was trained by {saved} process(es); resume it with the "
+                         f"same number (torchrun --nproc_per_node={saved} train.py --out {out} "
+                         f"--resume), not {world}")
 
 
 def run_record(run):
-    """What config.json and checkpoint.pt say about a run (train.py's `run`): model, data, configs."""
+    """What config.json and checkpoint.pt say about a run (train.py's `run`): model, data,
+    configs."""
     return {"model": run.name, "data_path": run.path, "train": dataclasses.asdict(run.tcfg),
             "model_config": dataclasses.asdict(run.mcfg)}
 
 
 def open_run_folder(run, step):
-    """config.json, and metrics.jsonl cut back to the checkpoint's step (a crash leaves no trace) -> the
-    metrics file, open for appending."""
+    """config.json, and metrics.jsonl cut back to the checkpoint's step (a crash leaves no trace)
+    -> the metrics file, open for appending."""
     out = run.out
     try:
         os.makedirs(out, exist_ok=True)
@@ -215,7 +224,8 @@ def open_run_folder(run, step):
 
 
 def read_metrics(path):
-    """The rows of a metrics.jsonl; a line cut short by a kill mid-write is dropped, not an error."""
+    """The rows of a metrics.jsonl; a line cut short by a kill mid-write is dropped, not an
+    error."""
     rows = []
     for line in open(path) if os.path.exists(path) else ():
         try:
@@ -225,15 +235,16 @@ def read_metrics(path):
     return [r for r in rows if isinstance(r, dict) and "step" in r]
 
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Checkpoints of a training run
 
 def save_checkpoint(s, run):
-    """This step's per-rank state first, then the checkpoint that points at it, then drop older states."""
+    """This step's per-rank state first, then the checkpoint that points at it, then drop older
+    states."""
     out, rank, world, mine = run.out, run.rank, run.world, f"rank{run.rank}.step{s.step}.pt"
     os.makedirs(out, exist_ok=True)  # another rank may not have created it yet
-    atomic_save({"loader": s.loader.state_dict(), "carry": to_device(s.carry, "cpu"), "rng": rng_state()},
-                os.path.join(out, mine))
+    atomic_save({"loader": s.loader.state_dict(), "carry": to_device(s.carry, "cpu"),
+                 "rng": rng_state()}, os.path.join(out, mine))
     if world > 1:
         dist.barrier()
     try:
@@ -241,9 +252,9 @@ def save_checkpoint(s, run):
             rec = run_record(run)
             atomic_save({"model_name": rec["model"], "model": s.model.state_dict(),
                          "optimizer": s.adam.state_dict(), "ema": s.ema, "step": s.step,
-                         "evaluated": s.evaluated, "world_size": world, "train_config": rec["train"],
-                         "model_config": rec["model_config"], "data_path": rec["data_path"]},
-                        os.path.join(out, "checkpoint.pt"))
+                         "evaluated": s.evaluated, "world_size": world,
+                         "train_config": rec["train"], "model_config": rec["model_config"],
+                         "data_path": rec["data_path"]}, os.path.join(out, "checkpoint.pt"))
     except SystemExit:  # the old checkpoint stays, and so must the states it points at
         os.remove(os.path.join(out, mine))
         raise

@@ -1,22 +1,23 @@
-"""train.py — one training loop for every nanoTRM model (the reference's pretrain.py, without hydra/wandb).
+"""train.py — one training loop for every nanoTRM model (the reference's pretrain.py, without
+hydra or wandb).
 
     python train.py --help                                   # models, datasets, every config key
     python train.py --model trm --config data=toy            # CPU, a few minutes
     python train.py --model trm --config data=arc1 lr=1e-4   # the paper's ARC-AGI-1 run (GPU)
     torchrun --standalone --nproc_per_node=8 train.py --model trm --config data=arc1
-    python train.py --resume --out runs/trm-toy              # continue the same run (its saved config)
+    python train.py --resume --out runs/trm-toy              # continue the run (its saved config)
 
-Top to bottom: the training config, the setup (`prepare`: every check before anything is written), one
-optimisation step (`train_step`, which solve.py and bench.py call too), then the loop (`train`). It
-never branches on a model's name (the model protocol is in trm.py's docstring); a model file may carry
-`TRAIN_DEFAULTS`, its recipe, applied over the defaults below unless --config sets the key.
-Optimisation (optim.py; TRM paper, section 4): AdamATan2 for the weights, sign-SGD for the sparse
-puzzle embeddings, warm-up then cosine, optional EMA (evaluated), gradient clipping, torch.compile.
-Distributed: torchrun's environment (nccl on CUDA, gloo on CPU); parameters broadcast from rank 0;
-gradients summed in ONE all-reduce over one flat buffer. Rank 0 logs and writes checkpoints.
+Top to bottom: the training config; the setup (`prepare`: every check before anything is written);
+one optimisation step (`train_step`, which solve.py, bench.py and the tests call too); the loop
+(`train`). It never branches on a model's name (the model protocol is in trm.py's docstring); a
+model file may carry `TRAIN_DEFAULTS`, its recipe, applied over the defaults below unless --config
+sets the key. Optimisation (optim.py; TRM paper, section 4): AdamATan2 for the weights, sign-SGD for
+the sparse puzzle embeddings, warm-up then cosine, optional EMA (evaluated), gradient clipping,
+torch.compile. Distributed: torchrun's environment (nccl on CUDA, gloo on CPU); parameters broadcast
+from rank 0; gradients summed in ONE all-reduce over one flat buffer; rank 0 logs and writes.
 A data iteration is eval_interval epochs; after each one, and at the last step, the run is evaluated
-and a checkpoint written (checkpoint.py), so `--resume` continues the same run bit for bit. Ctrl-C (or
-SIGTERM) finishes the current step, writes a checkpoint and prints how to resume.
+and a checkpoint written (checkpoint.py), so `--resume` continues the same run bit for bit. Ctrl-C
+(or SIGTERM) finishes the current step, writes a checkpoint and prints how to resume.
 """
 import argparse
 import collections
@@ -66,31 +67,30 @@ class TrainConfig:
     ema: bool = True                      # evaluate an exponential moving average of the weights
     ema_rate: float = 0.999               # mu: shadow <- (1 - mu) p + mu shadow
     grad_clip: float = 0.0                # max global grad norm (0 = off)
-    compile: bool = True                  # torch.compile the model (on a CPU: long runs only)
+    compile: bool = True                  # torch.compile the model (CPU: long runs, see below)
     seed: int = 0                         # init and data order; rank r draws exploration with seed + r
     log_interval: int = 10                # steps between progress lines
     eval_batches: int = 0                 # cap on evaluation batches (0 = the whole test split)
     eval_batch_size: int = 0              # global evaluation batch (0 = global_batch_size)
     init_from: str = ""                   # start from these weights (a checkpoint of the same model)
     checkpoint_interval: int = 0          # steps between extra checkpoints (0 = only at evaluations)
-    threads: "int >= 0" = 0               # CPU threads per process (0 = auto: THREADS_AUTO)
+    threads: "int >= 0" = 0               # CPU threads of each process (0 = auto: 1)
+    # 1 thread: the quickstart on a shared 2-core CPU took 30 s of CPU time; 2 threads: ~20x that
     nan_policy: str = "stop"              # stop | skip (a non-finite loss or gradient stops the run or skips the batch)
 
-# torch's default of one thread per core made the README quickstart cost 7x the CPU time for no gain.
-THREADS_AUTO = 1
-# compile=True on a CPU: only with this many steps left (break-even of the compile time, measured).
-CPU_COMPILE_STEPS = 2000
-
-
+# compile=True on a CPU compiles only with this many steps left: at the maze recipe (one thread) a
+# cold compile took 100-116 s and a step 0.55-0.84x the eager 0.6 s, so it pays after 300-1000
+# steps (bench.py cpu_step --cpu-compile).
+CPU_COMPILE_STEPS = 1000
 # Keys that may change on --resume without changing the run being continued.
-RESUMABLE_KEYS = {"max_steps", "log_interval", "eval_batches", "eval_batch_size", "compile", "data_root",
-                  "checkpoint_interval", "nan_policy", "threads"}
+RESUMABLE_KEYS = {"max_steps", "log_interval", "eval_batches", "eval_batch_size", "compile",
+                  "data_root", "checkpoint_interval", "nan_policy", "threads"}
 # What each numeric training key must be; checked at start, before anything is written.
 TRAIN_LIMITS = [
     (("global_batch_size", "epochs", "eval_interval", "log_interval"), lambda v: v >= 1,
      "an integer >= 1"),
-    (("max_steps", "lr_warmup_steps", "eval_batches", "eval_batch_size", "checkpoint_interval", "threads"),
-     lambda v: v >= 0, "an integer >= 0"),
+    (("max_steps", "lr_warmup_steps", "eval_batches", "eval_batch_size", "checkpoint_interval",
+      "threads"), lambda v: v >= 0, "an integer >= 0"),
     (("lr",), lambda v: 0 < v < math.inf, "a finite number > 0"),
     (("puzzle_emb_lr", "weight_decay", "puzzle_emb_weight_decay", "grad_clip"),
      lambda v: 0 <= v < math.inf, "a finite number >= 0"),
@@ -105,16 +105,17 @@ def check_train_config(tcfg, model, world):
     for keys, ok, expected in TRAIN_LIMITS:
         for key in keys:
             if not ok(getattr(tcfg, key)):
-                raise SystemExit(f"error: config key {key!r} must be {expected}, got {getattr(tcfg, key)!r}")
+                raise SystemExit(f"error: config key {key!r} must be {expected}, "
+                                 f"got {getattr(tcfg, key)!r}")
     check_choices(tcfg, model)
     for key in ("global_batch_size", "eval_batch_size"):
         if getattr(tcfg, key) % world:
-            raise SystemExit(f"error: config key {key!r} = {getattr(tcfg, key)} is not divisible by the "
-                             f"{world} processes (each takes an equal share)")
+            raise SystemExit(f"error: config key {key!r} = {getattr(tcfg, key)} is not divisible "
+                             f"by the {world} processes (each takes an equal share)")
 
 
-# ----------------------------------------------------------------------------------------------------
-# Setup: configs (defaults < model recipe < --config, or the run folder's own), checks, dataset, model
+# ------------------------------------------------------------------------------------------------
+# Setup: configs (defaults < model recipe < --config, or the run folder's own), checks, data, model
 
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
@@ -124,16 +125,16 @@ def parse_args(argv):
                    + " (default trm, or the run folder's model with --resume)")
     p.add_argument("--config", nargs="*", default=[], metavar="KEY=VAL",
                    help="override config keys (see below)")
-    p.add_argument("--out", default="",
-                   help="run folder (default runs/<model>-<data>); one that holds a run needs --resume")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the run in --out from its checkpoint, with the config saved there")
+    p.add_argument("--out", default="", help="run folder (default runs/<model>-<data>); one that "
+                   "holds a run needs --resume")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its "
+                   "checkpoint, with the config saved there")
     return p.parse_args(argv)
 
 
 def open_dataset(tcfg, mcfg, rank, world, user_keys=()):
-    """Build the dataset if missing (rank 0), read its metadata, fill the model's data-determined keys (a
-    value the user set for one of them must agree with the dataset: it would be silently replaced)."""
+    """Build the dataset if missing (rank 0), read its metadata, fill the model's data-determined
+    keys (one the user set must agree with the dataset: it would be silently replaced)."""
     try:
         path = data.ensure_dataset(tcfg.data, root=tcfg.data_root) if rank == 0 else None
         if world > 1:
@@ -141,15 +142,15 @@ def open_dataset(tcfg, mcfg, rank, world, user_keys=()):
             dist.broadcast_object_list(box)
             path = box[0]
         meta = data.load_metadata(path, "train")
-        data.load_metadata(path, "test")  # the evaluation at the end of every data iteration needs it
-    except (ValueError, OSError) as e:  # data.DataError included: one line naming the file and the fault
+        data.load_metadata(path, "test")  # the evaluation after every data iteration needs it
+    except (ValueError, OSError) as e:  # data.DataError too: one line naming the file and fault
         raise SystemExit(f"error: {e}")
     for key in ("vocab_size", "seq_len", "num_puzzle_identifiers"):
         if hasattr(mcfg, key):
             if key in user_keys and getattr(mcfg, key) != meta[key]:
                 raise SystemExit(f"error: config key {key!r} comes from the dataset: {path}/train/"
-                                 f"dataset.json says {meta[key]}, not {getattr(mcfg, key)}; leave it out "
-                                 "of --config")
+                                 f"dataset.json says {meta[key]}, not {getattr(mcfg, key)}; leave "
+                                 "it out of --config")
             setattr(mcfg, key, meta[key])
     return path, meta
 
@@ -168,7 +169,7 @@ def available_memory(device):
                 used = next(int(ln.split()[1]) * 1024 for ln in f if ln.startswith("VmSize:"))
             free = min(free, limit - used)
         return free
-    except (OSError, StopIteration, ValueError):  # not Linux: the allocator's own failure still answers
+    except (OSError, StopIteration, ValueError):  # not Linux: the allocator still answers
         return None
 
 
@@ -185,8 +186,8 @@ def saved_bytes(model, batch):
 
 
 def check_memory(model, loader, tcfg, device):
-    """Refuse a batch too big for this device before allocating it: gradients, AdamATan2's two moments
-    and the EMA of the weights, plus the activations one step keeps, measured on 1 and 2 samples of the
+    """Refuse a batch too big for this device before allocating it: gradients, AdamATan2's moments
+    and EMA of the weights, plus the activations a step keeps, measured on 1 and 2 samples of the
     first batch and extrapolated to the local batch."""
     free, B, gb = available_memory(device), loader.local_batch_size, 1e9
     batch = next(iter(copy.copy(loader)), None)  # a copy: the loader's own position stays
@@ -198,13 +199,14 @@ def check_memory(model, loader, tcfg, device):
     torch.set_rng_state(rng[0]), np.random.set_state(rng[1]), random.setstate(rng[2])
     model.zero_grad(set_to_none=True)
     copies = (3 + tcfg.ema) * sum(p.numel() * p.element_size() for p in model.parameters())
-    need = copies + one + (two - one) * (B - 1)
+    need, each = copies + one + (two - one) * (B - 1), max(two - one, 1)
     if need > free:
-        fits = max(1, int((free - copies - one) / max(two - one, 1)) + 1) * tcfg.global_batch_size // B
-        raise SystemExit(f"error: config key 'global_batch_size' = {tcfg.global_batch_size} does not fit "
-                         f"in memory: one step keeps about {need / gb:.1f} GB ({(two - one) / 2 ** 20:.2f} "
-                         f"MB per sample, {B} per process) and {free / gb:.1f} GB is available; lower "
-                         f"global_batch_size (about {fits} fits)")
+        fits = max(1, int((free - copies - one) / each) + 1) * tcfg.global_batch_size // B
+        raise SystemExit(f"error: config key 'global_batch_size' = {tcfg.global_batch_size} does "
+                         f"not fit in memory: one step keeps about {need / gb:.1f} GB ("
+                         f"{each / 2 ** 20:.2f} MB per sample, {B} per process) and "
+                         f"{free / gb:.1f} GB is available; lower global_batch_size (about {fits} "
+                         "fits)")
 
 
 def no_memory(e, what):
@@ -215,23 +217,23 @@ def no_memory(e, what):
 
 
 def set_threads(tcfg, device):
-    """CPU threads of this process (tcfg.threads, or THREADS_AUTO) -> the count, None on a GPU."""
+    """CPU threads of this process -> their number (None on a GPU, where torch's default stays)."""
     if device.type == "cuda":
         return None
-    torch.set_num_threads(tcfg.threads or THREADS_AUTO)
+    torch.set_num_threads(tcfg.threads or 1)
     return torch.get_num_threads()
 
 
 def compiled(model, tcfg, device, steps_left):
-    """torch.compile on CUDA; on a CPU only when enough steps are left to win its compile time back."""
+    """torch.compile on CUDA; on a CPU only when enough steps are left to win the compile back."""
     if tcfg.compile and (device.type == "cuda" or steps_left >= CPU_COMPILE_STEPS):
         return torch.compile(model)
     return None
 
 
 def prepare(args):
-    """Configs, processes, run folder, dataset, model, memory and checkpoint, every check before anything
-    is written -> (State, run)."""
+    """Configs, processes, run folder, dataset, model, memory, checkpoint: every check before
+    anything is written -> (State, run)."""
     name, mod, tcfg, mcfg, ckpt, out = resolve_configs(args, TrainConfig, RESUMABLE_KEYS)
     rank, world, device = setup_distributed()
     check_train_config(tcfg, name, world)
@@ -240,19 +242,21 @@ def prepare(args):
     user_keys = [pair.split("=", 1)[0] for pair in args.config or []]
     path, meta = open_dataset(tcfg, mcfg, rank, world, user_keys)
     if ckpt is not None:  # e.g. a data folder of another vocabulary or sequence length
-        check_config(ckpt["model_config"], dataclasses.asdict(mcfg), os.path.join(out, "checkpoint.pt"),
-                     name)
+        check_config(ckpt["model_config"], dataclasses.asdict(mcfg),
+                     os.path.join(out, "checkpoint.pt"), name)
     init = read_checkpoint(tcfg.init_from, name, mcfg) if tcfg.init_from and ckpt is None else None
     threads = set_threads(tcfg, device)
     torch.manual_seed(tcfg.seed)  # identical init on every rank; the broadcast below makes sure
     try:
         model = build_model(mod, mcfg, name).to(device)
     except (torch.OutOfMemoryError, RuntimeError) as e:
-        no_memory(e, f"model {name!r} with " + (" ".join(a for a in args.config if a.split("=")[0]
-                                                           in dataclasses.asdict(mcfg)) or "defaults"))
+        sizes = [k for k in user_keys if k in dataclasses.asdict(mcfg)]
+        no_memory(e, f"model {name!r} with " + (" ".join(f"{k}={getattr(mcfg, k)}" for k in sizes)
+                                                 or "its defaults"))
     try:
-        loader = data.PuzzleDataset(path, "train", tcfg.global_batch_size, rank=rank, world_size=world,
-                                    seed=tcfg.seed, epochs_per_iter=min(tcfg.eval_interval, tcfg.epochs),
+        loader = data.PuzzleDataset(path, "train", tcfg.global_batch_size, rank=rank,
+                                    world_size=world, seed=tcfg.seed,
+                                    epochs_per_iter=min(tcfg.eval_interval, tcfg.epochs),
                                     with_demos=mod.Model.needs_demos)
     except (ValueError, OSError) as e:
         raise SystemExit(f"error: {e}")
@@ -281,26 +285,26 @@ def prepare(args):
                                     threads=threads, resuming=args.resume)
 
 
-# ----------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 # One optimisation step
 
-STOP = {"signal": 0}  # set by Ctrl-C / SIGTERM: the loop finishes its step, writes a checkpoint and exits
+STOP = {"signal": 0}  # set by Ctrl-C / SIGTERM: the loop ends its step, writes a checkpoint, exits
 
 
 def request_stop(signum, frame):
     STOP["signal"] = signum
     signal.signal(signum, signal.SIG_DFL)  # a second Ctrl-C quits at once, without a checkpoint
-    print0(f"\n{signal.Signals(signum).name}: finishing this step, then a checkpoint (again: quit now)",
-           file=sys.stderr)
+    print0(f"\n{signal.Signals(signum).name}: finishing this step, then a checkpoint (again: quit "
+           "now)", file=sys.stderr)
 
 
 @contextlib.contextmanager
 def stop_requests():
-    """Ctrl-C / SIGTERM ask the loop to stop after its step. The caller's handlers come back afterwards,
-    so a train.main() called in-process (a test, a notebook, experiments/) leaves no handler behind (a
-    process forked later, e.g. by a multiprocessing pool, would otherwise ignore SIGTERM)."""
+    """Ctrl-C / SIGTERM ask the loop to stop after its step. The caller's handlers come back
+    afterwards, so a train.main() called in-process (a test, a notebook, experiments/) leaves no
+    handler behind (a process a multiprocessing pool forks later would ignore SIGTERM)."""
     STOP["signal"] = 0
-    if threading.current_thread() is not threading.main_thread():  # handlers live in the main thread
+    if threading.current_thread() is not threading.main_thread():  # handlers: main thread only
         yield
         return
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -313,8 +317,8 @@ def stop_requests():
 
 @dataclasses.dataclass
 class State:
-    """What a step changes and a checkpoint restores: weights, optimiser (None: the trunk stays frozen),
-    EMA, step, the step last evaluated; per rank the ACT carry, the RNG and the data position."""
+    """What a step changes and a checkpoint restores: weights, optimiser (None: the trunk stays
+    frozen), EMA, step, the step last evaluated; per rank the ACT carry, RNG and data position."""
     model: torch.nn.Module
     adam: AdamATan2 = None
     loader: data.PuzzleDataset = None
@@ -327,10 +331,10 @@ class State:
 
 
 def train_step(s, batch, tcfg, world=1, total_steps=1):
-    """Forward, backward of the loss (summed over the local batch) / the global batch, all-reduce,
-    finiteness check, then AdamATan2, sign-SGD on the batch's puzzle-embedding rows, EMA
-    -> (stats summed over ranks, seconds in communication); stats is None when nan_policy=skip dropped
-    the batch."""
+    """Forward; backward of the loss (summed over the local batch) / the global batch; all-reduce;
+    finiteness check; AdamATan2, sign-SGD on the batch's puzzle-embedding rows, EMA -> (stats
+    summed over ranks, seconds in communication); stats is None when nan_policy=skip dropped the
+    batch."""
     model, embs = s.model, sparse_embeddings(s.model)
     batch = {k: v.to(next(model.parameters()).device) for k, v in batch.items()}
     if s.carry is None:
@@ -354,14 +358,14 @@ def train_step(s, batch, tcfg, world=1, total_steps=1):
     if fault:
         where = f"non-finite {fault} at step {s.step + 1}"
         if tcfg.nan_policy == "stop":
-            raise SystemExit(f"error: {where}; the weights were not updated and the last checkpoint (if "
-                             "any) is untouched (nan_policy=skip skips such batches). Lower lr or check "
-                             "the data.")
+            raise SystemExit(f"error: {where}; the weights were not updated and the last "
+                             "checkpoint (if any) is untouched (nan_policy=skip skips such "
+                             "batches). Lower lr or check the data.")
         print0(f"warning: {where}; batch skipped (nan_policy=skip), carry reset")
         model.zero_grad(set_to_none=True)
         for e in embs:
             if e.local_weights is not None:
-                e.local_weights.grad = None  # the leaf stays: a new one would break a compiled graph
+                e.local_weights.grad = None  # the leaf stays: a new one breaks a compiled graph
         s.carry = None
         return None, comm
     if tcfg.grad_clip > 0:
@@ -384,11 +388,15 @@ def train_step(s, batch, tcfg, world=1, total_steps=1):
     return stats, comm + time.time() - t0
 
 
+# ------------------------------------------------------------------------------------------------
+# The loop: one data iteration (eval_interval epochs), then an evaluation and a checkpoint
+
 def summarize(total, steps, gbs):
-    """Stats summed over `steps` steps -> a row: losses per sample (/ global batch / steps), the other
-    metrics averaged over the samples that halted in those steps (None when none did)."""
+    """Stats summed over `steps` steps -> a row: losses per sample (/ global batch / steps), the
+    other metrics averaged over the samples that halted in those steps (None when none did)."""
     count = total.get("count", 0.0)
-    row = {k: v / (gbs * steps) if k == "loss" or k.endswith("_loss") else (v / count if count else None)
+    row = {k: v / (gbs * steps) if k == "loss" or k.endswith("_loss") else
+           (v / count if count else None)
            for k, v in total.items() if k not in ("count", "lr", "interrupt", "comm")}
     return {**row, "count": count}
 
@@ -402,25 +410,22 @@ def progress_line(row, step, stop_at, samples_per_s, comm_ms, lr, minutes_left):
 
 
 def finished(s, run):
-    """The line a resumed run that has nothing left to do prints: where it stopped and how to go on."""
+    """What a resumed run with nothing left to do says: where it stopped and how to go on."""
     if run.stop_at < run.total:
-        return (f"{run.out} is finished (step {s.step:,} of {run.stop_at:,}); raise max_steps to train on "
-                f"(--resume --config max_steps=N, up to its schedule's {run.total:,})")
-    return (f"{run.out} is finished: step {s.step:,} is the end of its schedule ({run.tcfg.epochs} "
-            "epochs); to train on, start a new run from its weights (--out NEW --config "
-            f"init_from={run.out} ...)")
+        return (f"{run.out} is finished (step {s.step:,} of {run.stop_at:,}); raise max_steps to "
+                f"train on (--resume --config max_steps=N, up to its schedule's {run.total:,})")
+    return (f"{run.out} is finished: step {s.step:,} is the end of its schedule "
+            f"({run.tcfg.epochs} epochs); to train on, start a new run from its weights (--out "
+            f"NEW --config init_from={run.out} ...)")
 
-
-# ----------------------------------------------------------------------------------------------------
-# The loop: one data iteration (eval_interval epochs), then an evaluation and a checkpoint
 
 def train(args):
     s, run = prepare(args)
     tcfg, out, rank, world, stop_at = run.tcfg, run.out, run.rank, run.world, run.stop_at
     n_table = sum(e.weights.numel() for e in sparse_embeddings(s.model))
-    print0(f"model {run.name}: {sum(p.numel() for p in s.model.parameters()):,} trunk parameters + "
-           f"{n_table:,} puzzle-embedding values | data {run.path} | step {s.step:,} of {stop_at:,} "
-           f"(schedule: {run.total:,} steps) | {world} process(es) on {run.device}"
+    print0(f"model {run.name}: {sum(p.numel() for p in s.model.parameters()):,} trunk parameters "
+           f"+ {n_table:,} puzzle-embedding values | data {run.path} | step {s.step:,} of "
+           f"{stop_at:,} (schedule: {run.total:,} steps) | {world} process(es) on {run.device}"
            + (f", {run.threads} thread(s)" if run.threads else "")
            + (" | compiled" if s.forward is not None else ""))
     if s.step >= stop_at and s.evaluated == s.step:
@@ -453,9 +458,10 @@ def train(args):
                 if s.step % tcfg.log_interval == 0 or s.step == stop_at or interrupted:
                     row, now, n = summarize(acc, s.step - n_last, gbs), time.time(), s.step - n_last
                     write({**row, "lr": stats["lr"], "step": s.step})
+                    left = (now - t0) / max(s.step - step0, 1) * (stop_at - s.step) / 60
                     print0(progress_line(row, s.step, stop_at, n * gbs / max(now - t_last, 1e-9),
                                          1e3 * acc["comm"] / n if world > 1 else None, stats["lr"],
-                                         (now - t0) / max(s.step - step0, 1) * (stop_at - s.step) / 60))
+                                         left))
                     acc, t_last, n_last = collections.Counter(), now, s.step
                 if interrupted or s.step >= stop_at:
                     iteration_over = False
@@ -468,8 +474,9 @@ def train(args):
                                  f"{s.loader.epochs_per_iter} epoch(s); lower global_batch_size")
             s.resumed_batches = 0  # an iteration resumed after its last batch is over at once
             if not interrupted and (iteration_over or s.step >= stop_at) and s.evaluated < s.step:
-                result = evaluate.evaluate_ema(s.model, s.ema, run.path, tcfg.eval_batch_size or gbs, rank,
-                                               world, tcfg.eval_batches, out if rank == 0 else None)
+                result = evaluate.evaluate_ema(s.model, s.ema, run.path,
+                                               tcfg.eval_batch_size or gbs, rank, world,
+                                               tcfg.eval_batches, out if rank == 0 else None)
                 s.evaluated = s.step
                 print0(f"eval @ {s.step}: " + " ".join(f"{k} {v:.4f}" for k, v in result.items()
                                                        if isinstance(v, float)))
@@ -486,8 +493,8 @@ def train(args):
         dist.destroy_process_group()
     if interrupted:
         launcher = f"torchrun --nproc_per_node={world} " if world > 1 else "python "
-        print0(f"stopped at step {s.step}: checkpoint written to {out}; continue with: {launcher}train.py "
-               f"--out {out} --resume", file=sys.stderr)
+        print0(f"stopped at step {s.step}: checkpoint written to {out}; continue with: {launcher}"
+               f"train.py --out {out} --resume", file=sys.stderr)
         raise SystemExit(128 + (STOP["signal"] or signal.SIGINT))
     return {**result, "out_dir": out, "step": s.step}
 

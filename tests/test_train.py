@@ -271,3 +271,16 @@ def test_the_allocator_failing_at_a_step_is_one_line(toy, tmp_path, monkeypatch)
     monkeypatch.setattr(trm.Model, "forward", broken)
     with pytest.raises(RuntimeError, match="shapes cannot"):  # not dressed up as memory
         run(toy, tmp_path / "r", "max_steps=2")
+
+
+def test_compile_on_a_cpu_only_for_runs_long_enough_and_threads_in_the_header(toy, tmp_path, capsys):
+    cpu, cuda, model = torch.device("cpu"), torch.device("cuda"), torch.nn.Linear(2, 2)
+    cfg = train.TrainConfig()
+    assert train.compiled(model, cfg, cpu, train.CPU_COMPILE_STEPS - 1) is None
+    assert train.compiled(model, cfg, cpu, train.CPU_COMPILE_STEPS) is not None  # lazy: no compile yet
+    assert train.compiled(model, cfg, cuda, 1) is not None
+    assert train.compiled(model, train.TrainConfig(compile=False), cuda, 10 ** 9) is None
+    run(toy, tmp_path / "r", "max_steps=1", "eval_batches=1", "threads=1")
+    assert "1 process(es) on cpu, 1 thread(s)\n" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="'threads' must be an integer >= 0, got -1"):
+        run(toy, tmp_path / "s", "threads=-1")
