@@ -148,8 +148,6 @@ class PooledGridEncoder(nn.Module):
             self.pool_attn = CrossAttention(D, c.num_heads)
         elif self.pooling == "weighted":
             self.pool_score = trm.CastedLinear(D, 1)
-        elif self.pooling != "mean":
-            raise ValueError(f"etrm: encoder_pooling_method must be mean, attention or weighted, got {self.pooling!r}")
         self.proj = trm.CastedLinear(D, D)
 
     def forward(self, x, y):

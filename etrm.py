@@ -43,32 +43,41 @@ import trm
 from encoders import KINDS, DemoEncoder, IterativeEncoder
 
 
+def tto_needs_feed_forward(c):
+    """The iterative encoder changes its context at every ACT step: no one context to optimise."""
+    if c.encoder_type == "iterative" and c.tto_steps > 0:
+        return "tto_steps", ("0 with encoder_type=iterative (test-time optimisation needs a "
+                             "feed-forward encoder)")
+
+
 @dataclass
 class Config(trm.Config):
-    # TRM decoder fields are inherited (D = hidden_size 512, 8 heads, T=3 H_cycles, n=4 L_cycles, ...).
-    puzzle_emb_len: int = 16              # T: context tokens from the encoder (TRM's puzzle-embedding slots)
-    puzzle_emb_ndim: int = 0              # unused: ETRM has no puzzle-embedding table
-    encoder_type: str = "standard"        # one of nine (encoders.py): standard, hybrid_*, lpn_*, lpn(_var), iterative
-    encoder_num_layers: int = 2           # blocks of the per-pair grid encoder (public final hybrid run: 4)
-    encoder_pooling_method: str = "mean"  # standard / iterative grid encoder: mean | attention | weighted
-    encoder_set_layers: int = 1           # cross-attention layers of the set encoder
-    latent_dim: int = 0                   # Gaussian latent of lpn_variational(_v2), hybrid_variational (0 = D)
-    lpn_width: int = 128                  # lpn, lpn_var: width of the LPN paper's small encoder
-    lpn_latent_dim: int = 32              # lpn_var: latent of its per-demo Gaussian
-    encoder_H_cycles: int = 3             # iterative: recursion rounds per ACT step (public final run: 3)
-    encoder_L_cycles: int = 1             # iterative: latent updates per round (public final run: 1)
-    encoder_L_layers: int = 2             # iterative: blocks of its recursion network
-    kl_weight: float = 1e-4               # beta of the KL term (variational encoders; LPN's value)
-    encoder_init_logvar: float = 0.0      # initial log sigma^2 of the Gaussians, any real (public: 0, sigma = 1)
-    act_mode: str = "dynamic"             # dynamic (ETRM, TRM's ACT) | fixed (ETRM-FCT)
-    num_act_steps: int = 1                # N: ACT steps per sample in fixed mode (training)
-    leave_one_out: float = 0.0            # p: chance a training query is swapped for one of its demos
-    tto_steps: int = 0                    # test-time optimisation steps in evaluation (0 = off)
-    tto_lr: float = 1e-2                  # alpha: Adam step size (LPN: 5e-2 on its 256-d latent; overshoots here)
-    tto_target: str = "context"           # context (T x D) | latent (before the encoder's projection)
-    tto_act_steps: int = 1                # decoder ACT steps per demo prediction inside test-time optimisation
-    collapse_patience: int = 200          # training calls of a collapsed context before the warning (0 = off)
-    decoder_init: str = ""                # a trained TRM checkpoint to initialise the decoder from
+    # TRM decoder fields are inherited (D = hidden_size 512, 8 heads, H_cycles 3, L_cycles 4, ...).
+    puzzle_emb_len: "int >= 1" = 16          # context tokens from the encoder (TRM's prefix slots)
+    puzzle_emb_ndim: "int >= 0" = 0          # unused: ETRM has no puzzle-embedding table
+    encoder_type: "str in " + "|".join(KINDS) = "standard"  # one of nine (encoders.py)
+    encoder_num_layers: "int >= 1" = 2       # blocks of the per-pair grid encoder (public final: 4)
+    encoder_pooling_method: "str in mean|attention|weighted" = "mean"  # standard/iterative encoder
+    encoder_set_layers: "int >= 1" = 1       # cross-attention layers of the set encoder
+    latent_dim: "int >= 0" = 0               # Gaussian latent of the variational encoders (0 = D)
+    lpn_width: "int >= 1" = 128              # lpn, lpn_var: width of the LPN paper's small encoder
+    lpn_latent_dim: "int >= 1" = 32          # lpn_var: latent of its per-demo Gaussian
+    encoder_H_cycles: "int >= 1" = 3         # iterative: recursion rounds per ACT step (public: 3)
+    encoder_L_cycles: "int >= 1" = 1         # iterative: latent updates per round (public: 1)
+    encoder_L_layers: "int >= 1" = 2         # iterative: blocks of its recursion network
+    kl_weight: "float >= 0" = 1e-4           # beta of the KL term (variational encoders; LPN's)
+    encoder_init_logvar: "float" = 0.0       # initial log sigma^2 of the Gaussians (public: 0)
+    act_mode: "str in dynamic|fixed" = "dynamic"  # dynamic: ETRM, TRM's ACT; fixed: ETRM-FCT
+    num_act_steps: "int >= 1" = 1            # N: ACT steps per sample in fixed mode (training)
+    leave_one_out: "float in [0, 1]" = 0.0   # p: chance a training query becomes one of its demos
+    tto_steps: "int >= 0" = 0                # test-time optimisation steps in evaluation (0 = off)
+    tto_lr: "float >= 0" = 1e-2              # alpha: Adam step (LPN's 5e-2 overshoots here)
+    tto_target: "str in context|latent" = "context"  # latent: before the encoder's projection
+    tto_act_steps: "int >= 1" = 1            # decoder ACT steps per demo prediction inside TTO
+    collapse_patience: "int >= 0" = 200      # collapsed calls before a warning (0 = off)
+    decoder_init: "str" = ""                 # TRM checkpoint to initialise the decoder
+
+    cross_rules = trm.Config.cross_rules + (tto_needs_feed_forward,)
 
 
 # train.py applies these over its own defaults unless the user sets them: the public ETRM calls the clip
@@ -131,16 +140,7 @@ class Model(trm.Model):
 
     def __init__(self, config: Config):
         c = config
-        if c.puzzle_emb_len < 1:
-            raise ValueError("etrm needs puzzle_emb_len >= 1 context tokens")
-        for key, allowed in (("encoder_type", KINDS), ("act_mode", ("dynamic", "fixed")),
-                             ("tto_target", ("context", "latent"))):
-            if getattr(c, key) not in allowed:
-                raise ValueError(f"etrm: {key} must be one of {', '.join(allowed)}, got {getattr(c, key)!r}")
         self.iterative = c.encoder_type == "iterative"
-        if self.iterative and c.tto_steps > 0:
-            raise ValueError("etrm: tto_steps needs a feed-forward encoder; encoder_type=iterative changes its "
-                             "context at every ACT step, so there is no one context to optimise")
         super().__init__(replace(c, puzzle_emb_ndim=0))   # the TRM decoder without a puzzle table ...
         self.config, self.puzzle_emb_len = c, c.puzzle_emb_len
         self.embed = trm.InputEmbedding(c, c.puzzle_emb_len, self.dtype)  # ... whose T prefix slots hold the context

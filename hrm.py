@@ -36,19 +36,19 @@ __all__ = ["Config", "Model", "convert_reference_state_dict"]  # the last re-exp
 
 @dataclass
 class Config(trm.Config):
-    H_cycles: int = 2                   # N: high-level updates per ACT step
-    L_cycles: int = 2                   # T: low-level updates per high-level update
-    H_layers: int = 4                   # blocks in the high-level module H_level
-    L_layers: int = 4                   # blocks in the low-level module L_level
-    puzzle_emb_len: int = 0             # P: prefix slots (0 = ceil(ndim / D) = 1; HRM has no such key)
-    no_ACT_continue: bool = False       # HRM's Q-learning halting: halt when q_halt > q_continue
+    H_cycles: "int >= 1" = 2            # N: high-level updates per ACT step
+    L_cycles: "int >= 1" = 2            # T: low-level updates per high-level update
+    H_layers: "int >= 1" = 4            # blocks in the high-level module H_level
+    L_layers: "int >= 1" = 4            # blocks in the low-level module L_level
+    puzzle_emb_len: "int >= 0" = 0      # P: prefix slots (0 = ceil(ndim / D); HRM has no such key)
+    no_ACT_continue: "bool" = False     # HRM's Q-learning halting: halt when q_halt > q_continue
 
 
 class Model(trm.Model):
     def build_reasoning(self, total_len):
         c = self.config
-        self.H_level = ReasoningModule(c, c.H_layers, total_len)
-        self.L_level = ReasoningModule(c, c.L_layers, total_len)
+        self.H_level = ReasoningModule(c, c.H_layers, total_len, grid=True)
+        self.L_level = ReasoningModule(c, c.L_layers, total_len, grid=True)
 
     def reason(self, z_H, z_L, x):
         """One ACT step with HRM's one-step gradient: all but the last L and last H update without

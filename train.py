@@ -25,7 +25,6 @@ import contextlib
 import copy
 import dataclasses
 import json
-import math
 import os
 import random
 import resource
@@ -39,44 +38,48 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+import cli
 import data
 import evaluate
 from checkpoint import (check_config, check_run_folder, load_weights, open_run_folder, print0,
                         read_checkpoint, resolve_configs, restore, save_checkpoint)
-from config import MODELS, build_model, check_choices, check_values, help_text
+from config import MODELS, build_model, check, help_text
 from optim import (AdamATan2, allreduce_flat, lr_at, non_finite, setup_distributed, sign_sgd_update,
                    sparse_embeddings)
 
 
 @dataclasses.dataclass
 class TrainConfig:
-    data: str = "arc1"                    # dataset name (data.DATASETS) or a built dataset folder
-    data_root: str = "data"               # where named datasets are built
-    global_batch_size: int = 768          # summed over ranks
-    epochs: int = 100000                  # one epoch = one random version of every group
-    eval_interval: int = 10000            # epochs between evaluations (and checkpoints)
-    max_steps: int = 0                    # stop after this many steps (0 = all); does not change the schedule
-    lr: float = 1e-4                      # AdamATan2 learning rate
-    lr_min_ratio: float = 1.0             # cosine floor as a fraction of lr (1.0 = constant after warm-up)
-    lr_warmup_steps: int = 2000           # linear warm-up from 0 to lr (both optimisers)
-    weight_decay: float = 0.1             # decoupled, AdamATan2: p <- p (1 - lr wd)
-    beta1: float = 0.9                    # AdamATan2 first-moment rate
-    beta2: float = 0.95                   # AdamATan2 second-moment rate
-    puzzle_emb_lr: float = 1e-2           # sign-SGD learning rate of the puzzle embeddings
-    puzzle_emb_weight_decay: float = 0.1  # decoupled, applied to the batch's rows only (lazy, as the reference)
-    ema: bool = True                      # evaluate an exponential moving average of the weights
-    ema_rate: float = 0.999               # mu: shadow <- (1 - mu) p + mu shadow
-    grad_clip: float = 0.0                # max global grad norm (0 = off)
-    compile: bool = True                  # torch.compile the model (CPU: long runs, see below)
-    seed: int = 0                         # init and data order; rank r draws exploration with seed + r
-    log_interval: int = 10                # steps between progress lines
-    eval_batches: int = 0                 # cap on evaluation batches (0 = the whole test split)
-    eval_batch_size: int = 0              # global evaluation batch (0 = global_batch_size)
-    init_from: str = ""                   # start from these weights (a checkpoint of the same model)
-    checkpoint_interval: int = 0          # steps between extra checkpoints (0 = only at evaluations)
-    threads: "int >= 0" = 0               # CPU threads of each process (0 = auto: 1)
+    data: "str" = "arc1"                    # dataset name (data.DATASETS) or a built dataset folder
+    data_root: "str" = "data"               # where named datasets are built
+    global_batch_size: "int >= 1" = 768     # summed over ranks
+    epochs: "int >= 1" = 100000             # one epoch = one random version of every group
+    eval_interval: "int >= 1" = 10000       # epochs between evaluations (and checkpoints)
+    max_steps: "int >= 0" = 0               # stop after this many steps (0 = all); same schedule
+    lr: "float > 0" = 1e-4                  # AdamATan2 learning rate
+    lr_min_ratio: "float in [0, 1]" = 1.0   # cosine floor as a fraction of lr (1.0 = constant)
+    lr_warmup_steps: "int >= 0" = 2000      # linear warm-up from 0 to lr (both optimisers)
+    weight_decay: "float >= 0" = 0.1        # decoupled, AdamATan2: p <- p (1 - lr wd)
+    beta1: "float in [0, 1)" = 0.9          # AdamATan2 first-moment rate
+    beta2: "float in [0, 1)" = 0.95         # AdamATan2 second-moment rate
+    puzzle_emb_lr: "float >= 0" = 1e-2      # sign-SGD learning rate of the puzzle embeddings
+    puzzle_emb_weight_decay: "float >= 0" = 0.1  # decoupled, the batch's rows only (lazy)
+    ema: "bool" = True                      # evaluate an exponential moving average of the weights
+    ema_rate: "float in [0, 1)" = 0.999     # mu: shadow <- (1 - mu) p + mu shadow
+    grad_clip: "float >= 0" = 0.0           # max global grad norm (0 = off)
+    compile: "bool" = True                  # torch.compile the model (CPU: long runs, see below)
+    seed: "int in [0, 2**32 - 2**16)" = 0   # init and data order; rank r seeds numpy with seed + r
+    log_interval: "int >= 1" = 10           # steps between progress lines
+    eval_batches: "int >= 0" = 0            # cap on evaluation batches (0 = the whole test split)
+    eval_batch_size: "int >= 0" = 0         # global evaluation batch (0 = global_batch_size)
+    init_from: "str" = ""                   # start from these weights (same model's checkpoint)
+    checkpoint_interval: "int >= 0" = 0     # steps between extra checkpoints (0 = none)
+    threads: "int >= 0" = 0                 # CPU threads of each process (0 = auto: 1)
     # 1 thread: the quickstart on a shared 2-core CPU took 30 s of CPU time; 2 threads: ~20x that
-    nan_policy: str = "stop"              # stop | skip (a non-finite loss or gradient stops the run or skips the batch)
+    nan_policy: "str in stop|skip" = "stop"  # non-finite loss or gradient: stop, or skip the batch
+
+    split_over_ranks = ("global_batch_size", "eval_batch_size")  # each rank takes an equal share
+
 
 # compile=True on a CPU compiles only with this many steps left: at the maze recipe (one thread) a
 # cold compile took 100-116 s and a step 0.55-0.84x the eager 0.6 s, so it pays after 300-1000
@@ -85,33 +88,6 @@ CPU_COMPILE_STEPS = 1000
 # Keys that may change on --resume without changing the run being continued.
 RESUMABLE_KEYS = {"max_steps", "log_interval", "eval_batches", "eval_batch_size", "compile",
                   "data_root", "checkpoint_interval", "nan_policy", "threads"}
-# What each numeric training key must be; checked at start, before anything is written.
-TRAIN_LIMITS = [
-    (("global_batch_size", "epochs", "eval_interval", "log_interval"), lambda v: v >= 1,
-     "an integer >= 1"),
-    (("max_steps", "lr_warmup_steps", "eval_batches", "eval_batch_size", "checkpoint_interval",
-      "threads"), lambda v: v >= 0, "an integer >= 0"),
-    (("lr",), lambda v: 0 < v < math.inf, "a finite number > 0"),
-    (("puzzle_emb_lr", "weight_decay", "puzzle_emb_weight_decay", "grad_clip"),
-     lambda v: 0 <= v < math.inf, "a finite number >= 0"),
-    (("lr_min_ratio",), lambda v: 0 <= v <= 1, "in [0, 1]"),
-    (("beta1", "beta2", "ema_rate"), lambda v: 0 <= v < 1, "in [0, 1)"),
-    (("seed",), lambda v: 0 <= v < 2 ** 32 - 2 ** 16,
-     "in [0, 2**32 - 2**16) (rank r seeds numpy with seed + r)"),
-]
-
-
-def check_train_config(tcfg, model, world):
-    for keys, ok, expected in TRAIN_LIMITS:
-        for key in keys:
-            if not ok(getattr(tcfg, key)):
-                raise SystemExit(f"error: config key {key!r} must be {expected}, "
-                                 f"got {getattr(tcfg, key)!r}")
-    check_choices(tcfg, model)
-    for key in ("global_batch_size", "eval_batch_size"):
-        if getattr(tcfg, key) % world:
-            raise SystemExit(f"error: config key {key!r} = {getattr(tcfg, key)} is not divisible "
-                             f"by the {world} processes (each takes an equal share)")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -236,15 +212,21 @@ def prepare(args):
     anything is written -> (State, run)."""
     name, mod, tcfg, mcfg, ckpt, out = resolve_configs(args, TrainConfig, RESUMABLE_KEYS)
     rank, world, device = setup_distributed()
-    check_train_config(tcfg, name, world)
-    check_values(mcfg, name)
+    check(tcfg, world=world)
+    check(mcfg, name)
     check_run_folder(out, ckpt, args.resume, world)
     user_keys = [pair.split("=", 1)[0] for pair in args.config or []]
     path, meta = open_dataset(tcfg, mcfg, rank, world, user_keys)
     if ckpt is not None:  # e.g. a data folder of another vocabulary or sequence length
         check_config(ckpt["model_config"], dataclasses.asdict(mcfg),
                      os.path.join(out, "checkpoint.pt"), name)
-    init = read_checkpoint(tcfg.init_from, name, mcfg) if tcfg.init_from and ckpt is None else None
+    init = read_checkpoint(tcfg.init_from, name) if tcfg.init_from and ckpt is None else None
+    if init is not None:  # its vocabulary and canvas must fit this dataset, the rest this config
+        try:
+            data.check_fit(init["model_config"], meta, tcfg.init_from, path)
+        except ValueError as e:
+            raise SystemExit(f"error: {e}")
+        check_config(init["model_config"], dataclasses.asdict(mcfg), tcfg.init_from, name)
     threads = set_threads(tcfg, device)
     torch.manual_seed(tcfg.seed)  # identical init on every rank; the broadcast below makes sure
     try:
@@ -504,4 +486,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(data.one_line_errors(main))
+    sys.exit(cli.one_line_errors(main))

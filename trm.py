@@ -39,7 +39,7 @@ Run:  python train.py --model trm --config data=toy          (CPU, minutes)
       torchrun --standalone --nproc_per_node=8 train.py --model trm --config data=arc1
 """
 import math
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -48,28 +48,46 @@ from torch import nn
 import kernels
 
 
+def heads_divide_width(c):
+    """Attention splits D into num_heads equal heads."""
+    if c.hidden_size % c.num_heads:
+        return "num_heads", f"a divisor of hidden_size={c.hidden_size}"
+
+
+def rope_head_size_even(c):
+    """RoPE rotates pairs of dimensions of each head."""
+    if c.pos_encodings == "rope" and c.hidden_size // c.num_heads % 2:
+        return "num_heads", ("a head size hidden_size/num_heads that is even for RoPE "
+                             f"(hidden_size={c.hidden_size})")
+
+
 @dataclass
 class Config:
-    hidden_size: int = 512              # D
-    num_heads: int = 8                  # attention heads (head_dim = D / num_heads)
-    expansion: float = 4.0              # SwiGLU width factor (> 0)
-    H_cycles: int = 3                   # T: answer updates per ACT step (T-1 of them without gradient)
-    L_cycles: int = 4                   # n: latent updates per answer update (6 for Sudoku)
-    L_layers: int = 2                   # blocks in the one network
-    pos_encodings: str = "rope"         # rope | learned | none
-    rope_theta: float = 10000.0         # θ of RoPE (> 0)
-    rms_norm_eps: float = 1e-5
-    mlp_t: bool = False                 # TRM-MLP: attention replaced by an MLP over the sequence (Sudoku)
-    puzzle_emb_ndim: int = 512          # width of the per-puzzle embedding (0 = none)
-    puzzle_emb_len: int = 16            # P: prefix slots it occupies (0 = ceil(ndim / D))
-    halt_max_steps: int = 16            # N_sup: deep-supervision steps
-    halt_exploration_prob: float = 0.1  # ε: chance of a random minimum number of steps in training
-    no_ACT_continue: bool = True        # halt on q_halt > 0 alone (TRM); False: HRM's Q-learning target
-    loss_type: str = "stablemax"        # stablemax | softmax cross-entropy
-    vocab_size: int = 12                # V (from the dataset)
-    seq_len: int = 900                  # L (from the dataset)
-    num_puzzle_identifiers: int = 1     # rows of the puzzle-embedding table (from the dataset)
-    forward_dtype: str = "auto"         # auto (bfloat16 on CUDA, float32 on CPU) | bfloat16 | float32
+    hidden_size: "int >= 1" = 512                   # D
+    num_heads: "int >= 1" = 8                       # attention heads (head_dim = D / num_heads)
+    expansion: "float > 0" = 4.0                    # SwiGLU width factor
+    H_cycles: "int >= 1" = 3                        # T: answer updates per ACT step (T-1 no grad)
+    L_cycles: "int >= 1" = 4                        # n: latent updates per answer update
+    L_layers: "int >= 1" = 2                        # blocks in the one network
+    pos_encodings: "str in rope|learned|none" = "rope"
+    rope_theta: "float > 0" = 10000.0               # θ of RoPE
+    rms_norm_eps: "float >= 0" = 1e-5
+    mlp_t: "bool" = False                           # TRM-MLP: attention -> an MLP over the sequence
+    # the 2-D mixer, for grid tasks such as mazes: k odd; 3 gives each cell its 4 neighbours in one layer
+    conv_kernel: "int >= 0" = 0                     # k: zero-init depthwise k x k conv over the grid
+                                                    # inside each SwiGLU (0 = off, the paper's block)
+    puzzle_emb_ndim: "int >= 0" = 512               # width of the per-puzzle embedding (0 = none)
+    puzzle_emb_len: "int >= 0" = 16                 # P: prefix slots it takes (0 = ceil(ndim / D))
+    halt_max_steps: "int >= 1" = 16                 # N_sup: deep-supervision steps
+    halt_exploration_prob: "float in [0, 1]" = 0.1  # ε: chance of a random minimum number of steps
+    no_ACT_continue: "bool" = True                  # TRM: halt on q_halt > 0; False: HRM's Q target
+    loss_type: "str in stablemax|softmax" = "stablemax"  # cross-entropy
+    vocab_size: "int >= 1" = 12                     # V (from the dataset)
+    seq_len: "int >= 1" = 900                       # L (from the dataset)
+    num_puzzle_identifiers: "int >= 1" = 1          # puzzle-embedding rows (from the dataset)
+    forward_dtype: "str in auto|bfloat16|float32" = "auto"  # auto: bfloat16 on CUDA, float32 on CPU
+
+    cross_rules = (heads_divide_width, rope_head_size_even)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -167,8 +185,6 @@ class InputEmbedding(nn.Module):
             self.register_buffer("rope_sin", sin, persistent=False)
         elif c.pos_encodings == "learned":
             self.embed_pos = CastedEmbedding(total_len, D, 1 / self.scale, dtype)
-        elif c.pos_encodings != "none":
-            raise ValueError(f"pos_encodings must be rope, learned or none, got {c.pos_encodings!r}")
 
     def forward(self, inputs, prefix=None):
         """inputs [B, L] ids; prefix [B, n] or [B, P, D] with n <= P*D (zero-padded to P tokens) or None."""
@@ -209,33 +225,74 @@ class Attention(nn.Module):
         return self.o_proj(kernels.attention(self.qkv_proj(h), self.num_heads, cos, sin))
 
 
+def grid_side(config):
+    """Side of the square canvas the 2-D mixer convolves over (seq_len = side^2); 0 with the mixer off."""
+    k, L = config.conv_kernel, config.seq_len
+    if k == 0:
+        return 0
+    if k % 2 == 0:
+        raise ValueError(f"conv_kernel must be odd (a window centred on each cell), got {k}")
+    side = math.isqrt(L)
+    if side * side != L:
+        raise ValueError(f"conv_kernel={k} needs a square canvas, but seq_len={L} is not a square")
+    return side
+
+
+class GridConv(nn.Module):
+    """h + conv(h): a depthwise k x k convolution over the canvas cells (the last side^2 positions); the
+    prefix slots before them pass unchanged. Zero-initialised, so the block starts as the paper's. The
+    "board-aware" MLP of public TRM reimplementations: 1-D attention over the flattened canvas must learn
+    that a cell's neighbours sit at offsets +-1 and +-side, a convolution gives it the 4 in one layer."""
+
+    def __init__(self, channels, kernel, side):
+        super().__init__()
+        self.side = side
+        self.weight = nn.Parameter(torch.zeros(channels, 1, kernel, kernel))
+
+    def forward(self, h):
+        B, n, C = h.shape
+        s, P = self.side, n - self.side ** 2
+        grid = h[:, P:].transpose(1, 2).reshape(B, C, s, s)
+        mixed = F.conv2d(grid, self.weight.to(h.dtype), padding=self.weight.shape[-1] // 2, groups=C)
+        return h + F.pad(mixed.flatten(2).transpose(1, 2), (0, 0, P, 0))
+
+
 class SwiGLU(nn.Module):
-    def __init__(self, hidden_size, expansion):
+    """down(swiglu(gate_up(x))); with conv_kernel > 0 the inner activations also pass a GridConv."""
+
+    def __init__(self, hidden_size, expansion, conv_kernel=0, side=0):
         super().__init__()
         inter = swiglu_width(expansion, hidden_size)
         self.gate_up_proj = CastedLinear(hidden_size, 2 * inter)  # gate first, then up
         self.down_proj = CastedLinear(inter, hidden_size)
+        if conv_kernel:
+            self.conv = GridConv(inter, conv_kernel, side)
 
     def forward(self, x):
-        return self.down_proj(kernels.swiglu(self.gate_up_proj(x)))
+        h = kernels.swiglu(self.gate_up_proj(x))
+        if hasattr(self, "conv"):
+            h = self.conv(h)
+        return self.down_proj(h)
 
 
 class Block(nn.Module):
     """Post-norm block: h = rms(h + attn(h)); h = rms(h + mlp(h)). With mlp_t the attention is a SwiGLU
-    over the sequence axis (TRM paper §4.5, "less is more" for small fixed contexts such as Sudoku)."""
+    over the sequence axis (TRM paper §4.5, "less is more" for small fixed contexts such as Sudoku).
+    `grid`: h ends with the canvas cells, so the conv_kernel mixer applies (off for the demo encoders)."""
 
-    def __init__(self, config, total_len):
+    def __init__(self, config, total_len, grid=False):
         super().__init__()
         self.eps = config.rms_norm_eps
         if config.mlp_t:
             self.mlp_t = SwiGLU(total_len, config.expansion)
         else:
             self.self_attn = Attention(config.hidden_size, config.num_heads)
-        self.mlp = SwiGLU(config.hidden_size, config.expansion)
+        k = config.conv_kernel if grid else 0
+        self.mlp = SwiGLU(config.hidden_size, config.expansion, k, grid_side(config) if k else 0)
 
     def forward(self, h, cos=None, sin=None):
         if hasattr(self, "mlp_t"):
-            ht = h.transpose(1, 2)  # [B, D, L+P]: the MLP mixes tokens, and the reference norms over them too
+            ht = h.transpose(1, 2)  # [B, D, L+P]: the MLP mixes tokens, and the reference norms over them
             h = kernels.rms_norm(ht, self.mlp_t(ht), self.eps).transpose(1, 2)
         else:
             h = kernels.rms_norm(h, self.self_attn(h, cos, sin), self.eps)
@@ -243,11 +300,12 @@ class Block(nn.Module):
 
 
 class ReasoningModule(nn.Module):
-    """net(h, injection): h + injection, then the blocks in order (the input injection of TRM and HRM)."""
+    """net(h, injection): h + injection, then the blocks in order (the input injection of TRM and HRM).
+    `grid`: the state is prefix + canvas, so the blocks may mix the canvas in 2-D (Block)."""
 
-    def __init__(self, config, num_layers, total_len):
+    def __init__(self, config, num_layers, total_len, grid=False):
         super().__init__()
-        self.layers = nn.ModuleList(Block(config, total_len) for _ in range(num_layers))
+        self.layers = nn.ModuleList(Block(config, total_len, grid) for _ in range(num_layers))
 
     def forward(self, h, injection, cos=None, sin=None):
         h = h + injection
@@ -324,7 +382,7 @@ class Model(nn.Module):
             self.q_head.bias.fill_(-5)
 
     def build_reasoning(self, total_len):
-        self.L_level = ReasoningModule(self.config, self.config.L_layers, total_len)
+        self.L_level = ReasoningModule(self.config, self.config.L_layers, total_len, grid=True)
 
     # -- input embedding ----------------------------------------------------------------------------
     def input_embeddings(self, inputs, puzzle_identifiers):
@@ -436,8 +494,3 @@ def convert_reference_state_dict(sd):
         out[k] = v
     return out
 
-
-def config_from(cls, values):
-    """Build a config dataclass from a dict, ignoring keys it does not have (used for checkpoints)."""
-    names = {f.name for f in fields(cls)}
-    return replace(cls(), **{k: v for k, v in values.items() if k in names})

@@ -19,6 +19,7 @@ import itertools
 import pytest
 import torch
 
+import config
 import encoders
 import etrm
 import train
@@ -287,10 +288,9 @@ def test_collapse_warning_is_printed_once(capsys):
 
 def test_a_negative_initial_log_variance_is_a_valid_setting():
     """encoder_init_logvar is a logarithm: any real is allowed (the tests and RESULTS use -4), others stay >= 0."""
-    import config
-    config.check_values(etrm.Config(encoder_init_logvar=-4.0), "etrm")
+    config.check(etrm.Config(encoder_init_logvar=-4.0), "etrm")
     with pytest.raises(SystemExit, match="'kl_weight' for model 'etrm' must be a finite number >= 0"):
-        config.check_values(etrm.Config(kl_weight=-1.0), "etrm")
+        config.check(etrm.Config(kl_weight=-1.0), "etrm")
 
 
 def test_train_defaults_are_train_keys():
@@ -342,7 +342,7 @@ def test_checkpoint_round_trip_and_trm_decoder_init(tmp_path):
     assert not any(isinstance(m, trm.SparseEmbedding) for m in model.modules())  # no puzzle table at all
 
     # A TRM with the same decoder shape (its puzzle table of any size) initialises the decoder.
-    tcfg = trm.config_from(trm.Config, {**vars(cfg), "puzzle_emb_ndim": 32 * 4, "num_puzzle_identifiers": 11})
+    tcfg = config.config_from(trm.Config, {**vars(cfg), "puzzle_emb_ndim": 32 * 4, "num_puzzle_identifiers": 11})
     teacher = trm.Model(tcfg)
     ema = {k: p.detach() + 1.0 for k, p in teacher.named_parameters()}
     torch.save({"model_name": "trm", "model": teacher.state_dict(), "ema": ema}, tmp_path / "trm.pt")
@@ -359,11 +359,12 @@ def test_checkpoint_round_trip_and_trm_decoder_init(tmp_path):
 
 
 def test_bad_settings_are_refused():
-    for kw, match in ((dict(encoder_type="vae"), "encoder_type must be one of"), (dict(act_mode="fast"), "act_mode"),
+    for kw, match in ((dict(encoder_type="vae"), "'encoder_type' for model 'etrm' must be one of"),
+                      (dict(act_mode="fast"), "act_mode"),
                       (dict(encoder_type="iterative", tto_steps=2), "feed-forward encoder"),
                       (dict(encoder_pooling_method="max"), "encoder_pooling_method")):
-        with pytest.raises(ValueError, match=match):
-            etrm.Model(tiny_config(**kw))
+        with pytest.raises(SystemExit, match=match):
+            config.check(tiny_config(**kw), "etrm")
 
 
 def colour_map_batch(maps, b, gen, colours=4, length=6):

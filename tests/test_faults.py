@@ -29,6 +29,7 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+import cli  # noqa: E402
 import config  # noqa: E402
 import data  # noqa: E402
 import train  # noqa: E402
@@ -123,7 +124,7 @@ def poison(mod, at_call, where):
 if __name__ == "__main__":
     os.chdir(ROOT)
     arm(sys.argv[1], sys.argv[2:])
-    sys.exit(data.one_line_errors(train.main, sys.argv[2:]))
+    sys.exit(cli.one_line_errors(train.main, sys.argv[2:]))
 
 
 # ----------------------------------------------------------------------------------------------------

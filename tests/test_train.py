@@ -73,10 +73,10 @@ def test_resume_refuses_other_model_and_changed_config(toy, tmp_path):
 def test_config_errors_name_key_and_value():
     with pytest.raises(SystemExit, match="unknown config key 'lr_warmup' for model 'trm'; did you mean 'lr_warmup_steps'"):
         train.main(["--model", "trm", "--config", "lr_warmup=5"])
-    with pytest.raises(SystemExit, match="'H_cycles' for model 'trm' takes a int .default 3., got 'three'"):
+    with pytest.raises(SystemExit, match="'H_cycles' for model 'trm' takes an int .default 3., got 'three'"):
         train.main(["--model", "trm", "--config", "H_cycles=three"])
     # the default shown is the dataclass's, not the value an earlier pair set
-    with pytest.raises(SystemExit, match="'hidden_size' for model 'trm' takes a int .default 512., got 'x'"):
+    with pytest.raises(SystemExit, match="'hidden_size' for model 'trm' takes an int .default 512., got 'x'"):
         train.main(["--model", "trm", "--config", "hidden_size=32", "hidden_size=x"])
     with pytest.raises(SystemExit, match="unknown model 'gpt'"):
         train.main(["--model", "gpt"])
