@@ -75,7 +75,7 @@ class TrainConfig:
     init_from: "str" = ""                   # start from these weights (same model's checkpoint)
     checkpoint_interval: "int >= 0" = 0     # steps between extra checkpoints (0 = none)
     threads: "int >= 0" = 0                 # CPU threads of each process (0 = auto: 1)
-    # 1 thread: the quickstart on a shared 2-core CPU took 30 s of CPU time; 2 threads: ~20x that
+    # 1 thread: the quickstart took 30 s of CPU on a shared 2-core CPU; 2: 7-20x that, same weights
     nan_policy: "str in stop|skip" = "stop"  # non-finite loss or gradient: stop, or skip the batch
 
     split_over_ranks = ("global_batch_size", "eval_batch_size")  # each rank takes an equal share
