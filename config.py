@@ -1,23 +1,15 @@
-"""config.py — the model registry, `--config key=val` parsing and checking, and checkpoint
-files (atomic writes, checked reads, RNG state), shared by evaluate.py, train.py and solve.py. In
-the spirit of nanoGPT's configurator: dataclasses are the single source of truth. Each field's
-annotation states its type and rule (`hidden_size: "int >= 1" = 512   # D`, grammar in rules.py);
-values are parsed with `ast.literal_eval` and coerced to that type; every fault is one line
-starting "error: " naming the key, value or file. A rule between fields is a named function that a
-config class lists in `cross_rules`: it returns None, or (key, what it must be). `check` is the one
-entry point."""
+"""config.py — the model registry and `--config key=val` parsing and checking, shared by
+evaluate.py, train.py and solve.py (checkpoint files and run folders: checkpoint.py). In the spirit
+of nanoGPT's configurator: dataclasses are the single source of truth. Each field's annotation
+states its type and rule (`hidden_size: "int >= 1" = 512   # D`, grammar in rules.py); values are
+parsed with `ast.literal_eval` and coerced to that type; every fault is one line starting "error: "
+naming the key, value or file. A rule between fields is a named function that a config class lists
+in `cross_rules`: it returns None, or (key, what it must be). `check` is the one entry point."""
 import ast
 import dataclasses
 import difflib
 import importlib
 import inspect
-import json
-import os
-import random
-
-import numpy as np
-import torch
-
 import rules
 
 MODELS = ("trm", "hrm", "etrm", "prr", "deep_recursive")
@@ -143,48 +135,13 @@ def describe(cls):
                      f"{notes[f.name]}".rstrip() for f in dataclasses.fields(cls))
 
 
-def load_file(path):
-    if not os.path.exists(path):
-        raise SystemExit(f"error: no checkpoint at {path}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # truncated or not a torch file at all
-        raise SystemExit(f"error: {path} is not a readable checkpoint (truncated or corrupt: {type(e).__name__})")
-
-
-def check_config(theirs, ours, path, model_name):
-    allowed = runtime_keys(model_name)
-    bad = [k for k in ours if k not in allowed and k in theirs and theirs[k] != ours[k]]
-    if bad:
-        raise SystemExit(f"error: {path} was trained with a different {model_name} config: "
-                         + ", ".join(f"{k}={theirs[k]!r} (this run: {ours[k]!r})" for k in bad))
-
-
-def read_checkpoint(path, model_name=None, model_cfg=None):
-    """A checkpoint written by train.py, checked: a nanoTRM file, of `model_name` (any model when None), trained
-    with a config `model_cfg` can use. Every fault is one line naming the file."""
-    if os.path.isdir(path):  # a run folder stands for its checkpoint
-        path = os.path.join(path, "checkpoint.pt")
-    ckpt = load_file(path)
-    if not isinstance(ckpt, dict) or "model_name" not in ckpt:
-        raise SystemExit(f"error: {path} is not a nanoTRM checkpoint (reference TRM weights load through "
-                         "trm.convert_reference_state_dict)")
-    if ckpt["model_name"] not in MODELS:
-        raise SystemExit(f"error: {path} is a checkpoint of unknown model {ckpt['model_name']!r}")
-    if model_name is not None and ckpt["model_name"] != model_name:
-        raise SystemExit(f"error: {path} is a checkpoint of model {ckpt['model_name']!r}, not {model_name!r}")
-    if model_cfg is not None:
-        check_config(ckpt["model_config"], dataclasses.asdict(model_cfg), path, model_name)
-    return ckpt
-
-
 def runtime_keys(model_name):
     """Config keys that may differ from a checkpoint's: ours, plus those the model file declares."""
     return RUNTIME_KEYS | set(getattr(model_module(model_name), "RUNTIME_KEYS", ()))
 
 
 # --------------------------------------------------------------------------------------------------
-# A training run's configs and folder
+# A model's training recipe, and train.py's --help
 
 def train_defaults(mod, name, train_cls):
     """A model's training recipe (`TRAIN_DEFAULTS` in its file: train.TrainConfig keys), checked."""
@@ -214,115 +171,3 @@ def help_text(train_cls, datasets):
             parts.append(f"  training defaults of --model {name} (its recipe; --config overrides): "
                          + " ".join(f"{k}={v!r}" for k, v in recipe.items()))
     return "\n".join(parts)
-
-
-def saved_run(out, model):
-    """--resume: the run folder's checkpoint, else its config.json (a run killed before its first checkpoint)."""
-    cpath, jpath = os.path.join(out, "checkpoint.pt"), os.path.join(out, "config.json")
-    if os.path.exists(cpath):
-        ckpt = read_checkpoint(cpath, model)
-        return ckpt["model_name"], ckpt["train_config"], ckpt["model_config"], ckpt
-    if not os.path.exists(jpath):
-        raise SystemExit(f"error: --resume: {out} holds no checkpoint.pt and no config.json, so there is no run "
-                         "to continue (check --out; drop --resume to start a new run)")
-    try:
-        saved = json.load(open(jpath))
-        name, tcfg, mcfg = saved["model"], saved["train"], saved["model_config"]
-    except (ValueError, KeyError, TypeError):
-        raise SystemExit(f"error: --resume: {jpath} is not a config.json written by train.py")
-    if model and model != name:
-        raise SystemExit(f"error: --resume: {out} is a run of model {name!r}, not {model!r}")
-    return name, tcfg, mcfg, None
-
-
-def resolve_configs(args, train_cls, resumable):
-    """train.py's configs: defaults < the model's recipe < --config; on --resume the run folder's
-    own, of which only the `resumable` keys may change. -> (name, module, train config, model
-    config, checkpoint, out)."""
-    if args.resume and not args.out:
-        raise SystemExit("error: --resume needs --out <run folder>")
-    if args.resume:
-        name, saved_train, saved_model, ckpt = saved_run(args.out, args.model)
-        mod = model_module(name)
-        tcfg, mcfg = config_from(train_cls, saved_train), config_from(mod.Config, saved_model)
-        before = dataclasses.asdict(tcfg) | dataclasses.asdict(mcfg)
-        changed = apply_overrides(args.config, tcfg, mcfg, name)
-        fixed = [k for k, v in changed.items() if k not in resumable and before[k] != v]
-        if fixed:
-            raise SystemExit(f"error: --resume continues the run in {args.out}; it cannot change "
-                             f"{', '.join(fixed)} (only {', '.join(sorted(resumable))})")
-        return name, mod, tcfg, mcfg, ckpt, args.out
-    name = args.model or "trm"
-    mod = model_module(name)
-    tcfg, mcfg = train_cls(**train_defaults(mod, name, train_cls)), mod.Config()
-    apply_overrides(args.config, tcfg, mcfg, name)
-    run = f"{name}-{os.path.basename(os.path.normpath(tcfg.data))}"
-    out = args.out or os.path.join("runs", run)
-    return name, mod, tcfg, mcfg, None, out
-
-
-def check_out_dir(out):
-    """An output folder must be a folder we can write, or creatable: fail at start, not at the first write."""
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise SystemExit(f"error: --out {out} is a file, not a folder")
-    parent = out
-    while not os.path.exists(parent):
-        parent = os.path.dirname(os.path.abspath(parent))
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise SystemExit(f"error: --out {out}: {parent} is not writable")
-
-
-
-# ----------------------------------------------------------------------------------------------------
-# Checkpoint files
-
-def print0(*args, **kwargs):
-    if int(os.environ.get("RANK", 0)) == 0:
-        print(*args, **kwargs, flush=True)
-
-
-def atomic_save(obj, path):
-    """Write to a temporary file in the same folder, then rename: a reader sees the old file or the new one.
-    A failed write (disk full, no permission) removes its temporary file and leaves the old file intact."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except (OSError, RuntimeError) as e:  # torch.save reports a failed write as RuntimeError
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0][:200]
-        raise SystemExit(f"error: could not write {path} ({reason}); the previous checkpoint there is intact")
-
-
-def load_weights(model, state, path):
-    """load_state_dict, resizing puzzle-embedding tables to this dataset the reference's way (mean row)."""
-    own = model.state_dict()
-    for key, value in list(state.items()):
-        if key.endswith("puzzle_emb.weights") and key in own and value.shape != own[key].shape:
-            print0(f"{path}: puzzle-embedding table {tuple(value.shape)} -> {tuple(own[key].shape)}, filled with the mean row")
-            state[key] = value.mean(0, keepdim=True).expand_as(own[key]).clone()
-    model.load_state_dict(state)
-
-
-def to_device(obj, device):
-    if torch.is_tensor(obj):
-        return obj.to(device)
-    if isinstance(obj, dict):
-        return {k: to_device(v, device) for k, v in obj.items()}
-    if dataclasses.is_dataclass(obj):
-        return dataclasses.replace(obj, **{f.name: to_device(getattr(obj, f.name), device) for f in dataclasses.fields(obj)})
-    return obj
-
-
-def rng_state():
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-            "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None}
-
-
-def restore_rng(s):
-    torch.set_rng_state(s["torch"])
-    np.random.set_state(s["numpy"])
-    random.setstate(s["python"])
-    if s["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state(s["cuda"])

@@ -38,6 +38,7 @@ import torch.distributed as dist
 import cli
 import config
 import data
+from checkpoint import check_out_dir, read_checkpoint, read_metrics, restore_rng, rng_state
 from draw import animate, as_grid, print_panels, pyplot, render_task
 from puzzles.grids import crop_grid, grid_hash, invert_aug, parse_aug_name
 
@@ -270,10 +271,10 @@ def evaluate_ema(model, ema, path, global_batch_size, rank=0, world=1, max_batch
     """evaluate_dataset on a copy of `model` holding the EMA weights (the model itself when ema is
     None), leaving the RNG as it found it: a training run that evaluates continues as one that does
     not."""
-    rng = config.rng_state()
+    rng = rng_state()
     copy = model if ema is None else load_ema(copy_module.deepcopy(model), ema)  # Model() draws RNG
     result = evaluate_dataset(copy, path, global_batch_size, rank, world, max_batches, out_dir)
-    config.restore_rng(rng)
+    restore_rng(rng)
     return result
 
 
@@ -281,13 +282,13 @@ def load_model(checkpoint, use_ema=True, overrides=()):
     """Rebuild the model a nanoTRM checkpoint (or run folder) was trained with; EMA weights when
     present. `overrides` ("key=val") may change model keys that keep the weights' meaning: test-time
     depth (halt_max_steps, H_cycles, eval_n_steps, ...) or etrm's tto_steps. -> (model, ckpt)"""
-    ckpt = config.read_checkpoint(checkpoint)
+    ckpt = read_checkpoint(checkpoint)
     return model_from(ckpt, use_ema, overrides), ckpt
 
 
 def model_from(ckpt, use_ema=True, overrides=(), seq_len=None):
-    """The model of a checkpoint read by config.read_checkpoint; seq_len: another canvas for a model
-    whose weights do not depend on it (any_canvas)."""
+    """The model of a checkpoint read by checkpoint.read_checkpoint; seq_len: another canvas for a
+    model whose weights do not depend on it (any_canvas)."""
     name = ckpt["model_name"]
     mod = config.model_module(name)
     cfg = config.config_from(mod.Config, ckpt["model_config"])
@@ -330,17 +331,6 @@ def plot_curves(out):
     fig.tight_layout()
     fig.savefig(os.path.join(out, "curves.png"), dpi=100)
     plt.close(fig)
-
-
-def read_metrics(path):
-    """The rows of a metrics.jsonl; a line cut short by a kill mid-write is dropped."""
-    rows = []
-    for line in open(path) if os.path.exists(path) else ():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return [r for r in rows if isinstance(r, dict) and "step" in r]
 
 
 def open_test_split(args, ckpt, model):
@@ -389,7 +379,7 @@ def main(argv=None):
     ckpt_file = os.path.join(args.checkpoint, "checkpoint.pt") if os.path.isdir(args.checkpoint) \
         else args.checkpoint
     out = args.out or os.path.dirname(os.path.abspath(ckpt_file))
-    config.check_out_dir(out)
+    check_out_dir(out)
     os.makedirs(out, exist_ok=True)
     model.to(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     if args.show:

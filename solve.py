@@ -45,6 +45,7 @@ import data
 import draw
 import evaluate
 import optim
+import train
 from puzzles.arc import LegacyStream, augmentations, encode_group, offsets
 from puzzles.arc_sources import check_task, read_challenges
 from puzzles.common import write_json
@@ -159,35 +160,30 @@ def restore(model, snap):
 
 
 def adapt(model, examples, cfg, device, deadline):
-    """train.py's inner loop on the demo examples until `cfg.steps` or the deadline -> the loss of every step
-    (summed model loss / batch size). Leaves the model in eval mode."""
+    """train.train_step on random demo examples until `cfg.steps` or the deadline -> the loss of every
+    step (per sample; NaN where a non-finite batch was skipped). Leaves the model in eval mode."""
     full, embs = cfg.mode == "full", optim.sparse_embeddings(model)
     if cfg.mode == "none" or (not full and not embs) or len(examples["inputs"]) == 0:
         return []
     grad_flags = {k: p.requires_grad for k, p in model.named_parameters()}
     for p in model.parameters():
         p.requires_grad_(full)  # embeddings only: the trunk is frozen (its grads are never computed)
-    opt = optim.AdamATan2(list(model.parameters()), lr=cfg.lr, weight_decay=cfg.weight_decay) if full else None
-    gen = torch.Generator().manual_seed(cfg.seed)
-    N, B, carry, losses = len(examples["inputs"]), cfg.batch_size, None, []
+    B = cfg.batch_size
+    tcfg = train.TrainConfig(global_batch_size=B, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                             lr_warmup_steps=0, puzzle_emb_lr=cfg.emb_lr, ema=False, nan_policy="skip",
+                             puzzle_emb_weight_decay=cfg.emb_weight_decay, grad_clip=cfg.grad_clip)
+    s = train.State(model, optim.AdamATan2(list(model.parameters()), lr=cfg.lr,
+                                           weight_decay=cfg.weight_decay) if full else None)
+    gen, losses = torch.Generator().manual_seed(cfg.seed), []
     model.train()
     try:
         for _ in range(cfg.steps):
             if time.time() > deadline:
                 break
-            idx = torch.randint(N, (B,), generator=gen)  # with replacement: a task has few demos x versions
+            idx = torch.randint(len(examples["inputs"]), (B,), generator=gen)  # a task has few demos
             batch = {k: examples[k][idx].to(device) for k in ("inputs", "labels", "puzzle_identifiers")}
-            carry = carry if carry is not None else model.initial_carry(batch)
-            carry, loss, _, _ = model(carry, batch, loss_scale=1.0 / B)
-            (loss / B).backward()
-            if full:
-                if cfg.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-            for emb in embs:
-                optim.sign_sgd_update(emb, cfg.emb_lr, cfg.emb_weight_decay, 1)
-            losses.append(loss.item() / B)
+            stats, _ = train.train_step(s, batch, tcfg)
+            losses.append(stats["loss"] / B if stats else math.nan)
     finally:
         for k, p in model.named_parameters():
             p.requires_grad_(grad_flags[k])
