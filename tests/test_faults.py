@@ -122,7 +122,6 @@ def poison(mod, at_call, where):
 
 
 if __name__ == "__main__":
-    os.chdir(ROOT)
     arm(sys.argv[1], sys.argv[2:])
     sys.exit(cli.one_line_errors(train.main, sys.argv[2:]))
 
@@ -139,8 +138,14 @@ def argv(model, toy, out, *extra):
     return ["--model", model, "--out", str(out), "--config", f"data={toy}", *COMMON, *TINY[model], *extra]
 
 
+@pytest.fixture(autouse=True)
+def in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # commands run in the test's own folder, never in the checkout
+
+
 def python(*args, check=True):
-    proc = subprocess.run([sys.executable, *args], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    args = [os.path.join(ROOT, a) if a == "train.py" else a for a in args]
+    proc = subprocess.run([sys.executable, *args], env=ENV, capture_output=True, text=True, timeout=600)
     if check:
         assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
@@ -233,7 +238,8 @@ def test_ctrl_c_checkpoints_and_resume_continues(toy, tmp_path):
     """SIGINT after the first step: the step finishes, a checkpoint is written, the exit code is 130 and the
     message says how to resume; the resumed run goes on from there."""
     out = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "train.py", *argv("trm", toy, out, "max_steps=100000")], cwd=ROOT, env=ENV,
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "train.py"),
+                             *argv("trm", toy, out, "max_steps=100000")], env=ENV,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     for line in proc.stdout:  # blocks until train.py prints; no sleeps
         if line.startswith("step 1/"):

@@ -82,8 +82,8 @@ def test_config_errors_name_key_and_value():
         train.main(["--model", "gpt"])
 
 
-def test_help_lists_models_datasets_and_keys():
-    out = subprocess.run([sys.executable, "train.py", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+def test_help_lists_models_datasets_and_keys(tmp_path):
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0
     for word in ("models: trm", "datasets:", "H_cycles", "T: answer updates", "puzzle_emb_lr", "global_batch_size"):
         assert word in out.stdout, word
