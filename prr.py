@@ -56,35 +56,43 @@ import trm
 TRAIN_DEFAULTS = {"global_batch_size": 256}  # the public config's (train.py's, TRM's, is 768)
 
 
+def grad_steps_within_steps(c):
+    """Only the last grad_steps of the num_steps recursion steps run with gradient."""
+    if c.grad_steps > c.num_steps:
+        return "grad_steps", f"in [1, num_steps={c.num_steps}]"
+
+
 @dataclass
 class Config:
-    num_branches: int = 8               # K: parallel latent hypotheses
-    num_steps: int = 8                  # T: recursion steps per forward (no ACT)
-    grad_steps: int = 2                 # last steps run with gradient (the others under no_grad)
-    hidden_size: int = 256              # D
-    num_heads: int = 4                  # attention heads (head_dim = D / num_heads)
-    expansion: float = 4.0              # SwiGLU width factor (> 0; inner 768 at D=256)
-    num_layers: int = 2                 # post-norm blocks in the shared core
-    pos_encodings: str = "rope"         # rope | learned | none
-    rope_theta: float = 10000.0         # θ of RoPE (> 0)
-    rms_norm_eps: float = 1e-5          # ε of RMSNorm
-    mlp_t: bool = False                 # TRM-MLP blocks (an MLP over the sequence, not attention)
+    num_branches: "int >= 1" = 8        # K: parallel latent hypotheses
+    num_steps: "int >= 1" = 8           # T: recursion steps per forward (no ACT)
+    grad_steps: "int >= 1" = 2          # last steps run with gradient (the rest no_grad)
+    hidden_size: "int >= 1" = 256       # D
+    num_heads: "int >= 1" = 4           # attention heads (head_dim = D / num_heads)
+    expansion: "float > 0" = 4.0        # SwiGLU width factor (inner 768 at D=256)
+    num_layers: "int >= 1" = 2          # post-norm blocks in the shared core
+    pos_encodings: "str in rope|learned|none" = "rope"
+    rope_theta: "float > 0" = 10000.0   # θ of RoPE
+    rms_norm_eps: "float >= 0" = 1e-5   # ε of RMSNorm
+    mlp_t: "bool" = False               # TRM-MLP: attention -> an MLP over the sequence
     conv_kernel: "int >= 0" = 0         # k: trm.py's 2-D grid mixer in each SwiGLU, odd (0 = off)
-    puzzle_emb_ndim: int = 256          # width of the per-puzzle embedding (0 = none)
-    puzzle_emb_len: int = 16            # P: prefix slots it occupies (0 = ceil(ndim / D))
-    init_noise_std: float = 0.1         # σ: N(0, σ²) noise on the branch inits, training only
-    comm_alpha: float = 0.1             # α: pull of each branch toward the score-weighted mean
-    comm_temp: float = 1.0              # temperature of w = softmax(s / temp) (> 0)
-    comm_interval: int = 2              # c: steps between exchanges (0 = never)
-    public_schedule: bool = False       # True: the public code (b_k at step 0, no grad exchange)
-    tau: float = 0.1                    # τ: Best-of-K soft-min temperature (> 0)
-    scorer_weight: float = 0.5          # λ_s: weight of the scorer CE toward the lowest-loss branch
-    diversity_weight: float = 0.1       # λ_div: weight of the mean off-diagonal branch cosine
-    loss_type: str = "stablemax"        # stablemax | softmax cross-entropy
-    vocab_size: int = 12                # V (from the dataset)
-    seq_len: int = 900                  # L (from the dataset)
-    num_puzzle_identifiers: int = 1     # rows of the puzzle-embedding table (from the dataset)
-    forward_dtype: str = "auto"         # auto (bfloat16 on CUDA, else float32) | bfloat16 | float32
+    puzzle_emb_ndim: "int >= 0" = 256   # width of the per-puzzle embedding (0 = none)
+    puzzle_emb_len: "int >= 0" = 16     # P: prefix slots it occupies (0 = ceil(ndim / D))
+    init_noise_std: "float >= 0" = 0.1  # σ: N(0, σ²) noise on the branch inits, training only
+    comm_alpha: "float >= 0" = 0.1      # α: pull of each branch toward the score-weighted mean
+    comm_temp: "float > 0" = 1.0        # temperature of w = softmax(s / temp)
+    comm_interval: "int >= 0" = 2       # c: steps between exchanges (0 = never)
+    public_schedule: "bool" = False     # public code: b_k at step 0 only, no grad exchange
+    tau: "float > 0" = 0.1              # τ: Best-of-K soft-min temperature
+    scorer_weight: "float >= 0" = 0.5   # λ_s: scorer CE weight (target: lowest-loss branch)
+    diversity_weight: "float >= 0" = 0.1  # λ_div: weight of the mean off-diagonal branch cosine
+    loss_type: "str in stablemax|softmax" = "stablemax"  # cross-entropy
+    vocab_size: "int >= 1" = 12         # V (from the dataset)
+    seq_len: "int >= 1" = 900           # L (from the dataset)
+    num_puzzle_identifiers: "int >= 1" = 1  # rows of the puzzle-embedding table (from the dataset)
+    forward_dtype: "str in auto|bfloat16|float32" = "auto"  # auto: bfloat16 on CUDA, float32 on CPU
+
+    cross_rules = (trm.heads_divide_width, trm.rope_head_size_even, grad_steps_within_steps)
 
 
 @dataclass
@@ -129,8 +137,6 @@ class Model(nn.Module):
     def __init__(self, config: Config):
         super().__init__()
         self.config = c = config
-        if c.grad_steps < 1 or c.grad_steps > c.num_steps:
-            raise ValueError(f"grad_steps must be in 1..num_steps={c.num_steps}: {c.grad_steps}")
         self.dtype = trm.resolve_dtype(c.forward_dtype)
         D = c.hidden_size
         self.puzzle_emb_len = trm.puzzle_prefix_len(c)

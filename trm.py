@@ -38,7 +38,7 @@ Run:  python train.py --model trm --config data=toy          (CPU, minutes)
       torchrun --standalone --nproc_per_node=8 train.py --model trm --config data=arc1
 """
 import math
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -47,30 +47,46 @@ from torch import nn
 import kernels
 
 
+def heads_divide_width(c):
+    """Attention splits D into num_heads equal heads."""
+    if c.hidden_size % c.num_heads:
+        return "num_heads", f"a divisor of hidden_size={c.hidden_size}"
+
+
+def rope_head_size_even(c):
+    """RoPE rotates pairs of dimensions of each head."""
+    if c.pos_encodings == "rope" and c.hidden_size // c.num_heads % 2:
+        return "num_heads", ("a head size hidden_size/num_heads that is even for RoPE "
+                             f"(hidden_size={c.hidden_size})")
+
+
 @dataclass
 class Config:
-    hidden_size: int = 512              # D
-    num_heads: int = 8                  # attention heads (head_dim = D / num_heads)
-    expansion: float = 4.0              # SwiGLU width factor (> 0)
-    H_cycles: int = 3                   # T: answer updates per ACT step (T-1 of them without gradient)
-    L_cycles: int = 4                   # n: latent updates per answer update (6 for Sudoku)
-    L_layers: int = 2                   # blocks in the one network
-    pos_encodings: str = "rope"         # rope | learned | none
-    rope_theta: float = 10000.0         # θ of RoPE (> 0)
-    rms_norm_eps: float = 1e-5
-    mlp_t: bool = False                 # TRM-MLP: attention replaced by an MLP over the sequence (Sudoku)
-    # the 2-D mixer, for grid tasks such as mazes (k odd; 3 gives each cell its 4 neighbours at once)
-    conv_kernel: "int >= 0" = 0         # k: zero-init depthwise k x k grid conv in each SwiGLU (0 = off)
-    puzzle_emb_ndim: int = 512          # width of the per-puzzle embedding (0 = none)
-    puzzle_emb_len: int = 16            # P: prefix slots it occupies (0 = ceil(ndim / D))
-    halt_max_steps: int = 16            # N_sup: deep-supervision steps
-    halt_exploration_prob: float = 0.1  # ε: chance of a random minimum number of steps in training
-    no_ACT_continue: bool = True        # halt on q_halt > 0 alone (TRM); False: HRM's Q-learning target
-    loss_type: str = "stablemax"        # stablemax | softmax cross-entropy
-    vocab_size: int = 12                # V (from the dataset)
-    seq_len: int = 900                  # L (from the dataset)
-    num_puzzle_identifiers: int = 1     # rows of the puzzle-embedding table (from the dataset)
-    forward_dtype: str = "auto"         # auto (bfloat16 on CUDA, float32 on CPU) | bfloat16 | float32
+    hidden_size: "int >= 1" = 512                   # D
+    num_heads: "int >= 1" = 8                       # attention heads (head_dim = D / num_heads)
+    expansion: "float > 0" = 4.0                    # SwiGLU width factor
+    H_cycles: "int >= 1" = 3                        # T: answer updates per ACT step (T-1 no grad)
+    L_cycles: "int >= 1" = 4                        # n: latent updates per answer update
+    L_layers: "int >= 1" = 2                        # blocks in the one network
+    pos_encodings: "str in rope|learned|none" = "rope"
+    rope_theta: "float > 0" = 10000.0               # θ of RoPE
+    rms_norm_eps: "float >= 0" = 1e-5
+    mlp_t: "bool" = False                           # TRM-MLP: attention -> an MLP over the sequence
+    # the 2-D mixer for grid tasks such as mazes (k odd; 3 gives each cell its 4 neighbours)
+    conv_kernel: "int >= 0" = 0                     # k: zero-init depthwise k x k conv over the
+                                                    # grid inside each SwiGLU (0 = off: the paper's)
+    puzzle_emb_ndim: "int >= 0" = 512               # width of the per-puzzle embedding (0 = none)
+    puzzle_emb_len: "int >= 0" = 16                 # P: prefix slots it takes (0 = ceil(ndim / D))
+    halt_max_steps: "int >= 1" = 16                 # N_sup: deep-supervision steps
+    halt_exploration_prob: "float in [0, 1]" = 0.1  # ε: chance of a random minimum number of steps
+    no_ACT_continue: "bool" = True                  # TRM: halt on q_halt > 0; False: HRM's Q target
+    loss_type: "str in stablemax|softmax" = "stablemax"  # cross-entropy
+    vocab_size: "int >= 1" = 12                     # V (from the dataset)
+    seq_len: "int >= 1" = 900                       # L (from the dataset)
+    num_puzzle_identifiers: "int >= 1" = 1          # puzzle-embedding rows (from the dataset)
+    forward_dtype: "str in auto|bfloat16|float32" = "auto"  # auto: bfloat16 on CUDA, float32 on CPU
+
+    cross_rules = (heads_divide_width, rope_head_size_even)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -172,8 +188,6 @@ class InputEmbedding(nn.Module):
             self.register_buffer("rope_sin", sin, persistent=False)
         elif c.pos_encodings == "learned":
             self.embed_pos = CastedEmbedding(total_len, D, 1 / self.scale, dtype)
-        elif c.pos_encodings != "none":
-            raise ValueError(f"pos_encodings must be rope, learned or none: {c.pos_encodings!r}")
 
     def forward(self, inputs, prefix=None):
         """inputs [B, L] ids; prefix None, [B, n] or [B, P, D], n <= P*D (zero-padded to P)."""
@@ -349,21 +363,36 @@ def resolve_dtype(name):
     return {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}[name]
 
 
+def deep_recursion(net, z_H, z_L, x, H_cycles, L_cycles, cos=None, sin=None):
+    """One ACT step of recursion (paper Fig. 3, deep_recursion): H_cycles rounds of L_cycles latent updates
+    z <- net(z, y + x) and one answer update y <- net(y, z); all rounds but the last run without gradient
+    (they only move the state). TRM's network, ETRM's decoder and its iterative encoder all run this."""
+    with torch.no_grad():
+        for _ in range(H_cycles - 1):
+            for _ in range(L_cycles):
+                z_L = net(z_L, z_H + x, cos, sin)
+            z_H = net(z_H, z_L, cos, sin)
+    for _ in range(L_cycles):
+        z_L = net(z_L, z_H + x, cos, sin)
+    return net(z_H, z_L, cos, sin), z_L
+
+
 class Model(nn.Module):
+    """Subclasses change what they need through hooks: prefix_len and build_prefix (how many prefix slots
+    and what fills them), build_reasoning (the networks) and reason (one ACT step of recursion)."""
     needs_demos = False  # True: the loader adds demo_inputs, demo_labels, demo_mask to every batch
+
     def __init__(self, config: Config):
         super().__init__()
         self.config = c = config
         self.dtype = resolve_dtype(c.forward_dtype)
         D = c.hidden_size
-        self.puzzle_emb_len = puzzle_prefix_len(c)
-        total_len = c.seq_len + self.puzzle_emb_len
+        self.puzzle_emb_len = self.prefix_len()
         self.embed = InputEmbedding(c, self.puzzle_emb_len, self.dtype)
         self.lm_head = CastedLinear(D, c.vocab_size)
         self.q_head = CastedLinear(D, 2, bias=True)
-        if c.puzzle_emb_ndim > 0:
-            self.puzzle_emb = SparseEmbedding(c.num_puzzle_identifiers, c.puzzle_emb_ndim, self.dtype)
-        self.build_reasoning(total_len)
+        self.build_prefix()
+        self.build_reasoning(c.seq_len + self.puzzle_emb_len)
         # Initial states y0, z0: fixed random vectors (persistent buffers, truncated normal std 1).
         self.register_buffer("H_init", trunc_normal_init_(torch.empty(D), 1.0).to(self.dtype))
         self.register_buffer("L_init", trunc_normal_init_(torch.empty(D), 1.0).to(self.dtype))
@@ -371,6 +400,16 @@ class Model(nn.Module):
         with torch.no_grad():
             self.q_head.weight.zero_()
             self.q_head.bias.fill_(-5)
+
+    def prefix_len(self):
+        """P, the sequence slots before the tokens: the puzzle embedding's (puzzle_prefix_len)."""
+        return puzzle_prefix_len(self.config)
+
+    def build_prefix(self):
+        """What fills the P prefix slots: one learned vector per puzzle id (none when P is 0)."""
+        c = self.config
+        if c.puzzle_emb_ndim > 0:
+            self.puzzle_emb = SparseEmbedding(c.num_puzzle_identifiers, c.puzzle_emb_ndim, self.dtype)
 
     def build_reasoning(self, total_len):
         self.L_level = ReasoningModule(self.config, self.config.L_layers, total_len, grid=True)
@@ -385,16 +424,8 @@ class Model(nn.Module):
 
     # -- one ACT step of recursion (paper Fig. 3) ----------------------------------------------------
     def reason(self, z_H, z_L, x):
-        c, net, (cos, sin) = self.config, self.L_level, self.rope()
-        with torch.no_grad():  # T-1 rounds without gradient: they only move the state
-            for _ in range(c.H_cycles - 1):
-                for _ in range(c.L_cycles):
-                    z_L = net(z_L, z_H + x, cos, sin)  # z <- net(z, y + x)
-                z_H = net(z_H, z_L, cos, sin)          # y <- net(y, z)
-        for _ in range(c.L_cycles):                    # the last round carries the gradient
-            z_L = net(z_L, z_H + x, cos, sin)
-        z_H = net(z_H, z_L, cos, sin)
-        return z_H, z_L
+        c = self.config
+        return deep_recursion(self.L_level, z_H, z_L, x, c.H_cycles, c.L_cycles, *self.rope())
 
     def inner_step(self, z_H, z_L, x):
         z_H, z_L = self.reason(z_H, z_L, x)
@@ -485,8 +516,3 @@ def convert_reference_state_dict(sd):
         out[k] = v
     return out
 
-
-def config_from(cls, values):
-    """Build a config dataclass from a dict, ignoring keys it does not have (used for checkpoints)."""
-    names = {f.name for f in fields(cls)}
-    return replace(cls(), **{k: v for k, v in values.items() if k in names})
