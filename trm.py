@@ -5,9 +5,8 @@ One small network (`L_level`, L_layers post-norm blocks) is applied recursively:
 (`z_L`) is refined L_cycles times from (z, y, x), then the answer y (`z_H`) once from (y, z);
 H_cycles such rounds make one ACT step, all but the last under no_grad (paper §4, "deep recursion").
 Up to halt_max_steps ACT steps ("deep supervision") run per sample, the carry (z_H, z_L) detached
-between them; a Q head decides when to halt (paper §4.6: TRM's ACT needs no second forward pass).
-Every puzzle id gets a learned vector (a sparse embedding trained by sign-SGD in train.py) prepended
-to the sequence.
+between them; a Q head decides when to halt (paper §4.6: TRM's ACT needs no second forward pass). A
+learned vector per puzzle id (a sparse embedding, sign-SGD in train.py) is prepended.
 
 This file computes the same function as the reference implementation (SamsungSAILMontreal/
 TinyRecursiveModels) and loads its checkpoints: the state-dict keys are the reference's with the
@@ -23,16 +22,14 @@ The model protocol (all five models follow it; train.py and evaluate.py rely on 
     Model(config)               nn.Module
     model.initial_carry(batch)  -> carry (every sample halted, so the first call loads the batch)
     model(carry, batch)         -> (carry, loss, metrics, outputs); no model calls backward()
-        loss     scalar: the whole objective, summed over the local batch (train.py divides by the
-                 global batch)
+        loss     scalar: the whole objective, summed over the local batch
         metrics  dict of summed tensors: `count` (samples that halted this call), per-sample metrics
                  summed over them, and `*_loss` sums
         outputs  `logits` [B,L,V], `preds` [B,L], `q_halt_logits` [B] (optional), ...
     carry.halted                [B] bool
     Model.needs_demos           bool: batches carry the task's demonstrations (etrm)
     model.any_canvas (optional) True when weights and function do not depend on the canvas size
-    TRAIN_DEFAULTS (optional)   module-level dict of train.TrainConfig keys the model's recipe
-                                changes (deep_recursive: EMA 0.9995, grad clip 1.0); --config wins
+    TRAIN_DEFAULTS (optional)   train.TrainConfig keys the model's recipe sets; --config wins
 
 Run:  python train.py --model trm --config data=toy          (CPU, minutes)
       torchrun --standalone --nproc_per_node=8 train.py --model trm --config data=arc1
@@ -96,11 +93,10 @@ def trunc_normal_init_(t, std=1.0, lower=-2.0, upper=2.0):
     """Truncated normal whose *truncated* std is `std` (JAX; torch's trunc_normal_ is off)."""
     if std == 0:
         return t.zero_()
-    sqrt2, inv_sqrt_2pi = math.sqrt(2), 1 / math.sqrt(2 * math.pi)
+    sqrt2 = math.sqrt(2)
     a, b = math.erf(lower / sqrt2), math.erf(upper / sqrt2)
     z = (b - a) / 2
-    pdf_u = math.exp(-0.5 * upper ** 2) * inv_sqrt_2pi
-    pdf_l = math.exp(-0.5 * lower ** 2) * inv_sqrt_2pi
+    pdf_u, pdf_l = (math.exp(-0.5 * v * v) / math.sqrt(2 * math.pi) for v in (upper, lower))
     comp_std = std / math.sqrt(1 - (upper * pdf_u - lower * pdf_l) / z - ((pdf_u - pdf_l) / z) ** 2)
     with torch.no_grad():
         t.uniform_(a, b).erfinv_().mul_(sqrt2 * comp_std).clip_(lower * comp_std, upper * comp_std)
@@ -135,11 +131,10 @@ class SparseEmbedding(nn.Module):
     """Per-puzzle vectors kept in a buffer, not a parameter: only the batch's rows get gradients.
 
     In training the rows of the batch are copied into `local_weights` (a leaf that requires grad);
-    train.py's sign-SGD reads `local_weights.grad` and `local_ids`, all-gathers them across
-    ranks, updates those rows of `weights` (the reference's sparse embedding optimiser) and clears
-    the grad. The leaf is allocated once per batch size and refilled in place, grad cleared, as the
-    reference does, so a compiled training step stays one graph. In eval the table is read
-    directly."""
+    train.py's sign-SGD reads its grad and `local_ids`, all-gathers them across ranks, updates
+    those rows of `weights` (the reference's sparse embedding optimiser) and clears the grad. The
+    leaf is allocated once per batch size and refilled in place, as the reference does, so a
+    compiled training step stays one graph. In eval the table is read directly."""
 
     def __init__(self, num, dim, dtype):
         super().__init__()
@@ -171,10 +166,9 @@ def rope_tables(head_dim, length, theta):
 
 
 class InputEmbedding(nn.Module):
-    """Token ids -> the input x [B, P+L, D]: P prefix vectors (TRM's puzzle embedding, ETRM's
-    demonstration context), then the token embeddings, plus learned positions when asked, all times
-    sqrt(D). The embeddings start at std 1/sqrt(D), so x starts at unit scale. Holds the RoPE tables
-    too. TRM, HRM, PRR and ETRM share it as it is."""
+    """Token ids -> x [B, P+L, D]: P prefix vectors (TRM's puzzle embedding, ETRM's context), then
+    the token embeddings, plus learned positions if asked, all times sqrt(D) (std 1/sqrt(D) at init:
+    x starts at unit scale). Holds the RoPE tables. TRM, HRM, PRR and ETRM share it."""
 
     def __init__(self, config, prefix_len, dtype):
         super().__init__()
@@ -205,8 +199,7 @@ class InputEmbedding(nn.Module):
 
 
 def puzzle_prefix_len(config):
-    """P: sequence slots the puzzle embedding occupies: puzzle_emb_len, or ceil(ndim / D) when that
-    is 0; 0 without a puzzle embedding (puzzle_emb_ndim 0)."""
+    """P: slots the puzzle embedding takes: puzzle_emb_len or, if 0, ceil(ndim / D); 0 if none."""
     if config.puzzle_emb_ndim <= 0:
         return 0
     return config.puzzle_emb_len or -(-config.puzzle_emb_ndim // config.hidden_size)
@@ -229,10 +222,8 @@ class Attention(nn.Module):
 
 
 def grid_side(config):
-    """Side of the square canvas (seq_len = side^2) the 2-D mixer works on; 0 when it is off."""
+    """Side of the square canvas (seq_len = side^2) that conv_kernel k > 0 convolves over."""
     k, L = config.conv_kernel, config.seq_len
-    if k == 0:
-        return 0
     if k % 2 == 0:
         raise ValueError(f"conv_kernel must be odd (a window centred on each cell), got {k}")
     side = math.isqrt(L)
@@ -243,22 +234,20 @@ def grid_side(config):
 
 class GridConv(nn.Module):
     """h + conv(h): a depthwise k x k convolution over the canvas cells (the last side^2 positions),
-    the prefix slots passed unchanged; zero-initialised, so the block starts as the paper's. This is
-    the "board-aware" MLP of public TRM reimplementations: 1-D attention over the flattened canvas
-    must learn that a cell's neighbours sit at offsets +-1 and +-side, a 3 x 3 convolution hands
-    each cell its 4 neighbours in one layer."""
+    prefix slots unchanged; zero-initialised, so the block starts as the paper's. The "board-aware"
+    MLP of public TRM reimplementations: where 1-D attention must learn that a cell's neighbours sit
+    at offsets +-1 and +-side, a 3 x 3 convolution hands each cell its 4 neighbours in one layer."""
 
     def __init__(self, channels, kernel, side):
         super().__init__()
-        self.side = side
+        self.side, self.pad = side, kernel // 2
         self.weight = nn.Parameter(torch.zeros(channels, 1, kernel, kernel))
 
     def forward(self, h):
         B, n, C = h.shape
         s, P = self.side, n - self.side ** 2
         grid = h[:, P:].transpose(1, 2).reshape(B, C, s, s)
-        k = self.weight.shape[-1]
-        mixed = F.conv2d(grid, self.weight.to(h.dtype), padding=k // 2, groups=C)
+        mixed = F.conv2d(grid, self.weight.to(h.dtype), padding=self.pad, groups=C)
         return h + F.pad(mixed.flatten(2).transpose(1, 2), (0, 0, P, 0))
 
 
@@ -275,9 +264,7 @@ class SwiGLU(nn.Module):
 
     def forward(self, x):
         h = kernels.swiglu(self.gate_up_proj(x))
-        if hasattr(self, "conv"):
-            h = self.conv(h)
-        return self.down_proj(h)
+        return self.down_proj(self.conv(h) if hasattr(self, "conv") else h)
 
 
 class Block(nn.Module):
@@ -305,8 +292,7 @@ class Block(nn.Module):
 
 
 class ReasoningModule(nn.Module):
-    """net(h, injection): h + injection, then the blocks in order (the input injection of TRM and
-    HRM). `grid`: the state is prefix + canvas (Block)."""
+    """net(h, injection): h + injection, then the blocks (TRM's and HRM's input injection)."""
 
     def __init__(self, config, num_layers, total_len, grid=False):
         super().__init__()
@@ -323,9 +309,8 @@ class ReasoningModule(nn.Module):
 # Loss head, shared by every model that predicts tokens
 
 def token_loss_and_metrics(logits, labels, halted, loss_type):
-    """Per-sample mean CE summed over the batch, and per-sample metrics summed over halted samples.
-
-    Returns (lm_loss, seq_correct [B] bool, metrics dict). Metrics count only samples that halted
+    """Per-sample mean CE summed over the batch, and per-sample metrics summed over halted samples:
+    (lm_loss, seq_correct [B] bool, metrics dict). Metrics count only samples that halted
     this call and have at least one label (the reference's `valid_metrics`)."""
     mask = labels != -100
     count = mask.sum(-1)
@@ -336,12 +321,9 @@ def token_loss_and_metrics(logits, labels, halted, loss_type):
     ce = kernels.cross_entropy(logits, labels, loss_type, -100)  # [B, L] float32, 0 where ignored
     lm_loss = (ce / divisor).sum()
     valid = halted & (count > 0)
-    metrics = {
-        "count": valid.sum(),
-        "accuracy": torch.where(valid, (is_correct.float() / divisor).sum(-1), 0).sum(),
-        "exact_accuracy": (valid & seq_correct).sum(),
-        "lm_loss": lm_loss.detach(),
-    }
+    metrics = {"count": valid.sum(),
+               "accuracy": torch.where(valid, (is_correct.float() / divisor).sum(-1), 0).sum(),
+               "exact_accuracy": (valid & seq_correct).sum(), "lm_loss": lm_loss.detach()}
     return lm_loss, seq_correct, metrics
 
 
