@@ -39,7 +39,7 @@ __all__ = ["Config", "Model", "convert_reference_state_dict"]  # the last one is
 @dataclass
 class Config(trm.Config):
     H_cycles: "int >= 1" = 2            # N: high-level updates per ACT step
-    L_cycles: "int >= 1" = 2            # T: low-level updates per high-level update
+    L_cycles: "int >= 1" = 2            # low-level updates per high-level update
     H_layers: "int >= 1" = 4            # blocks in the high-level module H_level
     L_layers: "int >= 1" = 4            # blocks in the low-level module L_level
     puzzle_emb_len: "int >= 0" = 0      # P: prefix slots (0 = ceil(ndim / D); HRM has no such key)

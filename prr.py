@@ -8,7 +8,7 @@ embedding, loss kernels).
 
     x [B,L] --trm.InputEmbedding--> e [B,P+L,D]  tokens + puzzle embedding in P slots, x sqrt(D)
     z_k(0) = b_k (+ N(0, σ²) in training)        K learned vectors over positions, [B,K,P+L,D]
-    for t in 0..T-1 (the first T - grad_steps under no_grad):
+    for t in 0..S-1 (the first S - grad_steps under no_grad):
         z_k <- core(z_k, e + b_k)                B*K sequences through the shared blocks at once
         s_k = scorer(z_k[:, 0])                  MLP D -> D/2 -> 1 on the first (puzzle) slot
         if exchange after t:  w = softmax(s / temp);  z_k <- z_k + α (Σ_j w_j z_j - z_k)
@@ -23,8 +23,8 @@ them):
   inits never learn; here they reach the gradient window and keep each branch distinct (at eval,
   without noise, b_k is the only source of diversity, and every exchange pulls the branches
   together).
-- Exchanges are counted from the end, after t = T-2, T-2-c, ... >= 0 (T=8, c=2: after 0, 2, 4, 6).
-  The public schedule ((t+1) % c == 0 and t < T-1) exchanges only under no_grad, so its
+- Exchanges are counted from the end, after t = S-2, S-2-c, ... >= 0 (S=8, c=2: after 0, 2, 4, 6).
+  The public schedule ((t+1) % c == 0 and t < S-1) exchanges only under no_grad, so its
   "differentiable" communication gets no gradient; here the last exchange lies inside the gradient
   window whenever grad_steps >= 2.
 - Outputs: `preds`/`logits` of the scorer's top branch and its score as `q_halt_logits` (ARC voting
@@ -65,7 +65,7 @@ def grad_steps_within_steps(c):
 @dataclass
 class Config:
     num_branches: "int >= 1" = 8        # K: parallel latent hypotheses
-    num_steps: "int >= 1" = 8           # T: recursion steps per forward (no ACT)
+    num_steps: "int >= 1" = 8           # S: recursion steps per forward (no ACT)
     grad_steps: "int >= 1" = 2          # last steps run with gradient (the rest no_grad)
     hidden_size: "int >= 1" = 256       # D
     num_heads: "int >= 1" = 4           # attention heads (head_dim = D / num_heads)
@@ -111,8 +111,8 @@ def branch_cosine(z):
     if K < 2:
         return z.new_zeros(z.shape[0], dtype=torch.float32)
     u = F.normalize(z.float().mean(2), dim=-1)           # [B, K, D]
-    S = u @ u.transpose(1, 2)                            # [B, K, K]
-    return (S.sum((1, 2)) - S.diagonal(dim1=1, dim2=2).sum(-1)) / (K * (K - 1))
+    sim = u @ u.transpose(1, 2)                          # [B, K, K]
+    return (sim.sum((1, 2)) - sim.diagonal(dim1=1, dim2=2).sum(-1)) / (K * (K - 1))
 
 
 class Scorer(nn.Module):
@@ -155,12 +155,12 @@ class Model(nn.Module):
     # -- the rollout -------------------------------------------------------------------------------
     def exchanges_after(self, t):
         """Whether branches communicate after step t (the module docstring: the two schedules)."""
-        c, T = self.config, self.config.num_steps
+        c, S = self.config, self.config.num_steps
         if c.comm_interval <= 0:
             return False
         if c.public_schedule:
-            return (t + 1) % c.comm_interval == 0 and t < T - 1
-        return t <= T - 2 and (T - 2 - t) % c.comm_interval == 0
+            return (t + 1) % c.comm_interval == 0 and t < S - 1
+        return t <= S - 2 and (S - 2 - t) % c.comm_interval == 0
 
     def communicate(self, z, scores):
         """z_k <- z_k + α (Σ_j w_j z_j - z_k), w = softmax(s / temp). z [B,K,L,D], scores [B,K]."""
@@ -170,9 +170,9 @@ class Model(nn.Module):
         return z + c.comm_alpha * (mean - z)
 
     def rollout(self, inputs, puzzle_identifiers):
-        """T steps of all K branches -> the final state z [B,K,P+L,D] and the final scores [B,K]."""
+        """S steps of all K branches -> the final state z [B,K,P+L,D] and the final scores [B,K]."""
         c, (cos, sin) = self.config, self.embed.rope()
-        K, T = c.num_branches, c.num_steps
+        K, S = c.num_branches, c.num_steps
         prefix = self.puzzle_emb(puzzle_identifiers.long()) if self.puzzle_emb_len else None
         e = self.embed(inputs, prefix)                                 # [B, P+L, D]
         B, Lt, D = e.shape
@@ -183,8 +183,8 @@ class Model(nn.Module):
         inj = e.unsqueeze(1) if c.public_schedule else e.unsqueeze(1) + b  # [B, 1 or K, P+L, D]
         inj = inj.expand(B, K, Lt, D).reshape(B * K, Lt, D)
         grad_on = torch.is_grad_enabled()
-        for t in range(T):
-            with torch.set_grad_enabled(grad_on and t >= T - c.grad_steps):
+        for t in range(S):
+            with torch.set_grad_enabled(grad_on and t >= S - c.grad_steps):
                 z = self.core(z.reshape(B * K, Lt, D), inj, cos, sin).view(B, K, Lt, D)
                 scores = self.scorer(z[:, :, 0])                      # [B, K] float32
                 if self.exchanges_after(t):

@@ -190,16 +190,16 @@ def test_gradient_window_branch_vectors_and_communication(public):
     calls = record_core_calls(model)
     batch = tiny_batch()
     _, loss, _, _ = model(model.initial_carry(batch), batch)
-    # One call per step with all B*K sequences (no loop over branches); the first T - grad_steps
+    # One call per step with all B*K sequences (no loop over branches); the first S - grad_steps
     # build no graph.
     assert calls == [(6 * 4, False, False)] * 2 + [(6 * 4, True, True)] * 2
     loss.backward()
     scorer_grad = model.scorer.fc2.weight.grad
-    # T=4, c=2: public exchanges after step 1 only (no_grad); ours after 0 and 2 (2 under grad).
+    # S=4, c=2: public exchanges after step 1 only (no_grad); ours after 0 and 2 (2 under grad).
     if public:  # the public defects: b_k never learn, and the main loss never reaches the scorer
         assert model.branch_init.grad is None
         assert scorer_grad is None or scorer_grad.abs().sum() == 0
-    else:  # defaults: b_k reach the gradient window; the exchange after step T-2 is differentiable
+    else:  # defaults: b_k reach the gradient window; the exchange after step S-2 is differentiable
         assert model.branch_init.grad.abs().sum() > 0
         assert scorer_grad.abs().sum() > 0
     assert all(p.grad is not None for p in model.core.parameters())
@@ -209,7 +209,7 @@ def test_grad_steps_equal_to_num_steps_trains_inits_even_in_public_schedule():
     model = prr.Model(tiny_config(num_steps=3, grad_steps=3, public_schedule=True)).train()
     batch = tiny_batch()
     model(model.initial_carry(batch), batch)[1].backward()
-    assert model.branch_init.grad.abs().sum() > 0  # public code: inits learn only if grad_steps = T
+    assert model.branch_init.grad.abs().sum() > 0  # public code: inits learn only if grad_steps = S
 
 
 def test_noise_only_in_training_and_state_dict_round_trip():
