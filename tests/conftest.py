@@ -18,6 +18,11 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(1)
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: a learning run, a CLI process or a fault drill; the fast "
+                            "tier (python -m pytest -m 'not slow' tests) leaves them out")
+
+
 def tiny_batch(B=6, L=8, V=12, ids=5, seed=0):
     """A random batch in the loader's layout, the last two labels of each row ignored (shared by model tests)."""
     g = torch.Generator().manual_seed(seed)

@@ -25,6 +25,8 @@ import torch
 import data
 import train
 
+pytestmark = pytest.mark.slow  # the full tier (python -m pytest tests); see README
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # where the scripts are
 TINY = ["hidden_size=32", "num_heads=2", "L_layers=1", "H_cycles=1", "L_cycles=1", "halt_max_steps=2",
         "puzzle_emb_ndim=32", "puzzle_emb_len=1", "global_batch_size=16"]

@@ -16,6 +16,7 @@ import bench
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow
 def test_every_benchmark_runs(capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert bench.main([]) == 0
@@ -27,6 +28,7 @@ def test_every_benchmark_runs(capsys, tmp_path, monkeypatch):
     assert "out/bench/bench_kernels.png" in out  # the path is printed
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU behaviour of --check")
 def test_check_needs_a_gpu(tmp_path):
     """One line on stderr naming what is missing, a non-zero exit, and BENCHMARKS.md untouched."""

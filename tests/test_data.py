@@ -318,6 +318,7 @@ def test_ensure_dataset(tmp_path):
     _check_layout(path, "train")
 
 
+@pytest.mark.slow
 def test_a_large_dataset_is_built_only_when_asked(tmp_path, monkeypatch):
     """Above data.LARGE a named dataset is refused in one line saying what to run, its size and build
     time; nothing is written. The estimate (examples x seq_len x 2 bytes) is checked against real builds."""

@@ -430,6 +430,7 @@ LEARN = {"standard": (300, 0.0), "lpn_standard": (300, 0.0), "lpn_variational": 
          "hybrid_variational": (800, -4.0), "lpn_var": (800, -4.0), "iterative": (1200, 0.0)}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("encoder", list(LEARN))
 def test_learns_a_family_and_generalises_to_unseen_members(encoder):
     """256 colour maps on 4 colours: train on 200, solve the 56 never seen (exact: all 6 cells; chance 4^-6).

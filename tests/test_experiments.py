@@ -15,6 +15,8 @@ import torch
 import data
 from experiments import ablate, acc_vs_aug, compare, recursion_strip, teach
 
+pytestmark = pytest.mark.slow  # the full tier (python -m pytest tests); see README
+
 FAST = ["global_batch_size=16", "eval_batches=1"]
 
 

@@ -34,6 +34,8 @@ import config  # noqa: E402
 import data  # noqa: E402
 import train  # noqa: E402
 
+pytestmark = pytest.mark.slow  # the full tier (python -m pytest tests); see README
+
 COMMON = ["global_batch_size=16", "lr=1e-3", "lr_warmup_steps=5", "eval_interval=1000", "eval_batches=1",
           "weight_decay=0.01", "ema=True", "log_interval=1"]
 TINY = {  # each model at a size that trains a step in well under a second, randomness in training off

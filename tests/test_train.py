@@ -40,6 +40,7 @@ def rows(out):
     return [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
 
 
+@pytest.mark.slow
 def test_tiny_trm_learns_toy_task(toy, tmp_path):
     result = run(toy, tmp_path / "run", "max_steps=400", "log_interval=50")
     train_rows = [r for r in rows(tmp_path / "run") if "loss" in r]
@@ -48,6 +49,7 @@ def test_tiny_trm_learns_toy_task(toy, tmp_path):
     assert os.path.exists(tmp_path / "run" / "curves.png") and os.path.exists(tmp_path / "run" / "config.json")
 
 
+@pytest.mark.slow
 def test_resume_continues_the_same_run(toy, tmp_path):
     common = ("log_interval=1", "halt_exploration_prob=0.5", "ema=True")
     run(toy, tmp_path / "a", "max_steps=8", *common)
