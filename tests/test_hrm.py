@@ -153,6 +153,7 @@ def test_tiny_hrm_learns_a_fixed_batch():
     assert losses[-1] < 0.25 * losses[0], losses[::10]
 
 
+@pytest.mark.slow
 def test_train_and_evaluate_run_hrm_with_only_model_changed(tmp_path):
     data, train = pytest.importorskip("data"), pytest.importorskip("train")
     evaluate = pytest.importorskip("evaluate")

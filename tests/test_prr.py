@@ -274,6 +274,7 @@ def test_scorer_learns_to_pick_the_right_branch():
     assert metrics["scorer_picks_best"].item() / 128 > 0.8, metrics["scorer_picks_best"]
 
 
+@pytest.mark.slow
 def test_tiny_prr_learns_toy_task(tmp_path):
     """Through train.main and evaluate.main on a small toy (2 rules, 6 tokens): the loss falls and
     the scorer's pick is right, in training and in evaluate.py from the checkpoint alone."""

@@ -258,6 +258,7 @@ def neighbour_exact(conv_kernel, steps=200, side=5):
     return metrics["exact_accuracy"].item() / 256
 
 
+@pytest.mark.slow
 def test_mixer_learns_a_neighbour_task_the_paper_block_cannot():
     """Without positions (pos_encodings none) only the conv tells a cell where its neighbours are:
     with conv_kernel=3 a one-block TRM solves unseen grids after 200 steps (1.000 exact, 0.957 at
