@@ -33,12 +33,13 @@ answer after each step.
 Every sample halts after one call; outputs: `logits` [B,L,V], `preds` [B,L] (no q_halt_logits).
 
 Choices: y carried as logits (y_0 = 0, the uniform answer); no z at the first U-Net step, z_0 = 0
-for the conv trunk; pre-activation residual blocks (GroupNorm in float32, GELU, 3x3 conv, twice),
-the second conv zero-initialised so each block starts as the identity; stride-2 convs down,
-nearest up-sampling to each skip then a 3x3 conv over [up, skip]; no dropout; softmax CE
-(`loss_type=stablemax` is TRM's); float32 master weights cast at use. TRAIN_DEFAULTS is the
-note's recipe; the measured maze recipe for trunk=conv is in docs/deep_recursive.md. Not yet run
-under torch.compile (no backward inside forward any more, so nothing in it breaks the graph).
+for the conv trunk; pre-activation residual blocks (GroupNorm in float32, per-cell RMSNorm in the
+conv trunk, GELU, 3x3 conv, twice), the second conv zero-initialised so each block starts as the
+identity; stride-2 convs down, nearest up-sampling to each skip then a 3x3 conv over [up, skip];
+no dropout; softmax CE (`loss_type=stablemax` is TRM's); float32 master weights cast at use.
+TRAIN_DEFAULTS is the note's recipe; the measured maze recipe for trunk=conv is in
+docs/deep_recursive.md. Not yet run under torch.compile (nothing inside forward breaks the graph
+now that it calls no backward).
 
 Run:  python train.py --model deep_recursive --config data=toy base_channels=16 \
           latent_channels=64 ema=False
@@ -96,9 +97,9 @@ class CastedConv2d(nn.Conv2d):
 
 
 def act(x, local=False):
-    """GELU after a norm without affine, statistics in float32: GroupNorm (groups of up to 8 channels,
-    statistics over the whole canvas) or, `local`, RMSNorm over each cell's channels, which keeps a
-    cell's output a function of its neighbourhood alone, whatever the canvas holds elsewhere."""
+    """GELU after a norm without affine, statistics in float32: GroupNorm (groups of up to 8
+    channels, statistics over the whole canvas) or, `local`, RMSNorm over each cell's channels, so
+    a cell's output depends on its neighbourhood alone, whatever the rest of the canvas holds."""
     if local:
         return F.gelu(kernels.rms_norm(x.movedim(1, -1)).movedim(-1, 1))
     return F.gelu(F.group_norm(x.float(), math.gcd(8, x.shape[1])).to(x.dtype))
