@@ -92,7 +92,7 @@ class Config:
     num_puzzle_identifiers: "int >= 1" = 1  # rows of the puzzle-embedding table (from the dataset)
     forward_dtype: "str in auto|bfloat16|float32" = "auto"  # auto: bfloat16 on CUDA, float32 on CPU
 
-    cross_rules = (trm.heads_divide_width, trm.rope_head_size_even, grad_steps_within_steps)
+    cross_rules = (trm.heads_fit, grad_steps_within_steps)
 
 
 @dataclass

@@ -35,7 +35,7 @@ Run:  python train.py --model trm --config data=toy          (CPU, minutes)
       torchrun --standalone --nproc_per_node=8 train.py --model trm --config data=arc1
 """
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -44,14 +44,10 @@ from torch import nn
 import kernels
 
 
-def heads_divide_width(c):
-    """Attention splits D into num_heads equal heads."""
+def heads_fit(c):
+    """Attention splits D into num_heads equal heads, and RoPE rotates pairs of each head's dims."""
     if c.hidden_size % c.num_heads:
         return "num_heads", f"a divisor of hidden_size={c.hidden_size}"
-
-
-def rope_head_size_even(c):
-    """RoPE rotates pairs of dimensions of each head."""
     if c.pos_encodings == "rope" and c.hidden_size // c.num_heads % 2:
         return "num_heads", ("a head size hidden_size/num_heads that is even for RoPE "
                              f"(hidden_size={c.hidden_size})")
@@ -69,9 +65,8 @@ class Config:
     rope_theta: "float > 0" = 10000.0               # θ of RoPE
     rms_norm_eps: "float >= 0" = 1e-5
     mlp_t: "bool" = False                           # TRM-MLP: attention -> an MLP over the sequence
-    # the 2-D mixer for grid tasks such as mazes (k odd; 3 gives each cell its 4 neighbours)
-    conv_kernel: "int >= 0" = 0                     # k: zero-init depthwise k x k conv over the
-                                                    # grid inside each SwiGLU (0 = off: the paper's)
+    # the 2-D mixer, for grid tasks such as mazes (k odd; 3 hands each cell its 4 neighbours)
+    conv_kernel: "int >= 0" = 0  # k: zero-init depthwise k x k grid conv in each SwiGLU (0 = off)
     puzzle_emb_ndim: "int >= 0" = 512               # width of the per-puzzle embedding (0 = none)
     puzzle_emb_len: "int >= 0" = 16                 # P: prefix slots it takes (0 = ceil(ndim / D))
     halt_max_steps: "int >= 1" = 16                 # N_sup: deep-supervision steps
@@ -83,7 +78,7 @@ class Config:
     num_puzzle_identifiers: "int >= 1" = 1          # puzzle-embedding rows (from the dataset)
     forward_dtype: "str in auto|bfloat16|float32" = "auto"  # auto: bfloat16 on CUDA, float32 on CPU
 
-    cross_rules = (heads_divide_width, rope_head_size_even)
+    cross_rules = (heads_fit,)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -327,7 +322,7 @@ def token_loss_and_metrics(logits, labels, halted, loss_type):
     return lm_loss, seq_correct, metrics
 
 
-# ----------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 # The model
 
 @dataclass
@@ -346,9 +341,9 @@ def resolve_dtype(name):
 
 
 def deep_recursion(net, z_H, z_L, x, H_cycles, L_cycles, cos=None, sin=None):
-    """One ACT step of recursion (paper Fig. 3, deep_recursion): H_cycles rounds of L_cycles latent updates
-    z <- net(z, y + x) and one answer update y <- net(y, z); all rounds but the last run without gradient
-    (they only move the state). TRM's network, ETRM's decoder and its iterative encoder all run this."""
+    """One ACT step (paper Fig. 3): H_cycles rounds of L_cycles latent updates z <- net(z, y + x)
+    and one answer update y <- net(y, z), all but the last round without gradient (they only move
+    the state). TRM, ETRM's decoder and its iterative encoder all run this."""
     with torch.no_grad():
         for _ in range(H_cycles - 1):
             for _ in range(L_cycles):
@@ -360,8 +355,8 @@ def deep_recursion(net, z_H, z_L, x, H_cycles, L_cycles, cos=None, sin=None):
 
 
 class Model(nn.Module):
-    """Subclasses change what they need through hooks: prefix_len and build_prefix (how many prefix slots
-    and what fills them), build_reasoning (the networks) and reason (one ACT step of recursion)."""
+    """Subclasses change what they need through hooks: prefix_len and build_prefix (how many prefix
+    slots and what fills them), build_reasoning (the networks), reason (one ACT step)."""
     needs_demos = False  # True: the loader adds demo_inputs, demo_labels, demo_mask to every batch
 
     def __init__(self, config: Config):
@@ -378,7 +373,7 @@ class Model(nn.Module):
         # Initial states y0, z0: fixed random vectors (persistent buffers, truncated normal std 1).
         self.register_buffer("H_init", trunc_normal_init_(torch.empty(D), 1.0).to(self.dtype))
         self.register_buffer("L_init", trunc_normal_init_(torch.empty(D), 1.0).to(self.dtype))
-        # Q head starts silent: zero weights, bias -5, so early training almost never halts (as the reference).
+        # Q head starts silent (zero weights, bias -5): early training almost never halts.
         with torch.no_grad():
             self.q_head.weight.zero_()
             self.q_head.bias.fill_(-5)
@@ -391,20 +386,22 @@ class Model(nn.Module):
         """What fills the P prefix slots: one learned vector per puzzle id (none when P is 0)."""
         c = self.config
         if c.puzzle_emb_ndim > 0:
-            self.puzzle_emb = SparseEmbedding(c.num_puzzle_identifiers, c.puzzle_emb_ndim, self.dtype)
+            self.puzzle_emb = SparseEmbedding(c.num_puzzle_identifiers, c.puzzle_emb_ndim,
+                                              self.dtype)
 
     def build_reasoning(self, total_len):
         self.L_level = ReasoningModule(self.config, self.config.L_layers, total_len, grid=True)
 
-    # -- input embedding ----------------------------------------------------------------------------
+    # -- input embedding ---------------------------------------------------------------------------
     def input_embeddings(self, inputs, puzzle_identifiers):
-        prefix = self.puzzle_emb(puzzle_identifiers.long()) if self.puzzle_emb_len else None  # [B, ndim]
+        ids = puzzle_identifiers.long()
+        prefix = self.puzzle_emb(ids) if self.puzzle_emb_len else None  # [B, ndim]
         return self.embed(inputs, prefix)
 
     def rope(self):
         return self.embed.rope()
 
-    # -- one ACT step of recursion (paper Fig. 3) ----------------------------------------------------
+    # -- one ACT step of recursion (paper Fig. 3) -------------------------------------------------
     def reason(self, z_H, z_L, x):
         c = self.config
         return deep_recursion(self.L_level, z_H, z_L, x, c.H_cycles, c.L_cycles, *self.rope())
@@ -420,33 +417,35 @@ class Model(nn.Module):
         B = batch["inputs"].shape[0]
         shape = (B, self.config.seq_len + self.puzzle_emb_len, self.config.hidden_size)
         dev = batch["inputs"].device
-        return Carry(
-            z_H=torch.zeros(shape, dtype=self.dtype, device=dev), z_L=torch.zeros(shape, dtype=self.dtype, device=dev),
-            steps=torch.zeros(B, dtype=torch.int32, device=dev), halted=torch.ones(B, dtype=torch.bool, device=dev),
-            current_data={k: torch.zeros_like(v) for k, v in batch.items()})
+        z, data = torch.zeros(shape, dtype=self.dtype, device=dev), batch.items()
+        return Carry(z, z.clone(), torch.zeros(B, dtype=torch.int32, device=dev),
+                     torch.ones(B, dtype=torch.bool, device=dev),
+                     {k: torch.zeros_like(v) for k, v in data})
 
     def reset(self, carry, batch):
-        """Halted samples restart from (y0, z0) on the new batch's rows; running samples keep theirs."""
+        """Halted samples restart from (y0, z0) on the new batch's rows; others keep theirs."""
         h = carry.halted
         z_H = torch.where(h.view(-1, 1, 1), self.H_init, carry.z_H)
         z_L = torch.where(h.view(-1, 1, 1), self.L_init, carry.z_L)
         steps = torch.where(h, 0, carry.steps)
-        data = {k: torch.where(h.view((-1,) + (1,) * (v.ndim - 1)), batch[k], v) for k, v in carry.current_data.items()}
+        data = {k: torch.where(h.view((-1,) + (1,) * (v.ndim - 1)), batch[k], v)
+                for k, v in carry.current_data.items()}
         return z_H, z_L, steps, data
 
     @torch.no_grad()
     def halt(self, steps, q_halt, q_continue, z_H, z_L, x, outputs):
-        """Which samples stop after this step; adds HRM's Q-learning target to `outputs` when no_ACT_continue is off."""
+        """Which samples stop after this step; with no_ACT_continue off, also HRM's Q-learning
+        target in `outputs`."""
         c = self.config
         is_last = steps >= c.halt_max_steps
         halted = is_last
         if self.training and c.halt_max_steps > 1:  # in evaluation every sample runs halt_max_steps
             halted = halted | ((q_halt > 0) if c.no_ACT_continue else (q_halt > q_continue))
-            # Exploration (HRM's ACT, kept by TRM): sometimes force a random minimum of 2..N_sup steps.
+            # Exploration (HRM's ACT, kept by TRM): sometimes a random minimum of 2..N_sup steps.
             explore = torch.rand_like(q_halt) < c.halt_exploration_prob
             min_halt = explore * torch.randint_like(steps, 2, c.halt_max_steps + 1)
             halted = halted & (steps >= min_halt)
-            if not c.no_ACT_continue:  # bootstrapped target from one more step (HRM; the TRM reference crashes here)
+            if not c.no_ACT_continue:  # HRM's bootstrapped target from one more step
                 _, _, _, next_halt, next_cont = self.inner_step(z_H, z_L, x)
                 outputs["target_q_continue"] = torch.sigmoid(
                     torch.where(is_last, next_halt, torch.maximum(next_halt, next_cont)))
@@ -465,12 +464,13 @@ class Model(nn.Module):
         return carry, loss, metrics, {k: v.detach() for k, v in outputs.items()}
 
     def act_loss(self, carry, outputs):
-        """loss = lm_loss + 0.5 (q_halt_loss + q_continue_loss), each summed over the batch (the reference's)."""
+        """loss = lm_loss + 0.5 (q_halt_loss + q_continue_loss), each summed over the batch."""
         q_halt = outputs["q_halt_logits"]
         lm_loss, seq_correct, metrics = token_loss_and_metrics(
             outputs["logits"], carry.current_data["labels"], carry.halted, self.config.loss_type)
         valid = carry.halted & (carry.current_data["labels"] != -100).any(-1)
-        q_halt_loss = F.binary_cross_entropy_with_logits(q_halt, seq_correct.to(q_halt.dtype), reduction="sum")
+        q_halt_loss = F.binary_cross_entropy_with_logits(q_halt, seq_correct.to(q_halt.dtype),
+                                                         reduction="sum")
         metrics["q_halt_accuracy"] = (valid & ((q_halt >= 0) == seq_correct)).sum()
         metrics["steps"] = torch.where(valid, carry.steps, 0).sum()
         metrics["q_halt_loss"] = q_halt_loss.detach()
@@ -483,11 +483,11 @@ class Model(nn.Module):
         return loss, metrics
 
 
-# ----------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 # Reference checkpoints
 
 def convert_reference_state_dict(sd):
-    """A reference state dict (model wrapped in the loss head, maybe compiled) -> keys of this Model."""
+    """A reference state dict (wrapped in its loss head, maybe compiled) -> this Model's keys."""
     out = {}
     for k, v in sd.items():
         k = k.removeprefix("_orig_mod.").removeprefix("model.").removeprefix("inner.")
