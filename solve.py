@@ -160,18 +160,19 @@ def restore(model, snap):
 
 
 def adapt(model, examples, cfg, device, deadline):
-    """train.train_step on random demo examples until `cfg.steps` or the deadline -> the loss of every
-    step (per sample; NaN where a non-finite batch was skipped). Leaves the model in eval mode."""
+    """train.train_step on random demo examples until `cfg.steps` or the deadline -> the loss of
+    every step (per sample; NaN where a non-finite batch was skipped). Leaves the model in eval."""
     full, embs = cfg.mode == "full", optim.sparse_embeddings(model)
     if cfg.mode == "none" or (not full and not embs) or len(examples["inputs"]) == 0:
         return []
     grad_flags = {k: p.requires_grad for k, p in model.named_parameters()}
     for p in model.parameters():
-        p.requires_grad_(full)  # embeddings only: the trunk is frozen (its grads are never computed)
+        p.requires_grad_(full)  # embeddings only: the trunk is frozen (no grads computed)
     B = cfg.batch_size
     tcfg = train.TrainConfig(global_batch_size=B, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                             lr_warmup_steps=0, puzzle_emb_lr=cfg.emb_lr, ema=False, nan_policy="skip",
-                             puzzle_emb_weight_decay=cfg.emb_weight_decay, grad_clip=cfg.grad_clip)
+                             lr_warmup_steps=0, puzzle_emb_lr=cfg.emb_lr, ema=False,
+                             nan_policy="skip", puzzle_emb_weight_decay=cfg.emb_weight_decay,
+                             grad_clip=cfg.grad_clip)
     s = train.State(model, optim.AdamATan2(list(model.parameters()), lr=cfg.lr,
                                            weight_decay=cfg.weight_decay) if full else None)
     gen, losses = torch.Generator().manual_seed(cfg.seed), []
@@ -180,8 +181,9 @@ def adapt(model, examples, cfg, device, deadline):
         for _ in range(cfg.steps):
             if time.time() > deadline:
                 break
-            idx = torch.randint(len(examples["inputs"]), (B,), generator=gen)  # a task has few demos
-            batch = {k: examples[k][idx].to(device) for k in ("inputs", "labels", "puzzle_identifiers")}
+            idx = torch.randint(len(examples["inputs"]), (B,), generator=gen)  # few demos a task
+            batch = {k: examples[k][idx].to(device)
+                     for k in ("inputs", "labels", "puzzle_identifiers")}
             stats, _ = train.train_step(s, batch, tcfg)
             losses.append(stats["loss"] / B if stats else math.nan)
     finally:
