@@ -75,12 +75,9 @@ DATASETS = {
                            "on 7x7 (CPU minutes)", train_size=7, test_size=7, canvas=11),
     "maze_small_big": _variant(build_small_maze, "maze_small's training mazes, tested on 11x11 "
                                "(test-time depth)", train_size=7, test_size=11, canvas=11),
-    "maze_small_15": _variant(build_small_maze, "15x15 test mazes on a 15x15 canvas (for "
-                              "canvas-free models trained on maze_small)", train_size=7,
-                              test_size=15, canvas=15, num_train=16),
-    "maze_small_21": _variant(build_small_maze, "21x21 test mazes on a 21x21 canvas (for "
-                              "canvas-free models trained on maze_small)", train_size=7,
-                              test_size=21, canvas=21, num_train=16),
+    **{f"maze_small_{n}": _variant(build_small_maze, f"{n}x{n} test mazes on a {n}x{n} canvas, "
+                                   "for canvas-free models trained on maze_small", train_size=7,
+                                   test_size=n, canvas=n, num_train=16) for n in (15, 21)},
     "sudoku6": build_small_sudoku,
     "grid_programs": build_grid_programs,
 }

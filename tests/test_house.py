@@ -1,7 +1,8 @@
-"""The house rules a reader relies on, checked over every tracked .py file:
-imports run one way (no module imports one that imports it back), files stay short enough to read in one
-sitting, and every reference in the code resolves inside the repository (no pointers to documents that do
-not ship with it)."""
+"""The house rules a reader relies on, checked over every tracked .py file: imports run one way (no
+module imports one that imports it back), files stay short enough to read in one sitting, lines
+narrow enough to hold, every reference in the code resolves inside the repository (no pointers to
+documents that do not ship with it), training happens only in train.py, and no test works in the
+checkout."""
 import ast
 import os
 import re
@@ -80,3 +81,38 @@ def test_no_references_to_documents_that_do_not_ship():
     hits = [f"{f}:{i}: {line.strip()}" for f in tracked_py()
             for i, line in enumerate(open(os.path.join(ROOT, f)), 1) if pattern.search(line)]
     assert not hits, "references that do not resolve in the repository:\n" + "\n".join(hits[:20])
+
+
+MODEL_FILES = ("trm.py", "hrm.py", "etrm.py", "encoders.py", "prr.py", "deep_recursive.py")
+CODE_BUDGET = 9000  # non-test lines; the features of a wave are paid for by what it removes
+
+
+def test_no_model_backpropagates_inside_forward():
+    """Training happens in one place (train.train_step); a model only returns its loss."""
+    hits = [f"{f}:{i}" for f in MODEL_FILES
+            for i, line in enumerate(open(os.path.join(ROOT, f)), 1) if ".backward(" in line]
+    assert not hits, f".backward( in a model file: {hits}"
+
+
+def test_lines_a_reader_can_hold():
+    """At most 5% of any non-test file's lines over 100 characters; the code base within its budget."""
+    files = [f for f in tracked_py() if not f.startswith("tests/")]
+    wide, total = {}, 0
+    for f in files:
+        lines = open(os.path.join(ROOT, f)).read().splitlines()
+        total += len(lines)
+        n = sum(len(line) > 100 for line in lines)
+        if lines and n > 0.05 * len(lines):
+            wide[f] = f"{n} of {len(lines)}"
+    assert not wide, f"files with more than 5% of their lines over 100 characters: {wide}"
+    assert total <= CODE_BUDGET, f"{total} lines of non-test code, over the budget of {CODE_BUDGET}"
+
+
+def test_no_test_touches_the_checkout():
+    """Tests run their commands in their own temporary folder: none changes directory to the checkout, runs
+    a command there, or lists it (a user's run writing runs/ beside the suite must not fail it)."""
+    pattern = re.compile(r"cwd=ROOT|os\.chdir\(ROOT|listing\(ROOT|os\.walk\(ROOT|os\.listdir\(ROOT")
+    hits = [f"{f}:{i}: {line.strip()}" for f in tracked_py() if f.startswith("tests/")
+            and f != "tests/test_house.py"
+            for i, line in enumerate(open(os.path.join(ROOT, f)), 1) if pattern.search(line)]
+    assert not hits, "tests that work in the checkout:\n" + "\n".join(hits)
