@@ -1,36 +1,30 @@
-"""config.py — the model registry, `--config key=val` parsing and checking, and checkpoint files (atomic
-writes, checked reads, RNG state), shared by evaluate.py, train.py and solve.py. In the spirit of nanoGPT's
-configurator: dataclasses are the single source of truth (types, defaults, and in the field comments the
-choices of string keys), values are parsed with `ast.literal_eval` and must keep the default's type, and every
-fault is one line starting "error: " naming the key, value or file."""
+"""config.py — the model registry and `--config key=val` parsing and checking, shared by
+evaluate.py, train.py and solve.py (checkpoint files and run folders: checkpoint.py). In the spirit
+of nanoGPT's configurator: dataclasses are the single source of truth. Each field's annotation
+states its type and rule (`hidden_size: "int >= 1" = 512   # D`, grammar in rules.py); values are
+parsed with `ast.literal_eval` and coerced to that type; every fault is one line starting "error: "
+naming the key, value or file. A rule between fields is a named function that a config class lists
+in `cross_rules`: it returns None, or (key, what it must be). `check` is the one entry point."""
 import ast
 import dataclasses
 import difflib
 import importlib
 import inspect
-import json
-import math
-import os
-import random
-import re
-
-import numpy as np
-import torch
-
-from trm import config_from  # noqa: F401  (config dataclass from a checkpoint's dict; re-exported)
+import rules
 
 MODELS = ("trm", "hrm", "etrm", "prr", "deep_recursive")
 
 
-# Model keys that do not change the shapes or the function of the weights: a checkpoint may be evaluated (or
-# training started from it) with other values. The recursion depths are among them, so a model can think
-# longer at test time than it did in training ("deep thinking", Schwarzschild et al. 2021).
+# Model keys that do not change the shapes or the function of the weights: a checkpoint may be
+# evaluated (or training started from it) with other values. The recursion depths are among them,
+# so a model can think longer at test time than it did in training ("deep thinking", Schwarzschild
+# et al. 2021).
 RUNTIME_KEYS = {"forward_dtype", "halt_exploration_prob", "num_puzzle_identifiers", "eval_n_steps",
                 "memory_efficient", "halt_max_steps", "H_cycles", "L_cycles", "num_steps"}
 
 
 def build_model(mod, cfg, name):
-    """mod.Model(cfg), a config the model itself rejects (e.g. a non-square canvas) as a one-line error."""
+    """mod.Model(cfg); a config the model rejects (a non-square canvas) is a one-line error."""
     try:
         return mod.Model(cfg)
     except (ValueError, OSError) as e:
@@ -43,39 +37,49 @@ def model_module(name):
     return importlib.import_module(name)
 
 
-def coerce(key, text, default, model):
+def config_from(cls, values):
+    """A config dataclass from a dict (a checkpoint's, a config.json's), ignoring keys it lacks."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return dataclasses.replace(cls(), **{k: v for k, v in values.items() if k in names})
+
+
+# --------------------------------------------------------------------------------------------------
+# --config key=val: coerced to the field's type, checked against its rule
+
+def coerce(key, text, rule, default, owner):
     try:
         value = ast.literal_eval(text)
     except (ValueError, SyntaxError):
         value = text
-    kind = type(default)
+    kind = rule.kind
     if kind is bool and isinstance(value, str) and value.lower() in ("true", "false"):
         value = value.lower() == "true"
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+    if kind is float and type(value) is int:
         value = float(value)
     if kind is str and not isinstance(value, str):
         value = text
     if type(value) is not kind:
-        raise SystemExit(f"error: config key {key!r} for model {model!r} takes a {kind.__name__} "
+        raise SystemExit(f"error: config key {key!r}{owner} takes {rules.article(kind)} "
                          f"(default {default!r}), got {text!r}")
     return value
 
 
 def apply_overrides(pairs, train_cfg, model_cfg, model):
     """Set key=val pairs on whichever dataclass owns the key; unknown keys are one-line errors.
-    Types come from the dataclass field's default (the error shows it, not the value set so far)."""
+    The error for a value of the wrong type shows the field's default, not the value set so far."""
     changed = {}
     for pair in pairs:
         if "=" not in pair:
             raise SystemExit(f"error: --config takes key=value, got {pair!r}")
         key, text = pair.split("=", 1)
-        owner = next((c for c in (train_cfg, model_cfg) if key in {f.name for f in dataclasses.fields(c)}), None)
+        owner = next((c for c in (train_cfg, model_cfg) if key in rules.of(type(c))), None)
         if owner is None:
-            known = [f.name for c in (train_cfg, model_cfg) for f in dataclasses.fields(c)]
+            known = [k for c in (train_cfg, model_cfg) for k in rules.of(type(c))]
             hint = difflib.get_close_matches(key, known, 1)
-            raise SystemExit(f"error: unknown config key {key!r} for model {model!r}"
-                             + (f"; did you mean {hint[0]!r}?" if hint else "; see python train.py --help"))
-        value = coerce(key, text, field_default(type(owner), key), model)
+            raise SystemExit(f"error: unknown config key {key!r} for model {model!r}" + (
+                f"; did you mean {hint[0]!r}?" if hint else "; see python train.py --help"))
+        cls, label = type(owner), f" for model {model!r}" if owner is model_cfg else ""
+        value = coerce(key, text, rules.of(cls)[key], field_default(cls, key), label)
         setattr(owner, key, value)
         changed[key] = value
     return changed
@@ -86,100 +90,49 @@ def field_default(cls, key):
     return f.default if f.default is not dataclasses.MISSING else f.default_factory()
 
 
+def check(cfg, model=None, world=1):
+    """The one check of a config, before anything is written: every field against the rule in its
+    annotation, then the class's `cross_rules`, then the batches split over `world` processes.
+    `model` names the model whose config this is (None for train.py's and solve.py's own)."""
+    for key, rule in rules.of(type(cfg)).items():
+        expected = rule.broken(getattr(cfg, key))
+        if expected:
+            bad(key, getattr(cfg, key), model, expected)
+    for cross_rule in getattr(cfg, "cross_rules", ()):
+        broken = cross_rule(cfg)
+        if broken:
+            bad(broken[0], getattr(cfg, broken[0]), model, broken[1])
+    split_over_ranks(cfg, world)
+
+
+def split_over_ranks(cfg, world):
+    """The keys a config lists in `split_over_ranks` (global batches) divide among the processes."""
+    for key in getattr(cfg, "split_over_ranks", ()):
+        if getattr(cfg, key) % world:
+            raise SystemExit(f"error: config key {key!r} = {getattr(cfg, key)} is not divisible by "
+                             f"the {world} processes (each takes an equal share)")
+
+
+def bad(key, value, model, expected):
+    owner = f" for model {model!r}" if model else ""
+    raise SystemExit(f"error: config key {key!r}{owner} must be {expected}, got {value!r}")
+
+
 def comments(cls):
-    """The comment beside each field in the source of `cls` (and its dataclass bases): {name: text}."""
-    src = [line.strip() for c in cls.__mro__ if dataclasses.is_dataclass(c) for line in inspect.getsource(c).splitlines()]
-    return {f.name: next((s.split("#", 1)[1].strip() for s in src if s.startswith(f.name + ":") and "#" in s), "")
+    """The comment beside each field in the source of `cls` and its dataclass bases: {name: text}.
+    For --help only: a comment describes a field, its annotation decides."""
+    src = [line.strip() for c in cls.__mro__ if dataclasses.is_dataclass(c)
+           for line in inspect.getsource(c).splitlines()]
+    return {f.name: next((s.split("#", 1)[1].strip() for s in src
+                          if s.startswith(f.name + ":") and "#" in s), "")
             for f in dataclasses.fields(cls)}
 
 
 def describe(cls):
-    """One line per field: name, type, default and its comment (what --help prints)."""
-    notes = comments(cls)
-    return "\n".join(f"  {f.name:<26}{type(f.default).__name__:<6}{f.default!r:<14}{notes[f.name]}"
-                     for f in dataclasses.fields(cls))
-
-
-def choices(cls):
-    """Allowed values of the string keys whose comment lists them as `a | b (note) | c`: {name: (a, b, c)}.
-    The comment is the single source: the first alternative is the last word before the first bar (after any
-    `label:`), each other one the first word after its bar."""
-    out = {}
-    for name, note in comments(cls).items():
-        if isinstance(field_default(cls, name), str) and " | " in note:
-            alts = [re.sub(r"\(.*?\)", "", a).split() for a in note.split(" | ")]
-            out[name] = tuple([alts[0][-1]] + [a[0] for a in alts[1:]])
-    return out
-
-
-def check_values(cfg, model):
-    """Ranges every model config obeys, read from the dataclass itself: numbers finite and >= 0 (any sign when the
-    comment says "any real", > 0 when it says "> 0"); a count whose default is positive stays >= 1 unless its
-    comment documents what 0 means; a chance lies in [0, 1]; string choices as the comments list them; heads
-    divide the width (and leave RoPE an even head size)."""
-    cls, notes = type(cfg), comments(type(cfg))
-    check_choices(cfg, model)
-    for f in dataclasses.fields(cfg):
-        key, value, default, note = f.name, getattr(cfg, f.name), field_default(cls, f.name), notes[f.name]
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            continue
-        least = "> 0" if "> 0" in note else "" if "any real" in note else ">= 0"
-        if not math.isfinite(value) or (least and value < 0) or (least == "> 0" and value == 0):
-            bad(key, value, model, f"a finite number {least}".rstrip())
-        if isinstance(value, int) and default >= 1 and "0 =" not in note and value < 1:
-            bad(key, value, model, "an integer >= 1")
-        if ("chance" in note or key.endswith("_prob")) and value > 1:
-            bad(key, value, model, "a probability in [0, 1]")
-    heads, width = getattr(cfg, "num_heads", None), getattr(cfg, "hidden_size", None)
-    if heads and width and width % heads:
-        bad("num_heads", heads, model, f"a divisor of hidden_size={width}")
-    if heads and width and getattr(cfg, "pos_encodings", "") == "rope" and (width // heads) % 2:
-        bad("num_heads", heads, model, f"a head size hidden_size/num_heads that is even for RoPE (hidden_size={width})")
-
-
-def check_choices(cfg, model):
-    for key, allowed in choices(type(cfg)).items():
-        if getattr(cfg, key) not in allowed:
-            bad(key, getattr(cfg, key), model, "one of " + ", ".join(allowed))
-
-
-def bad(key, value, model, expected):
-    raise SystemExit(f"error: config key {key!r} for model {model!r} must be {expected}, got {value!r}")
-
-
-def load_file(path):
-    if not os.path.exists(path):
-        raise SystemExit(f"error: no checkpoint at {path}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # truncated or not a torch file at all
-        raise SystemExit(f"error: {path} is not a readable checkpoint (truncated or corrupt: {type(e).__name__})")
-
-
-def check_config(theirs, ours, path, model_name):
-    allowed = runtime_keys(model_name)
-    bad = [k for k in ours if k not in allowed and k in theirs and theirs[k] != ours[k]]
-    if bad:
-        raise SystemExit(f"error: {path} was trained with a different {model_name} config: "
-                         + ", ".join(f"{k}={theirs[k]!r} (this run: {ours[k]!r})" for k in bad))
-
-
-def read_checkpoint(path, model_name=None, model_cfg=None):
-    """A checkpoint written by train.py, checked: a nanoTRM file, of `model_name` (any model when None), trained
-    with a config `model_cfg` can use. Every fault is one line naming the file."""
-    if os.path.isdir(path):  # a run folder stands for its checkpoint
-        path = os.path.join(path, "checkpoint.pt")
-    ckpt = load_file(path)
-    if not isinstance(ckpt, dict) or "model_name" not in ckpt:
-        raise SystemExit(f"error: {path} is not a nanoTRM checkpoint (reference TRM weights load through "
-                         "trm.convert_reference_state_dict)")
-    if ckpt["model_name"] not in MODELS:
-        raise SystemExit(f"error: {path} is a checkpoint of unknown model {ckpt['model_name']!r}")
-    if model_name is not None and ckpt["model_name"] != model_name:
-        raise SystemExit(f"error: {path} is a checkpoint of model {ckpt['model_name']!r}, not {model_name!r}")
-    if model_cfg is not None:
-        check_config(ckpt["model_config"], dataclasses.asdict(model_cfg), path, model_name)
-    return ckpt
+    """One line per field: name, default, rule and comment (what --help prints)."""
+    notes, rule = comments(cls), rules.of(cls)
+    return "\n".join(f"  {f.name:<23} {field_default(cls, f.name)!r:<12} {rule[f.name].text:<18} "
+                     f"{notes[f.name]}".rstrip() for f in dataclasses.fields(cls))
 
 
 def runtime_keys(model_name):
@@ -187,22 +140,28 @@ def runtime_keys(model_name):
     return RUNTIME_KEYS | set(getattr(model_module(model_name), "RUNTIME_KEYS", ()))
 
 
-# ----------------------------------------------------------------------------------------------------
-# A training run's configs and folder
+# --------------------------------------------------------------------------------------------------
+# A model's training recipe, and train.py's --help
 
 def train_defaults(mod, name, train_cls):
-    """A model's training recipe (`TRAIN_DEFAULTS` in its file: keys of train.TrainConfig), checked."""
+    """A model's training recipe (`TRAIN_DEFAULTS` in its file: train.TrainConfig keys), checked."""
     recipe = dict(getattr(mod, "TRAIN_DEFAULTS", {}))
     for key, value in recipe.items():
-        if key not in {f.name for f in dataclasses.fields(train_cls)} or \
-                type(value) is not type(field_default(train_cls, key)):
-            raise SystemExit(f"error: {name}.TRAIN_DEFAULTS sets {key}={value!r}, not a training key of that type")
+        rule = rules.of(train_cls).get(key)
+        if rule is None:
+            raise SystemExit(f"error: {name}.TRAIN_DEFAULTS sets {key}={value!r}, not a training "
+                             "key")
+        if rule.broken(value):
+            raise SystemExit(f"error: {name}.TRAIN_DEFAULTS sets {key}={value!r}; {key} must be "
+                             f"{rule.broken(value)}")
     return recipe
 
 
 def help_text(train_cls, datasets):
-    """--help of train.py: models, datasets, every key with its default and comment, each model's recipe."""
-    parts = ["models: " + ", ".join(MODELS), "datasets: " + ", ".join(datasets) + " (or a built folder)",
+    """--help of train.py: models, datasets, every key with its rule, default and comment, each
+    model's recipe."""
+    parts = ["models: " + ", ".join(MODELS),
+             "datasets: " + ", ".join(datasets) + " (or a built folder)",
              "", "training keys (--config key=val):", describe(train_cls)]
     for name in MODELS:
         mod = model_module(name)
@@ -212,113 +171,3 @@ def help_text(train_cls, datasets):
             parts.append(f"  training defaults of --model {name} (its recipe; --config overrides): "
                          + " ".join(f"{k}={v!r}" for k, v in recipe.items()))
     return "\n".join(parts)
-
-
-def saved_run(out, model):
-    """--resume: the run folder's checkpoint, else its config.json (a run killed before its first checkpoint)."""
-    cpath, jpath = os.path.join(out, "checkpoint.pt"), os.path.join(out, "config.json")
-    if os.path.exists(cpath):
-        ckpt = read_checkpoint(cpath, model)
-        return ckpt["model_name"], ckpt["train_config"], ckpt["model_config"], ckpt
-    if not os.path.exists(jpath):
-        raise SystemExit(f"error: --resume: {out} holds no checkpoint.pt and no config.json, so there is no run "
-                         "to continue (check --out; drop --resume to start a new run)")
-    try:
-        saved = json.load(open(jpath))
-        name, tcfg, mcfg = saved["model"], saved["train"], saved["model_config"]
-    except (ValueError, KeyError, TypeError):
-        raise SystemExit(f"error: --resume: {jpath} is not a config.json written by train.py")
-    if model and model != name:
-        raise SystemExit(f"error: --resume: {out} is a run of model {name!r}, not {model!r}")
-    return name, tcfg, mcfg, None
-
-
-def resolve_configs(args, train_cls, resumable):
-    """train.py's configs: defaults < the model's recipe < --config; on --resume the run folder's own, of which
-    only the `resumable` keys may change. Returns (name, module, train config, model config, checkpoint, out)."""
-    if args.resume and not args.out:
-        raise SystemExit("error: --resume needs --out <run folder>")
-    if args.resume:
-        name, saved_train, saved_model, ckpt = saved_run(args.out, args.model)
-        mod = model_module(name)
-        tcfg, mcfg = config_from(train_cls, saved_train), config_from(mod.Config, saved_model)
-        before = dataclasses.asdict(tcfg) | dataclasses.asdict(mcfg)
-        changed = apply_overrides(args.config, tcfg, mcfg, name)
-        fixed = [k for k, v in changed.items() if k not in resumable and before[k] != v]
-        if fixed:
-            raise SystemExit(f"error: --resume continues the run in {args.out}; it cannot change {', '.join(fixed)} "
-                             f"(only {', '.join(sorted(resumable))})")
-        return name, mod, tcfg, mcfg, ckpt, args.out
-    name = args.model or "trm"
-    mod = model_module(name)
-    tcfg, mcfg = train_cls(**train_defaults(mod, name, train_cls)), mod.Config()
-    apply_overrides(args.config, tcfg, mcfg, name)
-    out = args.out or os.path.join("runs", f"{name}-{os.path.basename(os.path.normpath(tcfg.data))}")
-    return name, mod, tcfg, mcfg, None, out
-
-
-def check_out_dir(out):
-    """An output folder must be a folder we can write, or creatable: fail at start, not at the first write."""
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise SystemExit(f"error: --out {out} is a file, not a folder")
-    parent = out
-    while not os.path.exists(parent):
-        parent = os.path.dirname(os.path.abspath(parent))
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise SystemExit(f"error: --out {out}: {parent} is not writable")
-
-
-
-# ----------------------------------------------------------------------------------------------------
-# Checkpoint files
-
-def print0(*args, **kwargs):
-    if int(os.environ.get("RANK", 0)) == 0:
-        print(*args, **kwargs, flush=True)
-
-
-def atomic_save(obj, path):
-    """Write to a temporary file in the same folder, then rename: a reader sees the old file or the new one.
-    A failed write (disk full, no permission) removes its temporary file and leaves the old file intact."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except (OSError, RuntimeError) as e:  # torch.save reports a failed write as RuntimeError
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0][:200]
-        raise SystemExit(f"error: could not write {path} ({reason}); the previous checkpoint there is intact")
-
-
-def load_weights(model, state, path):
-    """load_state_dict, resizing puzzle-embedding tables to this dataset the reference's way (mean row)."""
-    own = model.state_dict()
-    for key, value in list(state.items()):
-        if key.endswith("puzzle_emb.weights") and key in own and value.shape != own[key].shape:
-            print0(f"{path}: puzzle-embedding table {tuple(value.shape)} -> {tuple(own[key].shape)}, filled with the mean row")
-            state[key] = value.mean(0, keepdim=True).expand_as(own[key]).clone()
-    model.load_state_dict(state)
-
-
-def to_device(obj, device):
-    if torch.is_tensor(obj):
-        return obj.to(device)
-    if isinstance(obj, dict):
-        return {k: to_device(v, device) for k, v in obj.items()}
-    if dataclasses.is_dataclass(obj):
-        return dataclasses.replace(obj, **{f.name: to_device(getattr(obj, f.name), device) for f in dataclasses.fields(obj)})
-    return obj
-
-
-def rng_state():
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-            "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None}
-
-
-def restore_rng(s):
-    torch.set_rng_state(s["torch"])
-    np.random.set_state(s["numpy"])
-    random.setstate(s["python"])
-    if s["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state(s["cuda"])

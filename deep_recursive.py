@@ -62,20 +62,20 @@ TRAIN_DEFAULTS = {"ema_rate": 0.9995, "grad_clip": 1.0}  # the note's recipe
 
 @dataclass
 class Config:
-    base_channels: int = 64             # C: channels at full resolution (2C, 4C below)
-    latent_channels: int = 512          # channels of the U-Net's latent z at 1/8 resolution
-    n_res_blocks: int = 2               # residual blocks per U-Net stage / per conv-trunk step
-    n_inner: int = 3                    # steps per segment, all differentiated
-    n_outer: int = 3                    # segments (deep supervision), (y, z) detached between them
-    eval_n_steps: int = 9               # steps at evaluation (n_inner x n_outer by default)
-    memory_efficient: bool = True       # checkpoint each segment (peak memory: one segment)
+    base_channels: "int >= 1" = 64      # C: channels at full resolution (2C, 4C below)
+    latent_channels: "int >= 1" = 512   # channels of the U-Net's latent z at 1/8 resolution
+    n_res_blocks: "int >= 1" = 2        # residual blocks per U-Net stage / per conv-trunk step
+    n_inner: "int >= 1" = 3             # steps per segment, all differentiated
+    n_outer: "int >= 1" = 3             # segments (deep supervision), (y, z) detached between them
+    eval_n_steps: "int >= 1" = 9        # steps at evaluation (more may help)
+    memory_efficient: "bool" = True     # checkpoint each segment (peak memory: one segment)
     trunk: "str in unet|conv" = "unet"  # one step's network: unet | conv (full res., any canvas)
-    puzzle_emb_ndim: int = 512          # width of the per-puzzle task vector (0 = off)
-    loss_type: str = "softmax"          # softmax | stablemax cross-entropy
-    vocab_size: int = 12                # V (from the dataset)
-    seq_len: int = 900                  # L = side^2 (from the dataset; must be a square)
-    num_puzzle_identifiers: int = 1     # rows of the puzzle-embedding table (from the dataset)
-    forward_dtype: str = "auto"         # auto (bfloat16 on CUDA, else float32) | bfloat16 | float32
+    puzzle_emb_ndim: "int >= 0" = 512   # width of the per-puzzle task vector (0 = none)
+    loss_type: "str in softmax|stablemax" = "softmax"  # cross-entropy
+    vocab_size: "int >= 1" = 12         # V (from the dataset)
+    seq_len: "int >= 1" = 900           # L = side^2 (from the dataset; must be a square)
+    num_puzzle_identifiers: "int >= 1" = 1  # rows of the puzzle-embedding table (from the dataset)
+    forward_dtype: "str in auto|bfloat16|float32" = "auto"  # auto: bfloat16 on CUDA, float32 on CPU
 
 
 # ------------------------------------------------------------------------------------------------
@@ -203,9 +203,6 @@ class Model(nn.Module):
         super().__init__()
         self.config = c = config
         side_of(c.seq_len)
-        if min(c.n_inner, c.n_outer, c.eval_n_steps) < 1:
-            raise ValueError(f"n_inner, n_outer and eval_n_steps must be >= 1, got {c.n_inner}, "
-                             f"{c.n_outer}, {c.eval_n_steps}")
         self.any_canvas = c.trunk == "conv"  # weights and function independent of the canvas side
         self.dtype = trm.resolve_dtype(c.forward_dtype)
         C, V = c.base_channels, c.vocab_size

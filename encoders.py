@@ -1,31 +1,37 @@
-"""encoders.py — the demonstration encoders of ETRM (etrm.py): K (input, output) pairs -> a context [B, T, D]
-that takes the place of TRM's puzzle embedding. A file of its own because nine encoders and the model would
-not fit in one 500-line file; only etrm.py imports it, and it imports only trm's building blocks and kernels.
+"""encoders.py — the demonstration encoders of ETRM (etrm.py): K (input, output) pairs -> a
+context [B, P, D] in the P slots of TRM's puzzle embedding. A file of its own because nine encoders
+and the model would not fit in one file; only etrm.py imports it, and it imports only trm's building
+blocks (deep_recursion included) and kernels.
 
-Every encoder is three stages, chosen by `encoder_type` (Sağlam's ETRM report; LPN = Macfarlane & Bonnet,
-"Searching Latent Program Spaces", arXiv 2411.08706, §3):
+Every encoder is three stages, chosen by `encoder_type` (Sağlam's ETRM report; LPN = Macfarlane &
+Bonnet, "Searching Latent Program Spaces", arXiv 2411.08706, §3):
 
-    pairs --grid encoder--> e_i per valid demo --aggregate (+ Gaussian)--> latent z --project--> [B, T, D]
+    pairs --grid--> e_i per valid demo --aggregate (+ Gaussian)--> z --project--> [B, P, D]
 
-| encoder_type        | grid encoder (per pair)                     | aggregate over demos              | project         |
-| standard            | post-norm, x sqrt(D), RoPE, pooled          | -- (z = the e_i)                  | set encoder     |
-| lpn_standard        | CLS, pre-norm RMSNorm, RoPE but on CLS      | mean                              | linear to T x D |
-| lpn_variational     | as lpn_standard                             | Gaussian per demo, mean of the z_i| linear          |
-| lpn_variational_v2  | as lpn_standard                             | mean, then one Gaussian           | linear          |
-| hybrid_standard     | as lpn_standard                             | -- (z = the e_i)                  | set encoder     |
-| hybrid_variational  | as lpn_standard                             | set encoder, mean over T, RMSNorm,| linear          |
-|                     |                                             | one Gaussian                      |                 |
-| lpn, lpn_var        | LPN paper: width 128, LayerNorm (no affine),| mean (lpn_var: Gaussian per demo, | linear          |
-|                     | SiLU MLP, learned row/column/channel, CLS   | latent lpn_latent_dim = 32)       |                 |
-| iterative           | standard's, then a TRM recursion over T tokens whose state persists across ACT steps       |
+| encoder_type       | grid encoder (per pair)            | aggregate over demos     | project    |
+| standard           | post-norm, x sqrt(D), RoPE, pooled | -- (z = the e_i)         | set encoder|
+| lpn_standard       | CLS, pre-norm RMSNorm, RoPE not on | mean                     | linear to  |
+|                    | the CLS                            |                          | P x D      |
+| lpn_variational    | as lpn_standard                    | Gaussian per demo, mean  | linear     |
+|                    |                                    | of the z_i               |            |
+| lpn_variational_v2 | as lpn_standard                    | mean, then one Gaussian  | linear     |
+| hybrid_standard    | as lpn_standard                    | -- (z = the e_i)         | set encoder|
+| hybrid_variational | as lpn_standard                    | set encoder, mean over P,| linear     |
+|                    |                                    | RMSNorm, one Gaussian    |            |
+| lpn, lpn_var       | LPN paper: width 128, LayerNorm (no| mean (lpn_var: Gaussian  | linear     |
+|                    | affine), SiLU MLP, learned row/    | per demo, latent         |            |
+|                    | column/channel embeddings, CLS     | lpn_latent_dim = 32)     |            |
+| iterative          | standard's, then a TRM recursion over its P tokens whose state persists |
+|                    | across ACT steps                                                        |
 
-The set encoder: T learned queries cross-attend over the e_i (masked demos excluded), SwiGLU, post-norm, final
-RMSNorm. The Gaussian: mu and log sigma^2 heads, log sigma^2 clamped to [-10, 10], z = mu + sigma * eps in
-training and mu in evaluation; KL(q || N(0, I)) in closed form, averaged over valid demos when per demo.
-Choices where the report is silent: masked demos never enter the grid encoder (the valid pairs are gathered
-first); a sample with no valid demo gets an all-zero context; every Gaussian clamps log sigma^2 (the report
-says so for the hybrid one); the iterative encoder keeps its context's gradient (the public code detaches it,
-so its encoder never trains) and feeds its recursion the set encoder's T tokens, not one mean vector.
+The set encoder: P learned queries cross-attend over the e_i (masked demos excluded), SwiGLU,
+post-norm, final RMSNorm. The Gaussian: mu and log sigma^2 heads, log sigma^2 clamped to [-10, 10],
+z = mu + sigma * eps in training and mu in evaluation; KL(q || N(0, I)) in closed form, averaged
+over valid demos when per demo. Choices where the report is silent: masked demos never enter the
+grid encoder (the valid pairs are gathered first); a sample with no valid demo gets an all-zero
+context; every Gaussian clamps log sigma^2 (the report says so for the hybrid one); the iterative
+encoder keeps its context's gradient (the public code detaches it, so its encoder never trains) and
+feeds its recursion the set encoder's P tokens, not one mean vector.
 """
 import math
 from dataclasses import replace
@@ -54,13 +60,18 @@ def gaussian_kl(mu, logvar):
     return -0.5 * (1 + logvar - mu.square() - logvar.exp()).sum(-1)
 
 
+def has_demos(demo_mask):
+    """[B, K] -> [B, 1, 1]: 1 for a sample with at least one valid demo (its context), else 0."""
+    return demo_mask.any(-1)[:, None, None]
+
+
 def masked_mean(e, mask):
-    """e [B, K, d], mask [B, K] -> mean over the valid demos [B, d] (zero for a sample without any)."""
+    """e [B, K, d], mask [B, K] -> mean over the valid demos [B, d] (zero without any)."""
     m = mask[..., None].to(e.dtype)
     return (e * m).sum(1) / m.sum(1).clamp_min(1)
 
 
-# ----------------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------------------------------
 # Set encoder (cross-attention over the demos)
 
 class CrossAttention(nn.Module):
@@ -77,8 +88,8 @@ class CrossAttention(nn.Module):
     def forward(self, q, kv, mask):
         N, Q, D = q.shape
         H = self.num_heads
-        q = self.q_proj(q).view(N, Q, H, D // H).transpose(1, 2)                      # (N, H, Q, d)
-        k, v = self.kv_proj(kv).view(N, -1, 2, H, D // H).permute(2, 0, 3, 1, 4)       # (N, H, S, d) each
+        q = self.q_proj(q).view(N, Q, H, D // H).transpose(1, 2)                  # (N, H, Q, d)
+        k, v = self.kv_proj(kv).view(N, -1, 2, H, D // H).permute(2, 0, 3, 1, 4)  # (N, H, S, d)
         w = masked_softmax(q @ k.transpose(-1, -2) / math.sqrt(D // H), mask[:, None, None, :])
         return self.o_proj((w @ v).transpose(1, 2).reshape(N, Q, D))
 
@@ -98,26 +109,29 @@ class SetLayer(nn.Module):
 
 
 class SetEncoder(nn.Module):
-    """T learned queries (std 0.02) cross-attend over the demo encodings e [B, K, D] -> [B, T, D], RMSNorm'd."""
+    """P learned queries (std 0.02) cross-attend over the demo encodings e [B, K, D] -> [B, P, D],
+    RMSNorm'd."""
 
     def __init__(self, config):
         super().__init__()
         self.eps = config.rms_norm_eps
-        self.queries = nn.Parameter(trm.trunc_normal_init_(torch.empty(config.puzzle_emb_len, config.hidden_size), 0.02))
+        queries = torch.empty(config.puzzle_emb_len, config.hidden_size)
+        self.queries = nn.Parameter(trm.trunc_normal_init_(queries, 0.02))
         self.layers = nn.ModuleList(SetLayer(config) for _ in range(config.encoder_set_layers))
 
     def forward(self, e, demo_mask):
         q = self.queries.to(e.dtype).expand(e.shape[0], -1, -1)
         for layer in self.layers:
             q = layer(q, e, demo_mask)
-        return kernels.rms_norm(q, None, self.eps) * demo_mask.any(-1)[:, None, None]  # no demos -> zeros
+        return kernels.rms_norm(q, None, self.eps) * has_demos(demo_mask)  # no demos -> zeros
 
 
-# ----------------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------------------------------
 # Grid encoders: valid pairs x, y [N, L] -> e [N, width]
 
 class PairEmbedding(nn.Module):
-    """[input; output] grids -> [N, 2L, D] with separate colour tables, x sqrt(D) (TRM's embedding scale)."""
+    """[input; output] grids -> [N, 2L, D] with separate colour tables, x sqrt(D) (TRM's embedding
+    scale)."""
 
     def __init__(self, config, dtype):
         super().__init__()
@@ -131,8 +145,9 @@ class PairEmbedding(nn.Module):
 
 
 class PooledGridEncoder(nn.Module):
-    """ETRM's `standard` grid encoder: post-norm TRM blocks over 2L tokens with 1-D RoPE, no padding mask in
-    attention (only pooling skips PAD), pooled (mean | attention | weighted), then a linear map."""
+    """ETRM's `standard` grid encoder: post-norm TRM blocks over 2L tokens with 1-D RoPE, no padding
+    mask in attention (only pooling skips PAD), pooled (mean | attention | weighted), then a linear
+    map."""
 
     def __init__(self, config, dtype):
         super().__init__()
@@ -142,14 +157,14 @@ class PooledGridEncoder(nn.Module):
         cos, sin = trm.rope_tables(D // c.num_heads, 2 * c.seq_len, c.rope_theta)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
-        self.layers = nn.ModuleList(trm.Block(replace(c, mlp_t=False), 2 * c.seq_len) for _ in range(c.encoder_num_layers))
+        block_config = replace(c, mlp_t=False)
+        self.layers = nn.ModuleList(trm.Block(block_config, 2 * c.seq_len)
+                                    for _ in range(c.encoder_num_layers))
         if self.pooling == "attention":
             self.pool_query = nn.Parameter(trm.trunc_normal_init_(torch.empty(1, D), 0.02))
             self.pool_attn = CrossAttention(D, c.num_heads)
         elif self.pooling == "weighted":
             self.pool_score = trm.CastedLinear(D, 1)
-        elif self.pooling != "mean":
-            raise ValueError(f"etrm: encoder_pooling_method must be mean, attention or weighted, got {self.pooling!r}")
         self.proj = trm.CastedLinear(D, D)
 
     def forward(self, x, y):
@@ -160,7 +175,8 @@ class PooledGridEncoder(nn.Module):
         if self.pooling == "mean":
             pooled = (h * keep[..., None]).sum(1) / keep.sum(1, keepdim=True).clamp_min(1)
         elif self.pooling == "attention":
-            pooled = self.pool_attn(self.pool_query.to(h.dtype).expand(h.shape[0], 1, -1), h, keep)[:, 0]
+            query = self.pool_query.to(h.dtype).expand(h.shape[0], 1, -1)
+            pooled = self.pool_attn(query, h, keep)[:, 0]
         else:
             pooled = (masked_softmax(self.pool_score(h)[..., 0], keep)[..., None] * h).sum(1)
         return self.proj(pooled)
@@ -181,8 +197,8 @@ class PreNormBlock(nn.Module):
 
 
 class CLSGridEncoder(nn.Module):
-    """ETRM's LPN-style grid encoder: a CLS token before the 2L pair tokens, pre-norm blocks, RoPE on every token
-    but CLS (which gets the identity rotation), output the normalised CLS vector [N, D]."""
+    """ETRM's LPN-style grid encoder: a CLS token before the 2L pair tokens, pre-norm blocks, RoPE
+    on every token but CLS (which gets the identity rotation), output the normalised CLS [N, D]."""
 
     def __init__(self, config, dtype):
         super().__init__()
@@ -204,12 +220,13 @@ class CLSGridEncoder(nn.Module):
 
 
 def layer_norm(h):
-    """LayerNorm without scale or bias (LPN's use_scale=False, use_bias=False), statistics in float32."""
+    """LayerNorm without scale or bias (LPN's use_scale=False, use_bias=False), float32 stats."""
     return F.layer_norm(h.float(), h.shape[-1:]).to(h.dtype)
 
 
 class PaperBlock(nn.Module):
-    """LPN paper block: h = h + attn(LN(h)); h = h + W2 silu(W1 LN(h)); no RoPE (positions are learned)."""
+    """LPN paper block: h = h + attn(LN(h)); h = h + W2 silu(W1 LN(h)); no RoPE (learned
+    positions)."""
 
     def __init__(self, width, num_heads):
         super().__init__()
@@ -222,9 +239,10 @@ class PaperBlock(nn.Module):
 
 
 class PaperGridEncoder(nn.Module):
-    """The LPN paper's small encoder: one colour table, learned row, column and channel (input/output)
-    embeddings added, a CLS token, `encoder_num_layers` PaperBlocks of width `lpn_width`, LayerNorm'd CLS out.
-    The grid is read as square when seq_len is a square (30 x 30 for ARC), else as one row."""
+    """The LPN paper's small encoder: one colour table, learned row, column and channel
+    (input/output) embeddings added, a CLS token, `encoder_num_layers` PaperBlocks of width
+    `lpn_width`, LayerNorm'd CLS out. The grid is read as square when seq_len is a square (30 x 30
+    for ARC), else as one row."""
 
     def __init__(self, config, dtype):
         super().__init__()
@@ -242,20 +260,21 @@ class PaperGridEncoder(nn.Module):
     def forward(self, x, y):
         pos = self.rows(self.row) + self.cols(self.col)                                   # (L, w)
         ch = self.channel(torch.arange(2, device=x.device))
-        h = torch.cat((self.colour(x.long()) + pos + ch[0], self.colour(y.long()) + pos + ch[1]), dim=1)
-        h = torch.cat((self.cls.to(h.dtype).expand(h.shape[0], 1, -1), h), dim=1)        # (N, 1 + 2L, w)
+        x, y = self.colour(x.long()) + pos + ch[0], self.colour(y.long()) + pos + ch[1]
+        h = torch.cat((self.cls.to(x.dtype).expand(x.shape[0], 1, -1), x, y), dim=1)  # (N, 1+2L, w)
         for layer in self.layers:
             h = layer(h)
         return layer_norm(h[:, 0])
 
 
-# ----------------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------------------------------
 # The encoders
 
 class Gaussian(nn.Module):
-    """q(z | h) = N(mu, exp(logvar)), logvar clamped to [-10, 10]; z reparameterised in training, mu in eval
-    (LPN §3). Returns (z, KL per row, mu). The log-variance head starts constant, at `init_logvar` (the public
-    code: 0, so sigma = 1 everywhere; at small sizes that noise slows learning a lot, experiments/RESULTS.md)."""
+    """q(z | h) = N(mu, exp(logvar)), logvar clamped to [-10, 10]; z reparameterised in training, mu
+    in eval (LPN §3). Returns (z, KL per row, mu). The log-variance head starts constant, at
+    `init_logvar` (the public code: 0, so sigma = 1 everywhere; at small sizes that noise slows
+    learning a lot, experiments/RESULTS.md)."""
 
     def __init__(self, width, latent, init_logvar):
         super().__init__()
@@ -271,7 +290,8 @@ class Gaussian(nn.Module):
         return z, gaussian_kl(mu, logvar), mu
 
 
-# encoder_type -> (grid encoder, Gaussian: None | "demo" (per demo) | "pooled" (one), aggregate: "set" | "mean")
+# encoder_type -> (grid encoder, Gaussian: None | "demo" (per demo) | "pooled" (one),
+#                  aggregate: "set" | "mean")
 KINDS = {
     "standard": ("pooled", None, "set"),
     "lpn_standard": ("cls", None, "mean"),
@@ -287,13 +307,14 @@ GRIDS = {"pooled": PooledGridEncoder, "cls": CLSGridEncoder, "paper": PaperGridE
 
 
 class DemoEncoder(nn.Module):
-    """latent(demos) -> (z, KL [B] or None, mu or None); project(z, mask) -> context [B, T, D]. Test-time
-    optimisation moves z between the two (for a set-encoder type, z is the per-demo encodings [B, K, D])."""
+    """latent(demos) -> (z, KL [B] or None, mu or None); project(z, mask) -> context [B, P, D].
+    Test-time optimisation moves z between the two (for a set-encoder type, z is the per-demo
+    encodings [B, K, D])."""
 
     def __init__(self, config, dtype):
         super().__init__()
         c, D = config, config.hidden_size
-        self.T, self.D, self.eps = c.puzzle_emb_len, D, c.rms_norm_eps
+        self.P, self.D, self.eps = c.puzzle_emb_len, D, c.rms_norm_eps
         grid, self.vae, self.aggregate = KINDS[c.encoder_type]
         self.grid = GRIDS[grid](c, dtype)
         width = c.lpn_width if grid == "paper" else D
@@ -303,49 +324,50 @@ class DemoEncoder(nn.Module):
         if self.vae:
             self.gaussian = Gaussian(width, latent, c.encoder_init_logvar)
         if self.aggregate == "mean" or self.vae == "pooled":
-            self.head = trm.CastedLinear(latent, self.T * D)
+            self.head = trm.CastedLinear(latent, self.P * D)
 
     def latent(self, demo_inputs, demo_labels, demo_mask):
         B, K, L = demo_inputs.shape
         idx = demo_mask.reshape(-1).nonzero().squeeze(-1)      # only real demos are encoded
         e = self.grid(demo_inputs.reshape(-1, L)[idx], to_tokens(demo_labels).reshape(-1, L)[idx])
-        e = e.new_zeros(B * K, e.shape[-1]).index_copy(0, idx, e).view(B, K, -1)   # (B, K, width), 0 if masked
-        if self.vae == "demo":                                 # LPN: a Gaussian per pair, then the mean of the z_i
+        e = e.new_zeros(B * K, e.shape[-1]).index_copy(0, idx, e).view(B, K, -1)  # 0 if masked
+        if self.vae == "demo":  # LPN: a Gaussian per pair, then the mean of the z_i
             z, kl, mu = self.gaussian(e)
-            return masked_mean(z, demo_mask), masked_mean(kl[..., None], demo_mask)[:, 0], masked_mean(mu, demo_mask)
+            kl = masked_mean(kl[..., None], demo_mask)[:, 0]
+            return masked_mean(z, demo_mask), kl, masked_mean(mu, demo_mask)
         if self.aggregate == "set" and self.vae is None:
             return e, None, None
-        h = masked_mean(e, demo_mask) if self.aggregate == "mean" else \
-            kernels.rms_norm(self.set(e, demo_mask).mean(1), None, self.eps)   # hybrid: mean over T, RMSNorm
+        if self.aggregate == "mean":
+            h = masked_mean(e, demo_mask)
+        else:  # hybrid: the set encoder's P tokens averaged, RMSNorm'd
+            h = kernels.rms_norm(self.set(e, demo_mask).mean(1), None, self.eps)
         return self.gaussian(h) if self.vae else (h, None, None)
 
     def project(self, z, demo_mask):
         if not hasattr(self, "head"):
             return self.set(z, demo_mask)
-        return self.head(z).view(z.shape[0], self.T, self.D) * demo_mask.any(-1)[:, None, None]
+        return self.head(z).view(z.shape[0], self.P, self.D) * has_demos(demo_mask)
 
 
 class IterativeEncoder(DemoEncoder):
-    """ETRM-Iterative: the `standard` encoder's T tokens are the input x_e of a TRM recursion (trm.Model.reason:
-    encoder_H_cycles rounds of encoder_L_cycles latent updates, the last with gradient) over the encoder's own
-    state (z_e_H, z_e_L) [B, T, D], which persists across ACT steps as the decoder's does; the context is z_e_H."""
-
-    reason = trm.Model.reason  # the same recursion, run with this module's config, L_level and rope
+    """ETRM-Iterative: the `standard` encoder's P tokens are the input x_e of a TRM recursion
+    (trm.deep_recursion: encoder_H_cycles rounds of encoder_L_cycles latent updates, the last with
+    gradient) over the encoder's own state (z_e_H, z_e_L) [B, P, D], which persists across ACT steps
+    as the decoder's does; the context is z_e_H."""
 
     def __init__(self, config, dtype):
         super().__init__(config, dtype)
-        c = config
-        self.config = replace(c, H_cycles=c.encoder_H_cycles, L_cycles=c.encoder_L_cycles, mlp_t=False)
-        self.L_level = trm.ReasoningModule(self.config, c.encoder_L_layers, c.puzzle_emb_len)
-        self.register_buffer("H_init", trm.trunc_normal_init_(torch.empty(c.hidden_size), 1.0).to(dtype))
-        self.register_buffer("L_init", trm.trunc_normal_init_(torch.empty(c.hidden_size), 1.0).to(dtype))
-
-    def rope(self):
-        return None, None  # the T tokens are told apart by their set-encoder queries
+        c, D = config, config.hidden_size
+        self.cycles = c.encoder_H_cycles, c.encoder_L_cycles
+        self.L_level = trm.ReasoningModule(replace(c, mlp_t=False), c.encoder_L_layers,
+                                           c.puzzle_emb_len)
+        self.register_buffer("H_init", trm.trunc_normal_init_(torch.empty(D), 1.0).to(dtype))
+        self.register_buffer("L_init", trm.trunc_normal_init_(torch.empty(D), 1.0).to(dtype))
 
     def step(self, z_H, z_L, demo_inputs, demo_labels, demo_mask):
-        """One ACT step: (state, demos) -> (context [B, T, D], new state, detached)."""
+        """One ACT step: (state, demos) -> (context [B, P, D], new state, detached)."""
         e, _, _ = self.latent(demo_inputs, demo_labels, demo_mask)
         x = self.project(e, demo_mask)
-        z_H, z_L = self.reason(z_H, z_L, x)
-        return z_H * demo_mask.any(-1)[:, None, None], z_H.detach(), z_L.detach()
+        # no RoPE: the P tokens are told apart by their set-encoder queries
+        z_H, z_L = trm.deep_recursion(self.L_level, z_H, z_L, x, *self.cycles)
+        return z_H * has_demos(demo_mask), z_H.detach(), z_L.detach()

@@ -1,58 +1,74 @@
-"""evaluate.py — evaluation for every nanoTRM model: the model's own per-sample metrics (token / exact accuracy,
-...), and for ARC the vote over augmentations, pass@K, the ARC-Prize score and a Kaggle `submission.json`.
+"""evaluate.py — evaluation for every nanoTRM model: the model's own per-sample metrics (token /
+exact accuracy, ...), and for ARC the vote over augmentations, pass@K, the ARC-Prize score and a
+Kaggle `submission.json`; `--show N` draws N test puzzles being solved, step by step.
 
-    python evaluate.py --checkpoint runs/trm-arc1                        # the run's own test split
+    python evaluate.py --checkpoint runs/trm-arc1                      # the run's own test split
     python evaluate.py --checkpoint runs/trm-arc1/checkpoint.pt --data data/arc1 --out results/
-    python evaluate.py --checkpoint runs/trm-maze --data data/maze-big --config halt_max_steps=32   # think longer
+    python evaluate.py --checkpoint runs/trm-maze --data data/maze-big --config halt_max_steps=32
+    python evaluate.py --checkpoint runs/trm-toy --show 3             # watch it think
 
-Every test sample runs until it halts (halt_max_steps ACT calls in eval). For ARC each answer is cropped
-from its canvas, mapped back through the inverse of its augmentation, and voted per (task, test input):
-distinct grids ranked by (number of versions that produced them, mean sigmoid(q_halt)) descending.
-pass@K = mean over tasks of the fraction of test inputs whose answer is among the top K (macro, as ARC
-Prize's scoring and TRM's pass@2); the micro and strict ("all test inputs solved") forms are printed too.
-A model may output several answers (`preds`, and e.g. PRR's `oracle_preds`): each is voted, under its prefix.
-Choices beyond the reference: votes are cleared per evaluation (the reference keeps accumulating across
-checkpoints), and a test input with no prediction still gets a submission entry (a 1x1 black grid), so
-multi-test tasks stay aligned. train.py calls `evaluate_dataset` for its periodic evaluation.
+Every test sample runs until it halts (halt_max_steps ACT calls in eval). For ARC each answer is
+cropped from its canvas, mapped back through the inverse of its augmentation, and voted per (task,
+test input): distinct grids ranked by (number of versions that produced them, mean sigmoid(q_halt))
+descending. pass@K = mean over tasks of the fraction of test inputs whose answer is among the top K
+(macro, as ARC Prize's scoring and TRM's pass@2); the micro and strict ("all test inputs solved")
+forms are printed too. A model may output several answers (`preds`, and e.g. PRR's `oracle_preds`):
+each is voted, under its prefix. Choices beyond the reference: votes are cleared per evaluation
+(the reference keeps accumulating across checkpoints), and a test input with no prediction still
+gets a submission entry (a 1x1 black grid), so multi-test tasks stay aligned. train.py calls
+`evaluate_dataset` for its periodic evaluation.
+
+--data takes a dataset of the checkpoint's vocabulary and canvas (seq_len); a model that sets
+`any_canvas` (its weights do not depend on the canvas) is rebuilt for the dataset's canvas instead.
+--show N prints the input, the answer after every ACT step (a model's `step_preds`, [B, steps, L],
+when it returns them) and the target of N test puzzles in ANSI colours, and writes them as show.png
+and an animated show.gif beside the checkpoint (or into --out).
 """
-import argparse
 import collections
 import copy as copy_module
 import json
 import os
+import shutil
 import sys
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
+import cli
 import config
 import data
+from checkpoint import check_out_dir, read_checkpoint, read_metrics, restore_rng, rng_state
+from draw import animate, as_grid, print_panels, pyplot, render_task
+from puzzles.grids import crop_grid, grid_hash, invert_aug, parse_aug_name
 
 PASS_K = (1, 2, 5, 10, 100, 1000)
-ARC_COLOURS = ["#000000", "#0074D9", "#FF4136", "#2ECC40", "#FFDC00", "#AAAAAA", "#F012BE", "#FF851B", "#7FDBFF", "#870C25"]
 
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Running a model to halt
 
 @torch.no_grad()
-def run_batch(model, batch, max_calls=10000):
-    """Fresh carry, call until every sample halted. Returns (summed metrics, outputs of the last call)."""
+def run_batch(model, batch, max_calls=10000, frames=None):
+    """Fresh carry, call until every sample halted -> (summed metrics, outputs of the last call).
+    `frames` (a list) receives per call its answers [B, steps, L] (the model's `step_preds`, else
+    `preds`) and which samples had halted after it."""
     carry = model.initial_carry(batch)
     totals = {}
     for _ in range(max_calls):
         carry, _, metrics, out = model(carry, batch)
-        for k, v in metrics.items():  # per-sample metrics count only where samples halted; losses: last call
+        for k, v in metrics.items():  # per-sample metrics count where samples halted; losses: last
             totals[k] = v.float() if k.endswith("_loss") else totals.get(k, 0) + v.float()
+        if frames is not None:
+            frames.append((out.get("step_preds", out["preds"][:, None]).cpu(), carry.halted.cpu()))
         if bool(carry.halted.all()):
             return totals, out
     raise RuntimeError(f"model did not halt every sample within {max_calls} calls")
 
 
 def evaluate_dataset(model, path, global_batch_size, rank=0, world=1, max_batches=0, out_dir=None):
-    """Evaluate on the test split of `path`: the model's own metrics (per sample) and, for ARC datasets (with
-    test_puzzles.json), a vote over augmentations of every answer the model outputs as `<name>preds`."""
+    """Evaluate on the test split of `path`: the model's own metrics (per sample) and, for ARC
+    datasets (test_puzzles.json), a vote over augmentations of each answer output as `*preds`."""
     was_training = model.training
     model.eval()
     loader = data.PuzzleDataset(path, "test", global_batch_size, rank=rank, world_size=world,
@@ -60,12 +76,13 @@ def evaluate_dataset(model, path, global_batch_size, rank=0, world=1, max_batche
     is_arc = os.path.exists(os.path.join(path, "test_puzzles.json"))
     sums, voters = score_batches(model, loader, path if is_arc else None, max_batches)
     result = per_sample(sums, world, next(model.parameters()).device)
-    for prefix, voter in voters.items():  # the same answers on every rank (one model), so gathers line up
+    for prefix, voter in voters.items():  # the same answers on every rank: gathers line up
         if world > 1:
             voter.gather(world)
         if rank == 0:
             arc = voter.result()
-            result.update({k.replace("ARC/", "ARC/" + prefix): v for k, v in arc.items() if k != "submission"})
+            result.update({k.replace("ARC/", "ARC/" + prefix): v for k, v in arc.items()
+                           if k != "submission"})
             if out_dir and prefix == "":
                 write_answers(voter, arc["submission"], out_dir)
     model.train(was_training)
@@ -73,9 +90,9 @@ def evaluate_dataset(model, path, global_batch_size, rank=0, world=1, max_batche
 
 
 def score_batches(model, loader, arc_path, max_batches):
-    """Run every batch to halt: summed metrics, and ARC voters keyed by the prefix of each `*preds` output
-    (`preds` -> "", a model's extra answers such as `oracle_preds` -> "oracle_"); `<prefix>q_halt_logits`
-    is that answer's confidence when the model gives one."""
+    """Run every batch to halt: summed metrics, and ARC voters keyed by the prefix of each `*preds`
+    output (`preds` -> "", a model's extra answers such as `oracle_preds` -> "oracle_");
+    `<prefix>q_halt_logits` is that answer's confidence when the model gives one."""
     device = next(model.parameters()).device
     sums, voters = collections.Counter(), {}
     for n, batch in enumerate(loader, 1):
@@ -85,37 +102,40 @@ def score_batches(model, loader, arc_path, max_batches):
         for key in sorted(out) if arc_path else ():
             if key.endswith("preds") and out[key].shape == batch["inputs"].shape:
                 prefix = key[:-len("preds")]
-                q = out.get(prefix + "q_halt_logits", torch.zeros(len(batch["inputs"]), device=device))
-                voters.setdefault(prefix, ARCVoter(arc_path)).update(batch["inputs"], batch["puzzle_identifiers"],
-                                                                     out[key], q)
+                q = out.get(prefix + "q_halt_logits",
+                            torch.zeros(len(batch["inputs"]), device=device))
+                voter = voters.setdefault(prefix, ARCVoter(arc_path))
+                voter.update(batch["inputs"], batch["puzzle_identifiers"], out[key], q)
         if max_batches and n >= max_batches:
             break
     return sums, voters
 
 
 def per_sample(sums, world, device):
-    """Summed metrics of every rank -> per-sample means (losses too, as the reference), plus the count."""
+    """Summed metrics of every rank -> per-sample means (losses too, as the reference), count."""
     names = sorted(sums)
     if world > 1:
         t = torch.tensor([sums[k] for k in names], dtype=torch.float64, device=device)
         dist.all_reduce(t)
         sums = dict(zip(names, t.tolist()))
     count = max(sums.get("count", 0), 1)
-    return {**{k: v / count for k, v in sums.items() if k != "count"}, "count": sums.get("count", 0)}
+    means = {k: v / count for k, v in sums.items() if k != "count"}
+    return {**means, "count": sums.get("count", 0)}
 
 
 def write_answers(voter, submission, out_dir):
     """submission.json and a picture of the first task with its top attempts."""
     write_submission(submission, os.path.join(out_dir, "submission.json"))
     first = next(iter(voter.test_puzzles))
-    render_task(voter.test_puzzles[first], submission[first], os.path.join(out_dir, f"task_{first}.png"), title=first)
+    render_task(voter.test_puzzles[first], submission[first],
+                os.path.join(out_dir, f"task_{first}.png"), title=first)
 
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # ARC voting
 
 class ARCVoter:
-    """Votes per (task, test input) over the augmented versions' answers, in the original grid's space."""
+    """Votes per (task, test input) over the augmented versions' answers, in the original space."""
 
     def __init__(self, path):
         self.names = json.load(open(os.path.join(path, "identifiers.json")))
@@ -123,8 +143,9 @@ class ARCVoter:
         self.clear()
 
     def clear(self):
-        self.votes = collections.defaultdict(lambda: collections.defaultdict(list))  # (task, input hash) -> pred hash -> [q]
-        self.grids = {}  # pred hash -> grid
+        # (task, input hash) -> prediction hash -> [q]; prediction hash -> grid
+        self.votes = collections.defaultdict(lambda: collections.defaultdict(list))
+        self.grids = {}
 
     def update(self, inputs, puzzle_identifiers, preds, q_halt_logits):
         q = torch.sigmoid(q_halt_logits.double()).cpu().numpy()
@@ -133,12 +154,11 @@ class ARCVoter:
             if pid == 0:  # padding row (blank identifier)
                 continue
             name = self.names[pid]
-            task = data.parse_aug_name(name)[0]
-            grid_in = data.invert_aug(data.crop_grid(inputs[i]), name)
-            grid_out = data.invert_aug(data.crop_grid(preds[i]), name)
-            h = data.grid_hash(grid_out)
+            grid_in = invert_aug(crop_grid(inputs[i]), name)
+            grid_out = invert_aug(crop_grid(preds[i]), name)
+            h = grid_hash(grid_out)
             self.grids[h] = grid_out
-            self.votes[(task, data.grid_hash(grid_in))][h].append(float(q[i]))
+            self.votes[(parse_aug_name(name)[0], grid_hash(grid_in))][h].append(float(q[i]))
 
     def gather(self, world):
         """Merge every rank's votes into rank 0's (all_gather_object; small)."""
@@ -154,7 +174,7 @@ class ARCVoter:
 
     def ranked(self, task, test_input):
         """Distinct predictions for one test input, best first: (count, mean q) descending."""
-        cands = self.votes.get((task, data.grid_hash(np.array(test_input, dtype=np.uint8))), {})
+        cands = self.votes.get((task, grid_hash(np.array(test_input, dtype=np.uint8))), {})
         return sorted(cands, key=lambda h: (len(cands[h]), float(np.mean(cands[h]))), reverse=True)
 
     def result(self, ks=PASS_K):
@@ -165,17 +185,18 @@ class ARCVoter:
             entries = []
             for pair in puzzle["test"]:
                 ranked = self.ranked(task, pair["input"])
-                truth = data.grid_hash(np.array(pair["output"], dtype=np.uint8))
+                truth = grid_hash(np.array(pair["output"], dtype=np.uint8))
                 for k in ks:
                     hits[k].append(truth in ranked[:k])
-                top = [self.grids[h].tolist() for h in ranked if self.grids[h].size][:2] or [[[0]]]  # never empty
-                entries.append({"attempt_1": top[0], "attempt_2": (top * 2)[1]})  # one distinct: repeat it
+                top = [self.grids[h].tolist() for h in ranked if self.grids[h].size][:2] or [[[0]]]
+                entries.append({"attempt_1": top[0], "attempt_2": (top * 2)[1]})  # one: repeat it
             submission[task] = entries
             for k in ks:
                 per_task[k].append(np.mean(hits[k]))
                 micro[k] += sum(hits[k])
             strict.append(all(hits[2]) if 2 in hits else False)
-        n_tasks, n_pairs = max(len(self.test_puzzles), 1), max(sum(len(p["test"]) for p in self.test_puzzles.values()), 1)
+        n_tasks = max(len(self.test_puzzles), 1)
+        n_pairs = max(sum(len(p["test"]) for p in self.test_puzzles.values()), 1)
         out = {f"ARC/pass@{k}": float(np.mean(per_task[k])) if per_task[k] else 0.0 for k in ks}
         if 2 in ks:
             out["ARC/pass@2_micro"] = micro[2] / n_pairs
@@ -191,38 +212,52 @@ def write_submission(submission, path):
     os.replace(tmp, path)
 
 
-def render_task(task, attempts, path, title=""):
-    """A picture of one task: demonstration pairs, then each test input, its answer and the top attempts."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.colors import ListedColormap
-    rows = [("demo in", p["input"], "demo out", p["output"]) for p in task["train"]]
-    panels = [[(a, g), (b, h)] for a, g, b, h in rows]
-    for i, pair in enumerate(task["test"]):
-        att = attempts[i] if i < len(attempts) else {}
-        panels.append([("test in", pair["input"]), ("answer", pair.get("output", [[0]])),
-                       ("attempt 1", att.get("attempt_1", [[0]])), ("attempt 2", att.get("attempt_2", [[0]]))])
-    ncols = max(len(r) for r in panels)
-    fig, axes = plt.subplots(len(panels), ncols, figsize=(2.2 * ncols, 2.2 * len(panels)), squeeze=False)
-    cmap = ListedColormap(ARC_COLOURS)
-    for r, row in enumerate(panels):
-        for c in range(ncols):
-            ax = axes[r][c]
-            ax.axis("off")
-            if c < len(row):
-                label, grid = row[c]
-                ok = "" if not label.startswith("attempt") else (" ✓" if grid == row[1][1] else " ✗")
-                ax.imshow(np.array(grid), cmap=cmap, vmin=0, vmax=9)
-                ax.set_title(label + ok, fontsize=9)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+# --------------------------------------------------------------------------------------------------
+# Watching a model think: --show
+
+def thinking(model, batch):
+    """Per sample: its answer after each step until it halted -> list of [steps, L] arrays (a halted
+    sample restarts on the next call; those calls are not its own)."""
+    calls = []
+    run_batch(model, batch, frames=calls)
+    done, steps = torch.zeros(len(batch["inputs"]), dtype=torch.bool), [[] for _ in batch["inputs"]]
+    for preds, halted in calls:
+        for i in torch.nonzero(~done).flatten().tolist():
+            steps[i] += list(preds[i].numpy())
+        done |= halted
+    return [np.stack(s) for s in steps]
 
 
-# ----------------------------------------------------------------------------------------------------
-# CLI
+def show(model, path, n, out_dir):
+    """--show: the first n test puzzles of `path` solved step by step, in the terminal and as
+    show.png / show.gif in out_dir. -> {"steps": [steps per puzzle], "png": file, "gif": file}"""
+    model.eval()
+    is_arc = os.path.exists(os.path.join(path, "test_puzzles.json"))
+    batch = next(iter(data.PuzzleDataset(path, "test", n, with_demos=model.needs_demos)), None)
+    if batch is None:
+        raise SystemExit(f"error: {path}/test holds no puzzle to show")
+    device = next(model.parameters()).device
+    steps = thinking(model, {k: v.to(device) for k, v in batch.items()})
+    names = json.load(open(os.path.join(path, "identifiers.json"))) if is_arc else []
+    width = shutil.get_terminal_size((120, 24)).columns
+    rows = []
+    for i in range(n):
+        if not (batch["labels"][i] != -100).any():  # padding row: the split has fewer puzzles
+            continue
+        panels = [("input", as_grid(batch["inputs"][i], is_arc))]
+        panels += [(f"step {s + 1}", as_grid(p, is_arc)) for s, p in enumerate(steps[i])]
+        panels.append(("target", as_grid(batch["labels"][i], is_arc)))
+        rows.append(panels)
+        pid = int(batch["puzzle_identifiers"][i])
+        title = f"test puzzle {i}" + (f" ({names[pid]})" if names else "")
+        print_panels(title, panels, is_arc, width)
+    if not rows:
+        raise SystemExit(f"error: {path}/test holds no puzzle to show")
+    return {"steps": [len(r) - 2 for r in rows], **animate(rows, is_arc, out_dir)}
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading a checkpoint, the curves of a run, the command line
 
 def load_ema(model, ema):
     """Copy an EMA shadow ({name: tensor}) into `model`'s parameters; returns the model."""
@@ -233,46 +268,53 @@ def load_ema(model, ema):
 
 
 def evaluate_ema(model, ema, path, global_batch_size, rank=0, world=1, max_batches=0, out_dir=None):
-    """evaluate_dataset on a copy of `model` holding the EMA weights (the model itself when ema is None), leaving
-    the RNG as it found it, so that a training run that evaluates continues as one that does not."""
-    rng = config.rng_state()
-    copy = model if ema is None else load_ema(copy_module.deepcopy(model), ema)  # deepcopy: a new Model() draws RNG
+    """evaluate_dataset on a copy of `model` holding the EMA weights (the model itself when ema is
+    None), leaving the RNG as it found it: a training run that evaluates continues as one that does
+    not."""
+    rng = rng_state()
+    copy = model if ema is None else load_ema(copy_module.deepcopy(model), ema)  # Model() draws RNG
     result = evaluate_dataset(copy, path, global_batch_size, rank, world, max_batches, out_dir)
-    config.restore_rng(rng)
+    restore_rng(rng)
     return result
 
 
 def load_model(checkpoint, use_ema=True, overrides=()):
-    """Rebuild the model a nanoTRM checkpoint (or run folder) was trained with; EMA weights when present.
+    """Rebuild the model a nanoTRM checkpoint (or run folder) was trained with; EMA weights when
+    present. `overrides` ("key=val") may change model keys that keep the weights' meaning: test-time
+    depth (halt_max_steps, H_cycles, eval_n_steps, ...) or etrm's tto_steps. -> (model, ckpt)"""
+    ckpt = read_checkpoint(checkpoint)
+    return model_from(ckpt, use_ema, overrides), ckpt
 
-    `overrides` ("key=val") may change model keys that do not change the weights: test-time depth
-    (halt_max_steps, H_cycles, eval_n_steps, ...) or e.g. etrm's tto_steps."""
-    ckpt = config.read_checkpoint(checkpoint)
+
+def model_from(ckpt, use_ema=True, overrides=(), seq_len=None):
+    """The model of a checkpoint read by checkpoint.read_checkpoint; seq_len: another canvas for a
+    model whose weights do not depend on it (any_canvas)."""
     name = ckpt["model_name"]
     mod = config.model_module(name)
     cfg = config.config_from(mod.Config, ckpt["model_config"])
-    for k in getattr(mod, "INIT_ONLY_KEYS", ()):  # e.g. a decoder to start from: the weights already hold it
+    for k in getattr(mod, "INIT_ONLY_KEYS", ()):  # e.g. a decoder to start from: in the weights
         setattr(cfg, k, type(getattr(cfg, k))())
     allowed = sorted(k for k in config.runtime_keys(name) if hasattr(cfg, k))
     for pair in overrides:
         key = pair.partition("=")[0]
         if "=" in pair and key not in allowed:
-            raise SystemExit(f"error: --config {key} cannot change at evaluation of a {name} checkpoint (it is not a "
-                             f"key of {name}, or it changes the weights' meaning); allowed: {', '.join(allowed)}")
+            raise SystemExit(f"error: --config {key} cannot change at evaluation of a {name} "
+                             "checkpoint (it is not a key of the model, or it changes the weights' "
+                             f"meaning); allowed: {', '.join(allowed)}")
     config.apply_overrides(overrides, cfg, cfg, name)
-    config.check_values(cfg, name)
+    config.check(cfg, name)
+    cfg.seq_len = seq_len or cfg.seq_len
     model = config.build_model(mod, cfg, name)
     model.load_state_dict(ckpt["model"])
     if use_ema and ckpt.get("ema"):
         load_ema(model, ckpt["ema"])
-    return model, ckpt
+    return model
 
 
 def plot_curves(out):
-    """Training loss / accuracy and evaluation accuracy against step from <out>/metrics.jsonl -> <out>/curves.png."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """Training loss / accuracy and evaluation accuracy against step from <out>/metrics.jsonl ->
+    <out>/curves.png."""
+    plt = pyplot()
     rows = read_metrics(os.path.join(out, "metrics.jsonl"))
     train_rows = [r for r in rows if "loss" in r]
     eval_rows = [r for r in rows if "eval/exact_accuracy" in r]
@@ -280,8 +322,10 @@ def plot_curves(out):
     a.plot([r["step"] for r in train_rows], [r["loss"] for r in train_rows])
     a.set(xlabel="step", ylabel="train loss", yscale="log", title="loss")
     for key in ("accuracy", "exact_accuracy"):
-        b.plot([r["step"] for r in train_rows], [r.get(key, 0) for r in train_rows], label=f"train {key}")
-    b.plot([r["step"] for r in eval_rows], [r["eval/exact_accuracy"] for r in eval_rows], "o-", label="eval exact_accuracy")
+        b.plot([r["step"] for r in train_rows], [r.get(key, 0) for r in train_rows],
+               label=f"train {key}")
+    b.plot([r["step"] for r in eval_rows], [r["eval/exact_accuracy"] for r in eval_rows], "o-",
+           label="eval exact_accuracy")
     b.set(xlabel="step", ylabel="accuracy", ylim=(0, 1), title="accuracy")
     b.legend()
     fig.tight_layout()
@@ -289,69 +333,64 @@ def plot_curves(out):
     plt.close(fig)
 
 
-def read_metrics(path):
-    """The rows of a metrics.jsonl; a line cut short by a kill mid-write is dropped, not an error."""
-    rows = []
-    for line in open(path) if os.path.exists(path) else ():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return [r for r in rows if isinstance(r, dict) and "step" in r]
-
-
-def open_test_split(args, ckpt):
-    """The dataset to score: --data, else the one the run trained on; its layout must fit the checkpoint."""
+def open_test_split(args, ckpt, model):
+    """The dataset to score (--data, else the one the run trained on) and its test metadata, checked
+    to fit the checkpoint (data.check_fit)."""
     try:
         path = data.ensure_dataset(args.data) if args.data else ckpt["data_path"]
         if not args.data and not os.path.isfile(os.path.join(path, "test", "dataset.json")):
-            raise SystemExit(f"error: {args.checkpoint} was trained on {path}, which is gone or has no test split; "
-                             "pass --data DIR")
+            raise SystemExit(f"error: {args.checkpoint} was trained on {path}, which is gone or "
+                             "has no test split; pass --data DIR")
         meta = data.load_metadata(path, "test")
+        rows = min((v.shape[0] for k, v in ckpt["model"].items()
+                    if k.endswith("puzzle_emb.weights")), default=None)
+        data.check_fit(ckpt["model_config"], meta, args.checkpoint, path, rows,
+                       getattr(model, "any_canvas", False))
     except (ValueError, OSError) as e:  # data.DataError included: one line naming the file
-        raise SystemExit(f"error: {e}")
-    trained = ckpt["model_config"]
-    for key in ("vocab_size", "seq_len"):
-        if key in trained and meta.get(key) != trained[key]:
-            raise SystemExit(f"error: {path} has {key}={meta.get(key)}, but {args.checkpoint} was trained with "
-                             f"{key}={trained[key]}; evaluate it on data of the same layout")
-    rows = min((v.shape[0] for k, v in ckpt["model"].items() if k.endswith("puzzle_emb.weights")), default=None)
-    if rows is not None and meta["num_puzzle_identifiers"] > rows:  # puzzles this checkpoint has no vector for
-        raise SystemExit(f"error: {path} has {meta['num_puzzle_identifiers']} puzzle identifiers, but the puzzle-"
-                         f"embedding table of {args.checkpoint} has {rows} rows (solve.py adds rows for new puzzles)")
-    return path
+        raise SystemExit(f"error: {e}") from None
+    return path, meta
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description="Evaluate a nanoTRM checkpoint on a dataset's test split.")
-    p.add_argument("--checkpoint", required=True, help="checkpoint.pt written by train.py, or its run folder")
-    p.add_argument("--data", default="", help="dataset folder or name of the same layout and seq_len "
-                                               "(default: the one the run trained on)")
-    p.add_argument("--out", default="", help="where submission.json and the task picture go (default: beside the checkpoint)")
-    p.add_argument("--batch-size", type=int, default=None, help="evaluation batch (default: the run's global batch)")
-    p.add_argument("--max-batches", type=int, default=0, help="stop after this many batches (0 = all)")
-    p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA copy")
-    p.add_argument("--config", nargs="*", default=[], metavar="KEY=VAL",
-                   help="model keys that do not change the weights: test-time depth (halt_max_steps=32, H_cycles, "
-                        "eval_n_steps, num_steps) or e.g. tto_steps=8 for etrm")
+    p = cli.OneLineParser(description="Evaluate a nanoTRM checkpoint on a dataset's test split.")
+    add = p.add_argument
+    add("--checkpoint", required=True, help="checkpoint.pt written by train.py, or its run folder")
+    add("--data", default="", help="dataset folder or name of the checkpoint's vocabulary and "
+        "seq_len (default: the one the run trained on)")
+    add("--out", default="", help="where submission.json, the task picture and --show's pictures "
+        "go (default: beside the checkpoint)")
+    add("--batch-size", type=int, default=None, help="evaluation batch (default: the run's)")
+    add("--max-batches", type=int, default=0, help="stop after this many batches (0 = all)")
+    add("--no-ema", action="store_true", help="use the raw weights instead of the EMA copy")
+    add("--show", type=int, default=0, metavar="N", help="instead of scoring, draw N test puzzles: "
+        "input, the answer after each step, target (terminal, show.png, show.gif)")
+    add("--config", nargs="*", default=[], metavar="KEY=VAL", help="model keys that keep the "
+        "weights' meaning: test-time depth (halt_max_steps=32, H_cycles, eval_n_steps, num_steps) "
+        "or etrm's tto_steps=8")
     args = p.parse_args(argv)
-    if args.batch_size is not None and args.batch_size <= 0:
-        raise SystemExit(f"error: --batch-size must be >= 1, got {args.batch_size}")
-    if args.max_batches < 0:
-        raise SystemExit(f"error: --max-batches must be >= 0, got {args.max_batches}")
+    for flag, value, least in (("--batch-size", args.batch_size, 1),
+                               ("--max-batches", args.max_batches, 0), ("--show", args.show, 0)):
+        if value is not None and value < least:
+            raise SystemExit(f"error: {flag} must be >= {least}, got {value}")
     model, ckpt = load_model(args.checkpoint, use_ema=not args.no_ema, overrides=args.config)
-    path = open_test_split(args, ckpt)
-    ckpt_file = args.checkpoint if not os.path.isdir(args.checkpoint) else os.path.join(args.checkpoint, "checkpoint.pt")
+    path, meta = open_test_split(args, ckpt, model)
+    if meta["seq_len"] != model.config.seq_len:  # a canvas-free model: same weights, this canvas
+        model = model_from(ckpt, not args.no_ema, args.config, meta["seq_len"])
+    ckpt_file = os.path.join(args.checkpoint, "checkpoint.pt") if os.path.isdir(args.checkpoint) \
+        else args.checkpoint
     out = args.out or os.path.dirname(os.path.abspath(ckpt_file))
-    config.check_out_dir(out)
+    check_out_dir(out)
     os.makedirs(out, exist_ok=True)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    bs = args.batch_size or ckpt["train_config"].get("eval_batch_size") or ckpt["train_config"]["global_batch_size"]
-    result = evaluate_dataset(model.to(device), path, bs, max_batches=args.max_batches, out_dir=out)
+    model.to(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    if args.show:
+        return show(model, path, args.show, out)
+    bs = args.batch_size or ckpt["train_config"].get("eval_batch_size") or \
+        ckpt["train_config"]["global_batch_size"]
+    result = evaluate_dataset(model, path, bs, max_batches=args.max_batches, out_dir=out)
     for k, v in result.items():
         print(f"{k:<24}{v:.4f}" if isinstance(v, float) else f"{k:<24}{v}")
     return result
 
 
 if __name__ == "__main__":
-    sys.exit(data.one_line_errors(main))
+    sys.exit(cli.one_line_errors(main))

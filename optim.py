@@ -1,9 +1,9 @@
 """optim.py — the optimisers train.py (and solve.py) use, and the distributed gradient sum.
 
-AdamATan2 (Everett et al. 2024, as the TRM reference uses it) for the weights; sign-SGD with decoupled weight
-decay for the sparse puzzle embeddings (the TRM reference's choice for its 800k-row table); the learning-rate
-schedule; torchrun's environment and one flat all-reduce over every gradient (one collective per step, not
-one per parameter).
+AdamATan2 (Everett et al. 2024, as the TRM reference uses it) for the weights; sign-SGD with
+decoupled weight decay for the sparse puzzle embeddings (the TRM reference's choice for its
+800k-row table); the learning-rate schedule; torchrun's environment and one flat all-reduce over
+every gradient (one collective per step, not one per parameter).
 """
 import math
 import os
@@ -15,10 +15,11 @@ import trm
 
 
 class AdamATan2(torch.optim.Optimizer):
-    """Adam with atan2 in place of m / (sqrt(v) + eps): scale-invariant, no epsilon (Everett et al. 2024).
+    """Adam with atan2 in place of m / (sqrt(v) + eps): scale-invariant, no epsilon (Everett et al.
+    2024).
 
     p <- p (1 - lr wd);  m <- lerp(m, g, 1 - b1);  v <- lerp(v, g^2, 1 - b2)
-    p <- p - lr / (1 - b1^t) * atan2(m, sqrt(v) / sqrt(1 - b2^t))      (a = b = 1, as the reference)"""
+    p <- p - lr / (1 - b1^t) * atan2(m, sqrt(v) / sqrt(1 - b2^t))   (a = b = 1, as the reference)"""
 
     def __init__(self, params, lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1):
         super().__init__(params, dict(lr=lr, betas=betas, weight_decay=weight_decay))
@@ -44,18 +45,19 @@ class AdamATan2(torch.optim.Optimizer):
 
 @torch.no_grad()
 def sign_sgd_update(emb, lr, weight_decay, world_size):
-    """Sparse sign-SGD on the rows of the batch: gather ids and grads from all ranks, sum per unique id,
-    p <- p (1 - lr wd) - lr sign(g). Only rows present decay (the reference's lazy decay)."""
+    """Sparse sign-SGD on the rows of the batch: gather ids and grads from all ranks, sum per unique
+    id, p <- p (1 - lr wd) - lr sign(g). Only rows present decay (the reference's lazy decay)."""
     if emb.local_weights is None or emb.local_weights.grad is None:
         return
     ids, grad = emb.local_ids.long(), emb.local_weights.grad
     if world_size > 1:
-        all_ids, all_grad = [torch.empty_like(ids) for _ in range(world_size)], [torch.empty_like(grad) for _ in range(world_size)]
+        all_ids = [torch.empty_like(ids) for _ in range(world_size)]
+        all_grad = [torch.empty_like(grad) for _ in range(world_size)]
         dist.all_gather(all_ids, ids)
         dist.all_gather(all_grad, grad)
         ids, grad = torch.cat(all_ids), torch.cat(all_grad)
     uniq, inverse = ids.unique(return_inverse=True)
-    summed = torch.zeros(len(uniq), grad.shape[1], device=grad.device, dtype=grad.dtype).index_add_(0, inverse, grad)
+    summed = grad.new_zeros(len(uniq), grad.shape[1]).index_add_(0, inverse, grad)
     rows = emb.weights[uniq]
     emb.weights[uniq] = rows * (1 - lr * weight_decay) - lr * summed.sign().to(rows.dtype)
     emb.local_weights.grad = None  # the leaf is reused by the next forward
@@ -66,7 +68,8 @@ def lr_at(step, base, cfg, total_steps):
     if step < cfg.lr_warmup_steps:
         return base * step / cfg.lr_warmup_steps
     progress = (step - cfg.lr_warmup_steps) / max(1, total_steps - cfg.lr_warmup_steps)
-    return base * (cfg.lr_min_ratio + max(0.0, (1 - cfg.lr_min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))))
+    cosine = 0.5 * (1 + math.cos(math.pi * progress))
+    return base * (cfg.lr_min_ratio + max(0.0, (1 - cfg.lr_min_ratio) * cosine))
 
 
 def sparse_embeddings(model):
@@ -88,7 +91,7 @@ def setup_distributed():
 
 @torch.no_grad()
 def allreduce_flat(tensors):
-    """Sum `tensors` across ranks with one collective over one flat buffer (not one call per tensor)."""
+    """Sum `tensors` across ranks with one collective over one flat buffer (not one per tensor)."""
     tensors = [t for t in tensors if t is not None]
     if not tensors:
         return
@@ -101,9 +104,10 @@ def allreduce_flat(tensors):
 
 
 def non_finite(model, embs, stats):
-    """Name the first non-finite loss or gradient (one reduction over all gradients; names only on a fault)."""
-    bad = [k for k, v in sorted(stats.items(), key=lambda kv: kv[0] != "total_loss")
-           if k.endswith("_loss") and not math.isfinite(v)]
+    """Name the first non-finite loss or gradient (one reduction over all gradients; names only on a
+    fault)."""
+    bad = [k for k, v in sorted(stats.items(), key=lambda kv: kv[0] != "loss")
+           if (k == "loss" or k.endswith("_loss")) and not math.isfinite(v)]
     if bad:
         return f"loss '{bad[0]}'"
     grads = [(n, p.grad) for n, p in model.named_parameters() if p.grad is not None]

@@ -1,45 +1,41 @@
-"""trm.py — the Tiny Recursive Model (Jolicoeur-Martineau, "Less is More: Recursive Reasoning with Tiny
-Networks", arXiv 2510.04871), read top to bottom as the whole model.
+"""trm.py — the Tiny Recursive Model (Jolicoeur-Martineau, "Less is More: Recursive Reasoning with
+Tiny Networks", arXiv 2510.04871), read top to bottom as the whole model.
 
-One small network (`L_level`, L_layers post-norm blocks) is applied recursively: the latent z (`z_L`) is
-refined L_cycles times from (z, y, x), then the answer y (`z_H`) once from (y, z); H_cycles such rounds make
-one ACT step, all but the last under no_grad (paper §4, "deep recursion"). Up to halt_max_steps ACT steps
-("deep supervision") run per sample, the carry (z_H, z_L) detached between them; a Q head decides when to
-halt (paper §4.6: TRM's ACT needs no second forward pass). Every puzzle id gets a learned vector (a sparse
-embedding trained by sign-SGD in train.py) prepended to the sequence.
+One small network (`L_level`, L_layers post-norm blocks) is applied recursively: the latent z
+(`z_L`) is refined L_cycles times from (z, y, x), then the answer y (`z_H`) once from (y, z);
+H_cycles such rounds make one ACT step, all but the last under no_grad (paper §4, "deep recursion").
+Up to halt_max_steps ACT steps ("deep supervision") run per sample, the carry (z_H, z_L) detached
+between them; a Q head decides when to halt (paper §4.6: TRM's ACT needs no second forward pass). A
+learned vector per puzzle id (a sparse embedding, sign-SGD in train.py) is prepended.
 
 This file computes the same function as the reference implementation (SamsungSAILMontreal/
-TinyRecursiveModels) and loads its checkpoints: the state-dict keys are the reference's with the prefixes
-`_orig_mod.` and `model.inner.` removed (`convert_reference_state_dict`). Where the reference is broken:
-with `no_ACT_continue=False` it crashes in training; here the bootstrapped Q-continue target is computed as
-HRM does. The stablemax CE is written branch-safe in float32 (kernels/cross_entropy.py) instead of float64.
+TinyRecursiveModels) and loads its checkpoints: the state-dict keys are the reference's with the
+prefixes `_orig_mod.` and `model.inner.` removed (`convert_reference_state_dict`). Where the
+reference is broken: with `no_ACT_continue=False` it crashes in training; here the bootstrapped
+Q-continue target is computed as HRM does. The stablemax CE is written branch-safe in float32
+(kernels/cross_entropy.py) instead of float64. One option of our own, off by default: `conv_kernel`,
+a 2-D mixer over the canvas inside each SwiGLU (`GridConv`), for grid tasks such as mazes.
 
 The model protocol (all five models follow it; train.py and evaluate.py rely on nothing else):
-    Config                        dataclass, paper defaults; `vocab_size`, `seq_len`,
-                                  `num_puzzle_identifiers` are filled from the dataset by train.py
-    Model(config)                 nn.Module
-    model.initial_carry(batch)    -> carry (every sample halted, so the first call loads the batch)
-    model(carry, batch, loss_scale=1.0) -> (carry, loss, metrics, outputs)
-        loss_scale  the factor the caller multiplies `loss` by before backward() (train.py: 1/global
-                 batch). Backward inside forward: a model may back-propagate part of its objective
-                 itself (deep_recursive's memory-efficient mode calls .backward() on all but its last
-                 segment, each times loss_scale, so its gradients add up with the caller's); `loss` is
-                 then only the part not yet back-propagated. Every other model ignores loss_scale.
-        loss     scalar, summed over the local batch (train.py divides by the global batch)
+    Config                      dataclass, paper defaults; `vocab_size`, `seq_len`,
+                                `num_puzzle_identifiers` are filled from the dataset by train.py
+    Model(config)               nn.Module
+    model.initial_carry(batch)  -> carry (every sample halted, so the first call loads the batch)
+    model(carry, batch)         -> (carry, loss, metrics, outputs); no model calls backward()
+        loss     scalar: the whole objective, summed over the local batch
         metrics  dict of summed tensors: `count` (samples that halted this call), per-sample metrics
-                 summed over them, and `*_loss` sums; `total_loss` (optional) is the whole objective,
-                 summed over the batch, when `loss` is only part of it: train.py logs it instead
+                 summed over them, and `*_loss` sums
         outputs  `logits` [B,L,V], `preds` [B,L], `q_halt_logits` [B] (optional), ...
-    carry.halted                  [B] bool
-    Model.needs_demos             bool: batches carry the task's demonstrations (etrm)
-    TRAIN_DEFAULTS (optional)     module-level dict of train.TrainConfig keys the model's recipe changes
-                                  (deep_recursive: EMA 0.9995, grad clip 1.0); the user's --config wins
+    carry.halted                [B] bool
+    Model.needs_demos           bool: batches carry the task's demonstrations (etrm)
+    model.any_canvas (optional) True when weights and function do not depend on the canvas size
+    TRAIN_DEFAULTS (optional)   train.TrainConfig keys the model's recipe sets; --config wins
 
 Run:  python train.py --model trm --config data=toy          (CPU, minutes)
       torchrun --standalone --nproc_per_node=8 train.py --model trm --config data=arc1
 """
 import math
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -48,41 +44,59 @@ from torch import nn
 import kernels
 
 
+def heads_divide_width(c):
+    """Attention splits D into num_heads equal heads."""
+    if c.hidden_size % c.num_heads:
+        return "num_heads", f"a divisor of hidden_size={c.hidden_size}"
+
+
+def rope_head_size_even(c):
+    """RoPE rotates pairs of dimensions of each head."""
+    if c.pos_encodings == "rope" and c.hidden_size // c.num_heads % 2:
+        return "num_heads", ("a head size hidden_size/num_heads that is even for RoPE "
+                             f"(hidden_size={c.hidden_size})")
+
+
 @dataclass
 class Config:
-    hidden_size: int = 512              # D
-    num_heads: int = 8                  # attention heads (head_dim = D / num_heads)
-    expansion: float = 4.0              # SwiGLU width factor (> 0)
-    H_cycles: int = 3                   # T: answer updates per ACT step (T-1 of them without gradient)
-    L_cycles: int = 4                   # n: latent updates per answer update (6 for Sudoku)
-    L_layers: int = 2                   # blocks in the one network
-    pos_encodings: str = "rope"         # rope | learned | none
-    rope_theta: float = 10000.0         # θ of RoPE (> 0)
-    rms_norm_eps: float = 1e-5
-    mlp_t: bool = False                 # TRM-MLP: attention replaced by an MLP over the sequence (Sudoku)
-    puzzle_emb_ndim: int = 512          # width of the per-puzzle embedding (0 = none)
-    puzzle_emb_len: int = 16            # P: prefix slots it occupies (0 = ceil(ndim / D))
-    halt_max_steps: int = 16            # N_sup: deep-supervision steps
-    halt_exploration_prob: float = 0.1  # ε: chance of a random minimum number of steps in training
-    no_ACT_continue: bool = True        # halt on q_halt > 0 alone (TRM); False: HRM's Q-learning target
-    loss_type: str = "stablemax"        # stablemax | softmax cross-entropy
-    vocab_size: int = 12                # V (from the dataset)
-    seq_len: int = 900                  # L (from the dataset)
-    num_puzzle_identifiers: int = 1     # rows of the puzzle-embedding table (from the dataset)
-    forward_dtype: str = "auto"         # auto (bfloat16 on CUDA, float32 on CPU) | bfloat16 | float32
+    hidden_size: "int >= 1" = 512                   # D
+    num_heads: "int >= 1" = 8                       # attention heads (head_dim = D / num_heads)
+    expansion: "float > 0" = 4.0                    # SwiGLU width factor
+    H_cycles: "int >= 1" = 3                        # T: answer updates per ACT step (T-1 no grad)
+    L_cycles: "int >= 1" = 4                        # n: latent updates per answer update
+    L_layers: "int >= 1" = 2                        # blocks in the one network
+    pos_encodings: "str in rope|learned|none" = "rope"
+    rope_theta: "float > 0" = 10000.0               # θ of RoPE
+    rms_norm_eps: "float >= 0" = 1e-5
+    mlp_t: "bool" = False                           # TRM-MLP: attention -> an MLP over the sequence
+    # the 2-D mixer for grid tasks such as mazes (k odd; 3 gives each cell its 4 neighbours)
+    conv_kernel: "int >= 0" = 0                     # k: zero-init depthwise k x k conv over the
+                                                    # grid inside each SwiGLU (0 = off: the paper's)
+    puzzle_emb_ndim: "int >= 0" = 512               # width of the per-puzzle embedding (0 = none)
+    puzzle_emb_len: "int >= 0" = 16                 # P: prefix slots it takes (0 = ceil(ndim / D))
+    halt_max_steps: "int >= 1" = 16                 # N_sup: deep-supervision steps
+    halt_exploration_prob: "float in [0, 1]" = 0.1  # ε: chance of a random minimum number of steps
+    no_ACT_continue: "bool" = True                  # TRM: halt on q_halt > 0; False: HRM's Q target
+    loss_type: "str in stablemax|softmax" = "stablemax"  # cross-entropy
+    vocab_size: "int >= 1" = 12                     # V (from the dataset)
+    seq_len: "int >= 1" = 900                       # L (from the dataset)
+    num_puzzle_identifiers: "int >= 1" = 1          # puzzle-embedding rows (from the dataset)
+    forward_dtype: "str in auto|bfloat16|float32" = "auto"  # auto: bfloat16 on CUDA, float32 on CPU
+
+    cross_rules = (heads_divide_width, rope_head_size_even)
 
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Layers
 
 def trunc_normal_init_(t, std=1.0, lower=-2.0, upper=2.0):
-    """Truncated normal whose *truncated* std is `std` (JAX semantics; torch's trunc_normal_ is off)."""
+    """Truncated normal whose *truncated* std is `std` (JAX; torch's trunc_normal_ is off)."""
     if std == 0:
         return t.zero_()
     sqrt2 = math.sqrt(2)
     a, b = math.erf(lower / sqrt2), math.erf(upper / sqrt2)
     z = (b - a) / 2
-    pdf_u, pdf_l = math.exp(-0.5 * upper ** 2) / math.sqrt(2 * math.pi), math.exp(-0.5 * lower ** 2) / math.sqrt(2 * math.pi)
+    pdf_u, pdf_l = (math.exp(-0.5 * v * v) / math.sqrt(2 * math.pi) for v in (upper, lower))
     comp_std = std / math.sqrt(1 - (upper * pdf_u - lower * pdf_l) / z - ((pdf_u - pdf_l) / z) ** 2)
     with torch.no_grad():
         t.uniform_(a, b).erfinv_().mul_(sqrt2 * comp_std).clip_(lower * comp_std, upper * comp_std)
@@ -90,15 +104,17 @@ def trunc_normal_init_(t, std=1.0, lower=-2.0, upper=2.0):
 
 
 class CastedLinear(nn.Module):
-    """Linear with float32 master weights cast to the input dtype at use; LeCun truncated-normal init."""
+    """Linear, float32 weights cast to the input dtype at use; LeCun truncated-normal init."""
 
     def __init__(self, in_features, out_features, bias=False):
         super().__init__()
-        self.weight = nn.Parameter(trunc_normal_init_(torch.empty(out_features, in_features), 1 / math.sqrt(in_features)))
+        w = torch.empty(out_features, in_features)
+        self.weight = nn.Parameter(trunc_normal_init_(w, 1 / math.sqrt(in_features)))
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
 
     def forward(self, x):
-        return F.linear(x, self.weight.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        return F.linear(x, self.weight.to(x.dtype), bias)
 
 
 class CastedEmbedding(nn.Module):
@@ -115,11 +131,10 @@ class SparseEmbedding(nn.Module):
     """Per-puzzle vectors kept in a buffer, not a parameter: only the batch's rows get gradients.
 
     In training the rows of the batch are copied into `local_weights` (a leaf that requires grad);
-    train.py's sign-SGD reads `local_weights.grad` and `local_ids`, all-gathers them across ranks,
-    updates those rows of `weights` (the reference's sparse embedding optimiser) and clears the grad. The leaf
-    is allocated once per batch size and refilled in place at every call, grad cleared, as the reference does, so a
-    compiled training step stays one graph (a fresh `requires_grad_` leaf per call broke it in five). In eval the
-    table is read directly."""
+    train.py's sign-SGD reads its grad and `local_ids`, all-gathers them across ranks, updates
+    those rows of `weights` (the reference's sparse embedding optimiser) and clears the grad. The
+    leaf is allocated once per batch size and refilled in place, as the reference does, so a
+    compiled training step stays one graph. In eval the table is read directly."""
 
     def __init__(self, num, dim, dtype):
         super().__init__()
@@ -132,7 +147,8 @@ class SparseEmbedding(nn.Module):
             return self.weights[ids].to(self.dtype)
         leaf = self.local_weights
         if leaf is None or leaf.shape[0] != ids.shape[0] or leaf.device != ids.device:
-            self.local_weights = torch.zeros(len(ids), self.weights.shape[1], device=ids.device, requires_grad=True)
+            self.local_weights = torch.zeros(len(ids), self.weights.shape[1], device=ids.device,
+                                             requires_grad=True)
             self.local_ids = torch.zeros_like(ids)
         self.local_weights.grad = None  # the grad belongs to this call's rows only
         with torch.no_grad():
@@ -142,7 +158,7 @@ class SparseEmbedding(nn.Module):
 
 
 def rope_tables(head_dim, length, theta):
-    """cos, sin [length, head_dim] in float32, built as concat(freqs, freqs) (rotate_half layout, as the reference)."""
+    """cos, sin [length, head_dim], float32, concat(freqs, freqs) (the reference's rotate_half)."""
     inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
     freqs = torch.outer(torch.arange(length, dtype=torch.float32), inv_freq)
     emb = torch.cat((freqs, freqs), dim=-1)
@@ -150,10 +166,9 @@ def rope_tables(head_dim, length, theta):
 
 
 class InputEmbedding(nn.Module):
-    """Token ids -> the input x [B, P+L, D]: P prefix vectors (TRM's puzzle embedding, ETRM's demonstration
-    context), then the token embeddings, plus learned positions when asked, all times sqrt(D). The
-    embeddings start at std 1/sqrt(D), so x starts at unit scale. Holds the RoPE tables too. TRM, HRM, PRR
-    and ETRM share it as it is."""
+    """Token ids -> x [B, P+L, D]: P prefix vectors (TRM's puzzle embedding, ETRM's context), then
+    the token embeddings, plus learned positions if asked, all times sqrt(D) (std 1/sqrt(D) at init:
+    x starts at unit scale). Holds the RoPE tables. TRM, HRM, PRR and ETRM share it."""
 
     def __init__(self, config, prefix_len, dtype):
         super().__init__()
@@ -167,17 +182,15 @@ class InputEmbedding(nn.Module):
             self.register_buffer("rope_sin", sin, persistent=False)
         elif c.pos_encodings == "learned":
             self.embed_pos = CastedEmbedding(total_len, D, 1 / self.scale, dtype)
-        elif c.pos_encodings != "none":
-            raise ValueError(f"pos_encodings must be rope, learned or none, got {c.pos_encodings!r}")
 
     def forward(self, inputs, prefix=None):
-        """inputs [B, L] ids; prefix [B, n] or [B, P, D] with n <= P*D (zero-padded to P tokens) or None."""
+        """inputs [B, L] ids; prefix None, [B, n] or [B, P, D], n <= P*D (zero-padded to P)."""
         e = self.embed_tokens(inputs.long())                              # [B, L, D]
         if self.prefix_len:
             B, D = e.shape[0], e.shape[-1]
             p = F.pad(prefix.reshape(B, -1), (0, self.prefix_len * D - prefix[0].numel()))
             e = torch.cat((p.view(B, self.prefix_len, D).to(e.dtype), e), dim=1)
-        if self.pos_encodings == "learned":  # (e + pos) / sqrt(2) keeps unit variance; the reference's constant
+        if self.pos_encodings == "learned":  # (e + pos) / sqrt(2): unit variance (the reference's)
             e = 0.707106781 * (e + self.embed_pos.embedding_weight.to(e.dtype))
         return self.scale * e
 
@@ -186,8 +199,7 @@ class InputEmbedding(nn.Module):
 
 
 def puzzle_prefix_len(config):
-    """P: sequence slots the puzzle embedding occupies: puzzle_emb_len, or ceil(ndim / D) when that is 0; 0
-    without a puzzle embedding (puzzle_emb_ndim 0)."""
+    """P: slots the puzzle embedding takes: puzzle_emb_len or, if 0, ceil(ndim / D); 0 if none."""
     if config.puzzle_emb_ndim <= 0:
         return 0
     return config.puzzle_emb_len or -(-config.puzzle_emb_ndim // config.hidden_size)
@@ -209,33 +221,70 @@ class Attention(nn.Module):
         return self.o_proj(kernels.attention(self.qkv_proj(h), self.num_heads, cos, sin))
 
 
+def grid_side(config):
+    """Side of the square canvas (seq_len = side^2) that conv_kernel k > 0 convolves over."""
+    k, L = config.conv_kernel, config.seq_len
+    if k % 2 == 0:
+        raise ValueError(f"conv_kernel must be odd (a window centred on each cell), got {k}")
+    side = math.isqrt(L)
+    if side * side != L:
+        raise ValueError(f"conv_kernel={k} needs a square canvas, but seq_len={L} is not a square")
+    return side
+
+
+class GridConv(nn.Module):
+    """h + conv(h): a depthwise k x k convolution over the canvas cells (the last side^2 positions),
+    prefix slots unchanged; zero-initialised, so the block starts as the paper's. The "board-aware"
+    MLP of public TRM reimplementations: where 1-D attention must learn that a cell's neighbours sit
+    at offsets +-1 and +-side, a 3 x 3 convolution hands each cell its 4 neighbours in one layer."""
+
+    def __init__(self, channels, kernel, side):
+        super().__init__()
+        self.side, self.pad = side, kernel // 2
+        self.weight = nn.Parameter(torch.zeros(channels, 1, kernel, kernel))
+
+    def forward(self, h):
+        B, n, C = h.shape
+        s, P = self.side, n - self.side ** 2
+        grid = h[:, P:].transpose(1, 2).reshape(B, C, s, s)
+        mixed = F.conv2d(grid, self.weight.to(h.dtype), padding=self.pad, groups=C)
+        return h + F.pad(mixed.flatten(2).transpose(1, 2), (0, 0, P, 0))
+
+
 class SwiGLU(nn.Module):
-    def __init__(self, hidden_size, expansion):
+    """down(swiglu(gate_up(x))); with conv_kernel > 0 the inner activations pass a GridConv too."""
+
+    def __init__(self, hidden_size, expansion, conv_kernel=0, side=0):
         super().__init__()
         inter = swiglu_width(expansion, hidden_size)
         self.gate_up_proj = CastedLinear(hidden_size, 2 * inter)  # gate first, then up
         self.down_proj = CastedLinear(inter, hidden_size)
+        if conv_kernel:
+            self.conv = GridConv(inter, conv_kernel, side)
 
     def forward(self, x):
-        return self.down_proj(kernels.swiglu(self.gate_up_proj(x)))
+        h = kernels.swiglu(self.gate_up_proj(x))
+        return self.down_proj(self.conv(h) if hasattr(self, "conv") else h)
 
 
 class Block(nn.Module):
-    """Post-norm block: h = rms(h + attn(h)); h = rms(h + mlp(h)). With mlp_t the attention is a SwiGLU
-    over the sequence axis (TRM paper §4.5, "less is more" for small fixed contexts such as Sudoku)."""
+    """Post-norm block: h = rms(h + attn(h)); h = rms(h + mlp(h)). With mlp_t the attention is a
+    SwiGLU over the sequence axis (TRM paper §4.5, "less is more" for small fixed contexts such as
+    Sudoku). `grid`: h is prefix + canvas, so conv_kernel applies (the demo encoders pass False)."""
 
-    def __init__(self, config, total_len):
+    def __init__(self, config, total_len, grid=False):
         super().__init__()
         self.eps = config.rms_norm_eps
         if config.mlp_t:
             self.mlp_t = SwiGLU(total_len, config.expansion)
         else:
             self.self_attn = Attention(config.hidden_size, config.num_heads)
-        self.mlp = SwiGLU(config.hidden_size, config.expansion)
+        k = config.conv_kernel if grid else 0
+        self.mlp = SwiGLU(config.hidden_size, config.expansion, k, grid_side(config) if k else 0)
 
     def forward(self, h, cos=None, sin=None):
         if hasattr(self, "mlp_t"):
-            ht = h.transpose(1, 2)  # [B, D, L+P]: the MLP mixes tokens, and the reference norms over them too
+            ht = h.transpose(1, 2)  # [B, D, L+P]: mixes tokens, and the reference norms over them
             h = kernels.rms_norm(ht, self.mlp_t(ht), self.eps).transpose(1, 2)
         else:
             h = kernels.rms_norm(h, self.self_attn(h, cos, sin), self.eps)
@@ -243,11 +292,11 @@ class Block(nn.Module):
 
 
 class ReasoningModule(nn.Module):
-    """net(h, injection): h + injection, then the blocks in order (the input injection of TRM and HRM)."""
+    """net(h, injection): h + injection, then the blocks (TRM's and HRM's input injection)."""
 
-    def __init__(self, config, num_layers, total_len):
+    def __init__(self, config, num_layers, total_len, grid=False):
         super().__init__()
-        self.layers = nn.ModuleList(Block(config, total_len) for _ in range(num_layers))
+        self.layers = nn.ModuleList(Block(config, total_len, grid) for _ in range(num_layers))
 
     def forward(self, h, injection, cos=None, sin=None):
         h = h + injection
@@ -256,14 +305,13 @@ class ReasoningModule(nn.Module):
         return h
 
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Loss head, shared by every model that predicts tokens
 
 def token_loss_and_metrics(logits, labels, halted, loss_type):
-    """Per-sample mean CE summed over the batch, and the per-sample metrics summed over halted samples.
-
-    Returns (lm_loss, seq_correct [B] bool, metrics dict). Metrics count only samples that halted this
-    call and have at least one label (the reference's `valid_metrics`)."""
+    """Per-sample mean CE summed over the batch, and per-sample metrics summed over halted samples:
+    (lm_loss, seq_correct [B] bool, metrics dict). Metrics count only samples that halted
+    this call and have at least one label (the reference's `valid_metrics`)."""
     mask = labels != -100
     count = mask.sum(-1)
     divisor = count.clamp_min(1).unsqueeze(-1)
@@ -273,12 +321,9 @@ def token_loss_and_metrics(logits, labels, halted, loss_type):
     ce = kernels.cross_entropy(logits, labels, loss_type, -100)  # [B, L] float32, 0 where ignored
     lm_loss = (ce / divisor).sum()
     valid = halted & (count > 0)
-    metrics = {
-        "count": valid.sum(),
-        "accuracy": torch.where(valid, (is_correct.float() / divisor).sum(-1), 0).sum(),
-        "exact_accuracy": (valid & seq_correct).sum(),
-        "lm_loss": lm_loss.detach(),
-    }
+    metrics = {"count": valid.sum(),
+               "accuracy": torch.where(valid, (is_correct.float() / divisor).sum(-1), 0).sum(),
+               "exact_accuracy": (valid & seq_correct).sum(), "lm_loss": lm_loss.detach()}
     return lm_loss, seq_correct, metrics
 
 
@@ -300,21 +345,36 @@ def resolve_dtype(name):
     return {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}[name]
 
 
+def deep_recursion(net, z_H, z_L, x, H_cycles, L_cycles, cos=None, sin=None):
+    """One ACT step of recursion (paper Fig. 3, deep_recursion): H_cycles rounds of L_cycles latent updates
+    z <- net(z, y + x) and one answer update y <- net(y, z); all rounds but the last run without gradient
+    (they only move the state). TRM's network, ETRM's decoder and its iterative encoder all run this."""
+    with torch.no_grad():
+        for _ in range(H_cycles - 1):
+            for _ in range(L_cycles):
+                z_L = net(z_L, z_H + x, cos, sin)
+            z_H = net(z_H, z_L, cos, sin)
+    for _ in range(L_cycles):
+        z_L = net(z_L, z_H + x, cos, sin)
+    return net(z_H, z_L, cos, sin), z_L
+
+
 class Model(nn.Module):
+    """Subclasses change what they need through hooks: prefix_len and build_prefix (how many prefix slots
+    and what fills them), build_reasoning (the networks) and reason (one ACT step of recursion)."""
     needs_demos = False  # True: the loader adds demo_inputs, demo_labels, demo_mask to every batch
+
     def __init__(self, config: Config):
         super().__init__()
         self.config = c = config
         self.dtype = resolve_dtype(c.forward_dtype)
         D = c.hidden_size
-        self.puzzle_emb_len = puzzle_prefix_len(c)
-        total_len = c.seq_len + self.puzzle_emb_len
+        self.puzzle_emb_len = self.prefix_len()
         self.embed = InputEmbedding(c, self.puzzle_emb_len, self.dtype)
         self.lm_head = CastedLinear(D, c.vocab_size)
         self.q_head = CastedLinear(D, 2, bias=True)
-        if c.puzzle_emb_ndim > 0:
-            self.puzzle_emb = SparseEmbedding(c.num_puzzle_identifiers, c.puzzle_emb_ndim, self.dtype)
-        self.build_reasoning(total_len)
+        self.build_prefix()
+        self.build_reasoning(c.seq_len + self.puzzle_emb_len)
         # Initial states y0, z0: fixed random vectors (persistent buffers, truncated normal std 1).
         self.register_buffer("H_init", trunc_normal_init_(torch.empty(D), 1.0).to(self.dtype))
         self.register_buffer("L_init", trunc_normal_init_(torch.empty(D), 1.0).to(self.dtype))
@@ -323,8 +383,18 @@ class Model(nn.Module):
             self.q_head.weight.zero_()
             self.q_head.bias.fill_(-5)
 
+    def prefix_len(self):
+        """P, the sequence slots before the tokens: the puzzle embedding's (puzzle_prefix_len)."""
+        return puzzle_prefix_len(self.config)
+
+    def build_prefix(self):
+        """What fills the P prefix slots: one learned vector per puzzle id (none when P is 0)."""
+        c = self.config
+        if c.puzzle_emb_ndim > 0:
+            self.puzzle_emb = SparseEmbedding(c.num_puzzle_identifiers, c.puzzle_emb_ndim, self.dtype)
+
     def build_reasoning(self, total_len):
-        self.L_level = ReasoningModule(self.config, self.config.L_layers, total_len)
+        self.L_level = ReasoningModule(self.config, self.config.L_layers, total_len, grid=True)
 
     # -- input embedding ----------------------------------------------------------------------------
     def input_embeddings(self, inputs, puzzle_identifiers):
@@ -336,16 +406,8 @@ class Model(nn.Module):
 
     # -- one ACT step of recursion (paper Fig. 3) ----------------------------------------------------
     def reason(self, z_H, z_L, x):
-        c, net, (cos, sin) = self.config, self.L_level, self.rope()
-        with torch.no_grad():  # T-1 rounds without gradient: they only move the state
-            for _ in range(c.H_cycles - 1):
-                for _ in range(c.L_cycles):
-                    z_L = net(z_L, z_H + x, cos, sin)  # z <- net(z, y + x)
-                z_H = net(z_H, z_L, cos, sin)          # y <- net(y, z)
-        for _ in range(c.L_cycles):                    # the last round carries the gradient
-            z_L = net(z_L, z_H + x, cos, sin)
-        z_H = net(z_H, z_L, cos, sin)
-        return z_H, z_L
+        c = self.config
+        return deep_recursion(self.L_level, z_H, z_L, x, c.H_cycles, c.L_cycles, *self.rope())
 
     def inner_step(self, z_H, z_L, x):
         z_H, z_L = self.reason(z_H, z_L, x)
@@ -390,7 +452,7 @@ class Model(nn.Module):
                     torch.where(is_last, next_halt, torch.maximum(next_halt, next_cont)))
         return halted
 
-    def forward(self, carry, batch, loss_scale=1.0):
+    def forward(self, carry, batch):
         z_H, z_L, steps, data = self.reset(carry, batch)
         x = self.input_embeddings(data["inputs"], data["puzzle_identifiers"])
         z_H, z_L, logits, q_halt, q_continue = self.inner_step(z_H, z_L, x)
@@ -436,8 +498,3 @@ def convert_reference_state_dict(sd):
         out[k] = v
     return out
 
-
-def config_from(cls, values):
-    """Build a config dataclass from a dict, ignoring keys it does not have (used for checkpoints)."""
-    names = {f.name for f in fields(cls)}
-    return replace(cls(), **{k: v for k, v in values.items() if k in names})

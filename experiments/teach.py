@@ -1,31 +1,35 @@
-"""teach.py — what the five models learn on a laptop: recursion against one pass, more thinking on bigger mazes,
-every model on CPU-sized tasks, ETRM reading demonstrations of unseen ARC tasks, and test-time adaptation.
+"""teach.py: each model's own idea against the control that removes it, on laptop-sized tasks.
 
-    python -m experiments.teach                  # the whole suite on a CPU (2 cores: two trainings at a time)
-    python -m experiments.teach --smoke          # every step at the smallest budget (tests; seconds, not minutes)
-    python -m experiments.teach --scale 2        # twice the training steps everywhere
+    python -m experiments.teach                # the whole suite (2 cores: two trainings at a time)
+    python -m experiments.teach --smoke        # smallest budget (seconds; numbers mean nothing)
+    python -m experiments.teach --scale 2      # twice the training steps everywhere
+    python -m experiments.teach --report-only  # table.md, results.json, plots from details.json
 
-Tasks (built into --data-root on first use): `maze_small` (7x7 perfect mazes on an 11x11 wall canvas, mark the
-unique shortest path), `maze_small_big` (the same training mazes, tested on 11x11 mazes), `sudoku6` (6x6 minimal
-Sudoku) and an ARC set whose tasks fit a small canvas with the evaluation tasks held out (their demos never in
-training), for ETRM and test-time adaptation.
+RECIPES below is the whole suite, one line per recipe: the model, its task, steps and keys, and its
+control. The control trains with the recipe's keys and the control's keys on top: the same weights
+count, data, steps and batch (samples); only the model's idea is gone:
+  trm             recursion (T=2 rounds of n=2 latent updates, 4 ACT steps of deep supervision,
+                  paper section 4) against one pass (1 latent + 1 answer update: with n=0 the input
+                  never enters the network, so 2 calls is the fewest that read it);
+  hrm             two timescales (2 low-level updates per high-level one) against one timescale
+                  (1 per high-level update, as many network calls);
+  prr             K=4 parallel latent branches with Best-of-K against K=1;
+  etrm            its own demonstrations against another task's, on held-out tasks (the same
+                  checkpoint, evaluation only);
+  deep_recursive  recursion against one step.
+DEPTH names the recipes whose control is one pass (results "depth", two or more tasks).
+EXTRAPOLATION runs a checkpoint trained on 7x7 mazes for more steps on 11x11 mazes of the same
+canvas and on bigger canvases (a canvas-free model, `any_canvas`, is rebuilt there with the same
+weights).
 
-1. depth at equal parameters: the same TRM weights (one network, same width and layers) trained on the same
-   mazes for the same steps x batch, once as the smallest recursion that reads its input (T=1 round of n=1 latent
-   update + 1 answer update = 2 network calls, one ACT step) and once recursive (T x (n+1) = 6 calls per ACT step,
-   several ACT steps of deep supervision, paper section 4).
-2. extrapolation: the recursive TRM, trained on 7x7 mazes, evaluated on 11x11 mazes with more ACT steps at test
-   time (evaluate.load_model overrides halt_max_steps; evaluation always runs every step).
-3. models: the five models on the suite tasks (exact and token accuracy of train.py's final evaluation, trunk
-   parameters, wall seconds and CPU seconds of the training process).
-4. ETRM held out: exact accuracy on tasks never trained on, reading their own demonstrations, against the same
-   model fed another task's demonstrations (if the encoder is read, that must fail).
-5. adaptation: pass@2 of solve.py on the held-out tasks treated as new, before (mode=none) and after test-time
-   training of new embedding rows (TRM), and ETRM without / with its context optimisation (tto_steps).
+Tasks, built into --data-root on first use (`python data.py --help`): `maze_small` (7x7 mazes on an
+11x11 wall canvas, mark the unique shortest path), `maze_small_big` (the same training mazes, tested
+on 11x11 mazes), `maze_small_15`/`_21` (bigger mazes on bigger canvases), `sudoku6` (6x6 minimal
+Sudoku), `arc_small` (ARC-AGI-1 tasks on a 10x10 canvas, evaluation tasks held out).
 
-Outputs in --out: results.json (the five headline entries), details.json (everything measured), table.md and
-teach_depth.png, teach_extrapolation.png, teach_models.png. Wall times on a shared machine are inflated: the
-table also gives CPU seconds. Each training runs in its own process with one thread, two at a time.
+Outputs in --out: results.json (the headline), details.json (everything measured), table.md,
+teach_models.png, teach_depth.png, teach_extrapolation.png, a folder and a log per run. Each
+training runs in its own process on one thread; wall and CPU seconds are recorded.
 """
 import argparse
 import concurrent.futures as cf
@@ -39,45 +43,53 @@ import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # `python experiments/teach.py` too
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run as a file too
 from experiments import pyplot, run_train
-from experiments.compare import applicable, arc_tta
+from experiments.compare import applicable
+from puzzles.grids import parse_aug_name
+import cli
 import data
 import evaluate
 
-# Width 64, one block (experiments.TINY) for every model; only the recursion differs between the depth runs.
-MAZE = ["puzzle_emb_ndim=0", "global_batch_size=32", "lr=2e-3"]
-SUDOKU = ["puzzle_emb_ndim=0", "global_batch_size=32", "lr=3e-3", "mlp_t=True"]  # the paper's Sudoku network
-ONE_CALL = ["H_cycles=1", "L_cycles=1", "halt_max_steps=1"]
+# Sizes: experiments.TINY (width 64, one block). Each run's learning-rate schedule spans its steps.
+MAZE = ["puzzle_emb_ndim=0", "global_batch_size=32", "lr=1e-3", "lr_min_ratio=0.1",
+        "lr_warmup_steps=100"]
+SUDOKU = ["puzzle_emb_ndim=0", "global_batch_size=32", "lr=3e-3", "mlp_t=True"]  # TRM-MLP
 RECURSIVE = ["H_cycles=2", "L_cycles=2", "halt_max_steps=4"]
-PER_MODEL = {  # each model's own recursion knobs on the maze task (sizes: experiments.TINY)
-    "hrm": ["H_cycles=2", "L_cycles=2", "halt_max_steps=4"],
-    "etrm": RECURSIVE,
-    "prr": [],                                # experiments.TINY: 4 branches, 4 steps, 2 with gradient
-    "deep_recursive": ["n_inner=2", "n_outer=3", "eval_n_steps=8"],
+ONE_PASS = ["H_cycles=1", "L_cycles=1", "halt_max_steps=1"]
+CONV = ["n_inner=2", "n_outer=3", "eval_n_steps=6"]
+# The recipes, longest first so that two workers end together. Provisional: measured recipes replace
+# them line by line. name: (model, task, steps, keys, control, the control's keys on top of the
+# recipe's; None: the same checkpoint with another task's demonstrations)
+RECIPES = {
+    "trm": ("trm", "maze_small", 2000, MAZE + RECURSIVE + ["conv_kernel=3"], "one pass", ONE_PASS),
+    "hrm": ("hrm", "maze_small", 1200, MAZE + RECURSIVE + ["conv_kernel=3"], "one timescale",
+            ["H_cycles=3", "L_cycles=1"]),
+    "prr": ("prr", "maze_small", 800, MAZE + ["conv_kernel=3", "num_branches=4"], "K=1",
+            ["num_branches=1"]),
+    "deep_recursive": ("deep_recursive", "maze_small", 1000, MAZE + CONV, "one step",
+                       ["n_inner=1", "n_outer=1", "eval_n_steps=1"]),
+    "sudoku": ("trm", "sudoku6", 1000, SUDOKU + RECURSIVE, "one pass", ONE_PASS),
+    "etrm": ("etrm", "arc_small", 300, ["global_batch_size=16"], "another task's demos", None),
 }
-ARC = ["hidden_size=64", "num_heads=4", "H_cycles=2", "L_cycles=2", "halt_max_steps=2", "global_batch_size=16",
-       "lr=1e-3"]
-# name -> (model, dataset, budget key of its steps, keys); the longest first, so two workers finish together
-RUNS = {
-    "trm": ("trm", "maze_small", "trm_steps", MAZE + RECURSIVE),
-    "hrm": ("hrm", "maze_small", "steps", MAZE + PER_MODEL["hrm"]),
-    "prr": ("prr", "maze_small", "steps", MAZE + PER_MODEL["prr"]),
-    "etrm": ("etrm", "maze_small", "steps", MAZE + PER_MODEL["etrm"]),
-    "one_call": ("trm", "maze_small", "trm_steps", MAZE + ONE_CALL),
-    "etrm_arc": ("etrm", "arc_small", "arc_steps", ARC),
-    "trm_arc": ("trm", "arc_small", "arc_steps", ARC + ["puzzle_emb_ndim=64"]),
-    "deep_recursive": ("deep_recursive", "maze_small", "steps", MAZE + PER_MODEL["deep_recursive"]),
-    "sudoku_recursive": ("trm", "sudoku6", "sudoku_steps", SUDOKU + RECURSIVE),
-    "sudoku_one_call": ("trm", "sudoku6", "sudoku_steps", SUDOKU + ONE_CALL),
-}
-DEPTH = ("one_call", "recursive")          # the runs compared at equal parameters for results.json's "depth"
-DEPTHS = [1, 2, 4, 8, 16]
-BUDGET = {"steps": 600, "trm_steps": 1000, "arc_steps": 300, "sudoku_steps": 1000, "tta_steps": 20,
-          "maze_train": 4000, "maze_test": 256, "sudoku_train": 600, "sudoku_test": 128}
-SMOKE_KEYS = ["hidden_size=16", "num_heads=2", "base_channels=4", "latent_channels=16", "global_batch_size=8"]  # smoke: the smallest models, so a test runs the whole suite in seconds
-SMOKE = {"steps": 2, "trm_steps": 2, "arc_steps": 2, "sudoku_steps": 2, "tta_steps": 1, "maze_train": 64,
-         "maze_test": 16, "sudoku_train": 8, "sudoku_test": 8}
+DEPTH = ("trm", "sudoku", "deep_recursive")  # results "depth": their control is one pass / step
+ATTENTION_MAZES = "trm"                      # results "attention_mazes"
+# The recipe's checkpoint, trained on train_size mazes, run with `key` = each depth on each size.
+EXTRAPOLATION = {"recipe": "deep_recursive", "key": "eval_n_steps", "depths": [1, 2, 4, 8, 16, 32],
+                 "train_size": 7, "sizes": {7: "maze_small", 11: "maze_small_big"}}
+MAZES = {"num_train": 4000, "num_test": 256}
+DATA = {"maze_small": MAZES, "maze_small_big": MAZES, "maze_small_15": {"num_test": 128},
+        "maze_small_21": {"num_test": 128}, "sudoku6": {"num_train": 600, "num_test": 128}}
+SMOKE_MAZES = {"num_train": 64, "num_test": 16}
+SMOKE_DATA = {"maze_small": SMOKE_MAZES, "maze_small_big": SMOKE_MAZES,
+              "maze_small_15": {"num_test": 8}, "maze_small_21": {"num_test": 8},
+              "sudoku6": {"num_train": 8, "num_test": 8},
+              "arc_small": {"max_tasks": 2, "num_aug": 2}}
+SMOKE_KEYS = ["hidden_size=16", "num_heads=2", "base_channels=4", "latent_channels=16",
+              "global_batch_size=8"]  # on each model that has the key
+SMOKE_STEPS = 2
+SMOKE_NOTE = "smoke (smallest budget, numbers mean nothing)"
+MODELS = ("trm", "hrm", "etrm", "prr", "deep_recursive")
 
 
 def _cpu_seconds():
@@ -86,7 +98,8 @@ def _cpu_seconds():
 
 
 def _train_job(model, out, path, steps, overrides):
-    """One training in a fresh process, one thread, its progress in <out>.log: run_train's row + CPU seconds."""
+    """One training in a fresh process on one thread, its progress in <out>.log: run_train's row
+    and its CPU seconds."""
     torch.set_num_threads(1)
     os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
     c0 = time.process_time()
@@ -104,7 +117,7 @@ class Pool:
         self.ex = cf.ProcessPoolExecutor(workers, mp_context=ctx) if workers else None
 
     def close(self):
-        """Wait for the workers to exit, so that their CPU time is counted (RUSAGE_CHILDREN: reaped children)."""
+        """Wait for the workers to exit, so that their CPU time counts (RUSAGE_CHILDREN)."""
         if self.ex is not None:
             self.ex.shutdown(wait=True)
 
@@ -116,40 +129,57 @@ class Pool:
         return self.ex.submit(_train_job, *args)
 
 
-def evaluate_at(ckpt, path, overrides, batch_size=128):
-    """(exact, token accuracy) of a checkpoint on the test split of `path` with depth keys (halt_max_steps,
-    H_cycles, ...) set on the rebuilt model's config: TRM reads them at every call, and no weight depends on them."""
-    model, _ = evaluate.load_model(ckpt)
-    for pair in overrides:
-        key, _, text = pair.partition("=")
-        setattr(model.config, key, type(getattr(model.config, key))(text))
-    r = evaluate.evaluate_dataset(model, path, batch_size)
-    return r.get("exact_accuracy", 0.0), r.get("accuracy", 0.0)
+def plan(smoke, scale):
+    """{run name: (recipe, model, task, steps, keys)}: every recipe's run, then every control's."""
+    runs, controls = {}, {}
+    for name, (model, task, steps, keys, _, control) in RECIPES.items():
+        steps = SMOKE_STEPS if smoke else max(1, round(steps * scale))
+        extra = applicable(model, SMOKE_KEYS) if smoke else []
+        runs[name] = (name, model, task, steps, keys + extra)
+        if control is not None:
+            controls[name + "_control"] = (name, model, task, steps, keys + control + extra)
+    return {**runs, **controls}
 
 
-def task_of(names, pid):
-    return data.parse_aug_name(names[pid])[0]
+def build_data(root, smoke):
+    """Every dataset the suite reads, built once into root/<name> -> {name: path}."""
+    names = {r[1] for r in RECIPES.values()} | set(EXTRAPOLATION["sizes"].values())
+    paths = {}
+    for name in sorted(names):
+        path = os.path.join(root, name)
+        if not os.path.isfile(os.path.join(path, "train", "dataset.json")):
+            data.build(name, path, **(SMOKE_DATA if smoke else DATA).get(name, {}))
+        paths[name] = data.ensure_dataset(path)
+    return paths
+
+
+def evaluate_at(ckpt, path, overrides=()):
+    """Exact accuracy of a checkpoint on the test split of `path` with test-time depth keys (no
+    weight depends on them). A canvas-free model (any_canvas) is rebuilt for the dataset's seq_len
+    with the same weights; another model on another canvas gives None."""
+    model, saved = evaluate.load_model(ckpt, overrides=overrides)
+    seq_len = data.load_metadata(path, "test")["seq_len"]
+    if seq_len != model.config.seq_len:
+        if not getattr(model, "any_canvas", False):
+            return None
+        model = evaluate.model_from(saved, overrides=overrides, seq_len=seq_len)
+    return evaluate.evaluate_dataset(model, path, 128).get("exact_accuracy", 0.0)
 
 
 def demo_swap_exact(ckpt, path, batch_size=64):
-    """ETRM on the test split: exact accuracy reading each example's own demos, and reading the demos of an
-    example of another task (the next one in the split whose task differs)."""
+    """ETRM on the test split: exact accuracy reading each example's own demos, and reading those of
+    another task's example (the next one in the split whose task differs); whether there was one."""
     model, _ = evaluate.load_model(ckpt)
     model.eval()
     names = json.load(open(os.path.join(path, "identifiers.json")))
-    batches = [b for b in data.PuzzleDataset(path, "test", batch_size, with_demos=True)]
+    batches = list(data.PuzzleDataset(path, "test", batch_size, with_demos=True))
     allb = {k: torch.cat([b[k] for b in batches]) for k in batches[0]}
-    keep = allb["puzzle_identifiers"] > 0
-    allb = {k: v[keep] for k, v in allb.items()}
-    tasks = [task_of(names, int(p)) for p in allb["puzzle_identifiers"]]
+    allb = {k: v[allb["puzzle_identifiers"] > 0] for k, v in allb.items()}
+    tasks = [parse_aug_name(names[int(p)])[0] for p in allb["puzzle_identifiers"]]
     n = len(tasks)
-    other = []
-    for i in range(n):
-        j = next((j % n for j in range(i + 1, i + n) if tasks[j % n] != tasks[i]), None)
-        other.append(i if j is None else j)
-    swapped = dict(allb)
-    for k in ("demo_inputs", "demo_labels", "demo_mask"):
-        swapped[k] = allb[k][other]
+    other = [next((j % n for j in range(i + 1, i + n) if tasks[j % n] != tasks[i]), i)
+             for i in range(n)]
+    swapped = dict(allb, **{k: allb[k][other] for k in ("demo_inputs", "demo_labels", "demo_mask")})
     scores = []
     for b in (allb, swapped):
         right = 0
@@ -163,104 +193,94 @@ def demo_swap_exact(ckpt, path, batch_size=64):
     return scores[0], scores[1], len(set(tasks)) > 1
 
 
-def build_data(root, b):
-    """The suite's datasets (built once; a smoke run builds tiny ones under its own root)."""
-    mk = lambda name, **kw: data.ensure_dataset(os.path.join(root, name)) if os.path.isfile(
-        os.path.join(root, name, "train", "dataset.json")) else data.DATASETS[name](os.path.join(root, name), **kw)
-    maze = dict(num_train=b["maze_train"], num_test=b["maze_test"])
-    paths = {"maze_small": mk("maze_small", **maze), "maze_small_big": mk("maze_small_big", **maze),
-             "sudoku6": mk("sudoku6", num_train=b["sudoku_train"], num_test=b["sudoku_test"])}
-    arc = os.path.join(root, "arc_small")
-    if not os.path.isfile(os.path.join(arc, "train", "dataset.json")):
-        if "arc_small" in data.DATASETS:
-            data.DATASETS["arc_small"](arc, **({"max_tasks": 2, "num_aug": 2} if b["smoke"] else {}))
-        else:  # stand-in until a small-canvas ARC builder exists: a few ARC-AGI-1 tasks, evaluation held out
-            data.build_arc(arc, max_tasks=2 if b["smoke"] else 12, num_aug=2 if b["smoke"] else 30, held_out=True)
-    paths["arc_small"] = arc
-    return paths
+def extrapolate(ckpt, paths, smoke):
+    """Exact accuracy at each depth on each test size (None where the model is tied to its
+    canvas)."""
+    ex = EXTRAPOLATION
+    depths = ex["depths"][:3] if smoke else ex["depths"]
+    sizes = {}
+    for size, name in ex["sizes"].items():
+        scores = [evaluate_at(ckpt, paths[name], [f"{ex['key']}={d}"]) for d in depths]
+        sizes[str(size)] = None if None in scores else scores
+    return {"recipe": ex["recipe"], "key": ex["key"], "train_size": ex["train_size"],
+            "depths": depths, "sizes": sizes}
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=__doc__.split("\n", 1)[1])
-    p.add_argument("--smoke", action="store_true", help="smallest budget: tiny datasets, 2 steps per training")
-    p.add_argument("--scale", type=float, default=1.0, help="multiply every training's steps by this")
-    p.add_argument("--workers", type=int, default=2, help="trainings at a time, each in its own process (0: here)")
-    p.add_argument("--data-root", default="", help="where the datasets are built (default data/, smoke: <out>/data)")
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                epilog=__doc__.split("\n", 1)[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--smoke", action="store_true", help="tiny datasets and models, 2 steps each")
+    p.add_argument("--scale", type=float, default=1.0, help="multiply every run's steps by this")
+    p.add_argument("--workers", type=int, default=2,
+                   help="trainings at a time, each its own process (0: one after the other, here)")
+    p.add_argument("--data-root", default="",
+                   help="where datasets are built (default data/, smoke: <out>/data)")
     p.add_argument("--out", default="runs/teach", help="output folder")
-    p.add_argument("--report-only", action="store_true", help="rewrite results.json, table.md and the plots from "
-                                                              "<out>/details.json of an earlier run (no training)")
+    p.add_argument("--report-only", action="store_true", help="rewrite results.json, table.md and "
+                   "the plots from <out>/details.json (no training)")
     args = p.parse_args(argv)
     if args.report_only:
         path = os.path.join(args.out, "details.json")
         if not os.path.isfile(path):
             raise SystemExit(f"error: --report-only: {path} does not exist (run the suite first)")
         return write_results(args.out, json.load(open(path)))
-    b = dict(SMOKE if args.smoke else BUDGET, smoke=args.smoke)
+    if not args.scale > 0:
+        raise SystemExit(f"error: --scale {args.scale}: expected a number > 0")
+    if args.workers < 0:
+        raise SystemExit(f"error: --workers {args.workers}: expected an integer >= 0")
     t0, c0 = time.time(), _cpu_seconds()
     os.makedirs(args.out, exist_ok=True)
-    paths = build_data(args.data_root or (os.path.join(args.out, "data") if args.smoke else "data"), b)
-    pool = Pool(args.workers)
-    extra = SMOKE_KEYS if args.smoke else []
-    jobs = {}
-    for name, (model, task, budget, keys) in RUNS.items():
-        keys = [("puzzle_emb_ndim=16" if extra and k == "puzzle_emb_ndim=64" else k) for k in keys]  # <= width
-        jobs[name] = pool.submit(model, os.path.join(args.out, name), paths[task],
-                                 max(1, round(b[budget] * args.scale)), applicable(model, keys + extra))
-    res = {k: dict(f.result(), task=RUNS[k][1]) for k, f in jobs.items()}
+    root = args.data_root or (os.path.join(args.out, "data") if args.smoke else "data")
+    paths = build_data(root, args.smoke)
+    runs, pool = plan(args.smoke, args.scale), Pool(args.workers)
+    jobs = {name: pool.submit(model, os.path.join(args.out, name), paths[task], steps, keys)
+            for name, (_, model, task, steps, keys) in runs.items()}
+    res = {name: dict(jobs[name].result(), recipe=r[0], model=r[1], task=r[2], keys=r[4])
+           for name, r in runs.items()}
     pool.close()
-    ckpt = lambda k: os.path.join(res[k]["out_dir"], "checkpoint.pt")
-
-    # extrapolation: trained on 7x7 with 4 ACT steps, run deeper on 11x11 (and on 7x7 for reference)
-    depths = DEPTHS[:3] if args.smoke else DEPTHS
-    big = [evaluate_at(ckpt("trm"), paths["maze_small_big"], [f"halt_max_steps={d}"]) for d in depths]
-    small = [evaluate_at(ckpt("trm"), paths["maze_small"], [f"halt_max_steps={d}"]) for d in depths]
-    one_big = [evaluate_at(ckpt("one_call"), paths["maze_small_big"], [f"halt_max_steps={d}"]) for d in depths]
-    # the convolutional recursion (translation-equivariant, like the deep-thinking networks) on the same mazes,
-    # and TRM-MLP on Sudoku of the training size, each run for more steps than it was trained with
-    conv_big = [evaluate_at(ckpt("deep_recursive"), paths["maze_small_big"], [f"eval_n_steps={d}"]) for d in depths]
-    sudoku = [evaluate_at(ckpt("sudoku_recursive"), paths["sudoku6"], [f"halt_max_steps={d}"]) for d in depths]
-
-    # ETRM on held-out ARC tasks: own demos against another task's; adaptation before / after
-    own, wrong, control_ok = demo_swap_exact(ckpt("etrm_arc"), paths["arc_small"])
-    tta_dir = os.path.join(args.out, "adapt")
-    with contextlib.redirect_stdout(open(os.path.join(args.out, "adapt.log"), "w")):
-        trm_tta = arc_tta(ckpt("trm_arc"), paths["arc_small"], os.path.join(tta_dir, "trm"), b["tta_steps"], "trm")
-        etrm_tta = arc_tta(ckpt("etrm_arc"), paths["arc_small"], os.path.join(tta_dir, "etrm"), b["tta_steps"], "etrm")
-    wall, cpu = time.time() - t0, _cpu_seconds() - c0
-    details = {"runs": res, "budget": b, "scale": args.scale, "wall_seconds": wall,
-               "cpu_seconds": cpu, "threads": torch.get_num_threads(), "workers": args.workers,
-               "extrapolation": {"depths": depths, "big_exact": [e for e, _ in big], "big_token": [t for _, t in big],
-                                 "small_exact": [e for e, _ in small], "one_call_big_exact": [e for e, _ in one_big],
-                                 "deep_recursive_big_exact": [e for e, _ in conv_big],
-                                 "sudoku_exact": [e for e, _ in sudoku]},
-               "etrm_heldout": {"exact": own, "wrong_demos_exact": wrong, "control_has_other_tasks": control_ok},
-               "adaptation": {"trm": trm_tta, "etrm": etrm_tta}, "datasets": paths, "runs_keys": RUNS}
+    ckpt = lambda name: os.path.join(res[name]["out_dir"], "checkpoint.pt")
+    held_out = next(k for k, r in RECIPES.items() if r[5] is None)
+    own, wrong, other_tasks = demo_swap_exact(ckpt(held_out), paths[RECIPES[held_out][1]])
+    fields = ("model", "task", "steps", "keys", "control", "control_keys")
+    details = {
+        "smoke": args.smoke, "scale": args.scale, "workers": args.workers, "datasets": paths,
+        "recipes": {name: dict(zip(fields, r)) for name, r in RECIPES.items()}, "runs": res,
+        "depth": list(DEPTH), "attention_mazes": ATTENTION_MAZES,
+        "extrapolation": extrapolate(ckpt(EXTRAPOLATION["recipe"]), paths, args.smoke),
+        "etrm_heldout": {"recipe": held_out, "task": RECIPES[held_out][1], "exact": own,
+                         "wrong_demos_exact": wrong, "control_has_other_tasks": other_tasks}}
+    details["wall_seconds"], details["cpu_seconds"] = time.time() - t0, _cpu_seconds() - c0
+    print(f"teach: wall {details['wall_seconds']:.0f} s, CPU {details['cpu_seconds']:.0f} s")
     with open(os.path.join(args.out, "details.json"), "w") as f:
         json.dump(details, f, indent=1, default=str)
     return write_results(args.out, details)
 
 
-def headline(details):
-    """results.json from details.json. A model's entry is its run with the highest exact accuracy among its
-    recursive runs on the maze and Sudoku tasks (each labelled with its task; the others stay in details)."""
-    res, ex = details["runs"], details["extrapolation"]
-    one, rec = (res["trm" if k == "recursive" else k] for k in DEPTH)
-    best = {}
-    for name, r in res.items():
-        model = RUNS[name][0] if name in RUNS else r.get("model", name)
-        if r["task"] != "arc_small" and "one_call" not in name and (
-                model not in best or r["exact_accuracy"] > best[model]["exact_accuracy"]):
-            best[model] = r
+def headline(d):
+    """results.json from details.json: exact accuracy on unseen test puzzles, 0..1."""
+    runs, ex, held = d["runs"], d["extrapolation"], d["etrm_heldout"]
+    exact = lambda name: runs[name]["exact_accuracy"]
+    models = {}
+    for m in MODELS:
+        r = d["recipes"][m]
+        own, control = (held["exact"], held["wrong_demos_exact"]) if m == held["recipe"] else \
+            (exact(m), exact(m + "_control"))
+        models[m] = {"task": r["task"], "exact": own, "control": r["control"],
+                     "control_exact": control, "params": runs[m]["trunk_params"]}
+    test_size = min(int(s) for s in ex["sizes"] if int(s) > ex["train_size"])
+    a = runs[d["attention_mazes"]]
     return {
-        "depth": {"task": rec["task"], "one_call": one["exact_accuracy"], "recursive": rec["exact_accuracy"],
-                  "params": rec["trunk_params"]},
-        "extrapolation": {"train_size": 7, "test_size": 11, "depths": ex["depths"], "exact": ex["big_exact"]},
-        "models": {m: {"task": best[m]["task"], "exact": best[m]["exact_accuracy"], "token_acc": best[m]["accuracy"],
-                       "seconds": best[m]["seconds"]} for m in ("trm", "hrm", "etrm", "prr", "deep_recursive")},
-        "etrm_heldout": {k: details["etrm_heldout"][k] for k in ("exact", "wrong_demos_exact")},
-        "adaptation": {"trm_before": details["adaptation"]["trm"][0], "trm_after": details["adaptation"]["trm"][1],
-                       "etrm_before": details["adaptation"]["etrm"][0], "etrm_after": details["adaptation"]["etrm"][1]},
+        "depth": [{"task": runs[n]["task"], "model": runs[n]["model"],
+                   "params": runs[n]["trunk_params"], "one_call": exact(n + "_control"),
+                   "recursive": exact(n)} for n in d["depth"]],
+        "extrapolation": {"model": runs[ex["recipe"]]["model"], "train_size": ex["train_size"],
+                          "test_size": test_size, "depths": ex["depths"],
+                          "exact": ex["sizes"][str(test_size)]},
+        "models": models,
+        "etrm_heldout": {k: held[k] for k in ("task", "exact", "wrong_demos_exact")},
+        "attention_mazes": {"recipe": " ".join([a["model"], *d["recipes"][a["recipe"]]["keys"]]),
+                            "steps": a["step"], "exact": a["exact_accuracy"]},
     }
 
 
@@ -272,88 +292,96 @@ def write_results(out, details):
     return results
 
 
-def report(out, results, details):
-    """table.md and the three plots; prints where they went."""
-    f = lambda v: f"{v:.3f}" if isinstance(v, float) else f"{v:,}" if isinstance(v, int) else str(v)
-    runs, ex = details["runs"], details["extrapolation"]
-    lines = ["### Every run (maze_small: 7x7 mazes on an 11x11 canvas; sudoku6; arc_small held out)", "",
-             "| run | model | task | steps | exact | token acc | trunk params | wall s | CPU s | samples/s |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for name, r in runs.items():
-        lines.append(f"| {name} | {RUNS.get(name, ('?',))[0]} | {r['task']} | {r.get('step', '?')} | "
-                     f"{f(r['exact_accuracy'])} | {f(r['accuracy'])} | {f(r['trunk_params'])} | {r['seconds']:.0f} | "
-                     f"{r['cpu_seconds']:.0f} | {r['samples_per_s']:.0f} |")
-    lines += ["", "### Each model's best suite task (results.json)", "", "| model | task | exact | token acc |",
-              "|---|---|---|---|"]
-    for m, r in results["models"].items():
-        lines.append(f"| {m} | {r['task']} | {f(r['exact'])} | {f(r['token_acc'])} |")
-    d = results["depth"]
-    lines += ["", "### Depth at equal parameters (TRM, 7x7 mazes)", "",
-              "| network calls | exact | token acc | trunk params |", "|---|---|---|---|",
-              f"| 2 (T=1, n=1, 1 ACT step) | {f(d['one_call'])} | {f(runs['one_call']['accuracy'])} | "
-              f"{f(runs['one_call']['trunk_params'])} |",
-              f"| 6 per ACT step x 4 (T=2, n=2) | {f(d['recursive'])} | {f(runs['trm']['accuracy'])} | {f(d['params'])} |",
-              "", "### Depth at equal parameters (TRM-MLP, 6x6 Sudoku)", "",
-              "| network calls | exact | token acc | trunk params |", "|---|---|---|---|"]
-    for k, label in (("sudoku_one_call", "2 (T=1, n=1, 1 ACT step)"), ("sudoku_recursive", "6 per ACT step x 4")):
-        lines.append(f"| {label} | {f(runs[k]['exact_accuracy'])} | {f(runs[k]['accuracy'])} | "
-                     f"{f(runs[k]['trunk_params'])} |")
-    lines += [
-              "", "### Test-time depth (TRM trained on 7x7 with 4 ACT steps)", "",
-              "| ACT steps at test | " + " | ".join(map(str, ex["depths"])) + " |", "|---" * (len(ex["depths"]) + 1) + "|",
-              "| exact, 11x11 | " + " | ".join(map(f, ex["big_exact"])) + " |",
-              "| exact, 7x7 | " + " | ".join(map(f, ex["small_exact"])) + " |",
-              "| exact, 11x11, 2-call TRM | " + " | ".join(map(f, ex["one_call_big_exact"])) + " |",
-              "| exact, 11x11, deep_recursive (eval_n_steps; trained with 6) | " +
-              " | ".join(map(f, ex["deep_recursive_big_exact"])) + " |",
-              "| exact, 6x6 Sudoku, TRM-MLP | " + " | ".join(map(f, ex["sudoku_exact"])) + " |"]
-    e, a = results["etrm_heldout"], results["adaptation"]
-    lines += ["", "### Held-out ARC tasks", "",
-              f"ETRM exact with its own demos {f(e['exact'])}, with another task's demos {f(e['wrong_demos_exact'])}  ",
-              f"pass@2 of solve.py on them as new tasks: TRM {f(a['trm_before'])} -> {f(a['trm_after'])} with "
-              f"test-time training; ETRM {f(a['etrm_before'])} -> {f(a['etrm_after'])} with context optimisation  ",
-              "", f"wall {details['wall_seconds']:.0f} s, CPU {details['cpu_seconds']:.0f} s "
-              f"({details['workers']} trainings at a time, one thread each)"]
+def f3(v):
+    return "n/a" if v is None else f"{v:.3f}" if isinstance(v, float) else f"{v:,}"
+
+
+def row(*cells):
+    return "| " + " | ".join(map(str, cells)) + " |"
+
+
+def table(out, results, d):
+    """table.md: the recipes against their controls first, then depth, extrapolation, every run."""
+    runs, ex = d["runs"], d["extrapolation"]
+    lines = ["### The teaching suite" + (f": {SMOKE_NOTE}" if d["smoke"] else ""), "",
+             "#### Each model's idea against its control (same weights count, same samples)", "",
+             row("model", "task", "steps", "exact", "control", "control exact", "trunk params"),
+             "|---" * 7 + "|"]
+    lines += [row(k, v["task"], runs[k]["step"], f3(v["exact"]), v["control"],
+                  f3(v["control_exact"]), f3(v["params"])) for k, v in results["models"].items()]
+    lines += ["", "#### One pass against recursion, same weights (exact)", "",
+              row("task", "model", "one pass", "recursive", "trunk params"), "|---" * 5 + "|"]
+    lines += [row(e["task"], e["model"], f3(e["one_call"]), f3(e["recursive"]), f3(e["params"]))
+              for e in results["depth"]]
+    lines += ["", f"#### Thinking longer: {results['extrapolation']['model']} trained on "
+              f"{ex['train_size']}x{ex['train_size']} mazes, exact at each {ex['key']}", "",
+              row("test mazes", *ex["depths"]), "|---" * (len(ex["depths"]) + 1) + "|"]
+    for size, scores in ex["sizes"].items():
+        cells = map(f3, scores) if scores else ["n/a (not canvas-free)"] * len(ex["depths"])
+        lines.append(row(f"{size}x{size}", *cells))
+    h, a = results["etrm_heldout"], results["attention_mazes"]
+    lines += ["", f"ETRM on held-out {h['task']} tasks: exact {f3(h['exact'])} with their own "
+              f"demos, {f3(h['wrong_demos_exact'])} with another task's.  ",
+              f"Attention on mazes ({a['recipe']}, {a['steps']} steps): exact {f3(a['exact'])}.",
+              "", "#### Every run", "",
+              row("run", "model", "task", "steps", "exact", "token acc", "trunk params", "wall s",
+                  "CPU s"), "|---" * 9 + "|"]
+    lines += [row(k, r["model"], r["task"], r["step"], f3(r["exact_accuracy"]), f3(r["accuracy"]),
+                  f3(r["trunk_params"]), f"{r['seconds']:.0f}", f"{r['cpu_seconds']:.0f}")
+              for k, r in runs.items()]
+    lines += ["", f"wall {d['wall_seconds']:.0f} s, CPU {d['cpu_seconds']:.0f} s "
+              f"({max(1, d['workers'])} training(s) at a time, one thread each)"]
     text = "\n".join(lines) + "\n"
     with open(os.path.join(out, "table.md"), "w") as fh:
         fh.write(text)
     print(text)
+
+
+def bars(out, name, groups, labels, title):
+    """Grouped bars of exact accuracy: groups [(x label, [value per label])] -> <out>/<name>."""
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    pairs = [("7x7 mazes (TRM)", runs["one_call"], runs["trm"]),
-             ("6x6 Sudoku (TRM-MLP)", runs["sudoku_one_call"], runs["sudoku_recursive"])]
-    for i, (label, one, rec) in enumerate(pairs):
-        ax.bar([i - 0.18], [one["exact_accuracy"]], 0.36, color="grey", label="2 calls" if i == 0 else None)
-        ax.bar([i + 0.18], [rec["exact_accuracy"]], 0.36, color="tab:blue", label="6 calls x 4 ACT" if i == 0 else None)
-    ax.set(xticks=range(len(pairs)), xticklabels=[p[0] for p in pairs], ylim=(0, 1), ylabel="exact accuracy",
-           title="same weights, same samples: one pass vs recursion")
-    ax.legend()
+    fig, ax = plt.subplots(figsize=(9, 4))
+    width = 0.8 / len(labels)
+    for j, label in enumerate(labels):
+        xs = [i + (j - (len(labels) - 1) / 2) * width for i in range(len(groups))]
+        ax.bar(xs, [g[1][j] for g in groups], width, label=label)
+    ax.set(xticks=range(len(groups)), ylim=(0, 1), ylabel="exact accuracy", title=title)
+    ax.set_xticklabels([g[0] for g in groups], fontsize=8)
+    ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(os.path.join(out, "teach_depth.png"), dpi=100)
+    fig.savefig(os.path.join(out, name), dpi=100)
     plt.close(fig)
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    ax.plot(ex["depths"], ex["big_exact"], "o-", label="11x11 (bigger than training), TRM")
-    ax.plot(ex["depths"], ex["small_exact"], "s--", label="7x7 (training size), TRM")
-    ax.plot(ex["depths"], ex["deep_recursive_big_exact"], "^-", label="11x11, deep_recursive (steps)")
-    ax.plot(ex["depths"], ex["sudoku_exact"], "d:", label="6x6 Sudoku, TRM-MLP")
-    ax.axvline(4, color="grey", ls=":", lw=1)
+
+
+def report(out, results, d):
+    """table.md and the three plots; prints where they went."""
+    table(out, results, d)
+    note = f"\n{SMOKE_NOTE}" if d["smoke"] else ""
+    ex = d["extrapolation"]
+    bars(out, "teach_models.png", [(f"{k}\n{v['task']}\nvs {v['control']}",
+                                    [v["exact"], v["control_exact"]])
+                                   for k, v in results["models"].items()],
+         ["the model's idea", "control"], "each model against its control" + note)
+    bars(out, "teach_depth.png", [(f"{e['task']}\n{e['model']}", [e["one_call"], e["recursive"]])
+                                  for e in results["depth"]], ["one pass", "recursion"],
+         "same weights, same samples: one pass vs recursion" + note)
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for size, scores in ex["sizes"].items():
+        if scores:
+            train = " (training size)" if int(size) == ex["train_size"] else ""
+            ax.plot(ex["depths"], scores, "o-", label=f"{size}x{size}{train}")
     ax.set(xscale="log", xticks=ex["depths"], xticklabels=ex["depths"], ylim=(-0.02, 1.02),
-           xlabel="ACT steps at test time (dotted: training)", ylabel="exact accuracy", title="thinking longer")
-    ax.legend()
+           xlabel=f"{ex['key']} at test time", ylabel="exact accuracy",
+           title=f"thinking longer on bigger mazes ({results['extrapolation']['model']})" + note)
+    ax.minorticks_off()
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(os.path.join(out, "teach_extrapolation.png"), dpi=100)
     plt.close(fig)
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    names = list(results["models"])
-    ax.bar(names, [results["models"][m]["exact"] for m in names])
-    ax.set(ylim=(0, 1), ylabel="exact accuracy", title="each model's best suite task")
-    for i, m in enumerate(names):
-        ax.text(i, results["models"][m]["exact"] + 0.02, results["models"][m]["task"], ha="center", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(os.path.join(out, "teach_models.png"), dpi=100)
-    plt.close(fig)
-    print(f"wrote {out}/results.json, table.md, teach_depth.png, teach_extrapolation.png, teach_models.png")
+    print(f"wrote {out}/results.json, table.md, teach_models.png, teach_depth.png, "
+          "teach_extrapolation.png")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli.one_line_errors(main))

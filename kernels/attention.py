@@ -2,57 +2,48 @@
 
     attention_triton(qkv, num_heads, cos=None, sin=None)    qkv [N, L, 3*H*D] -> [N, L, H*D]
 
-N is batch x branches (any N), qkv is packed [q heads | k heads | v heads] along the last dim (TRM's
-layout, num_key_value_heads == num_heads), cos/sin are [L, D] float32 tables (any values: TRM builds
-them as concat(freqs, freqs), but nothing here relies on the two halves being equal).
+N = batch x branches (any N); qkv packed [q heads | k heads | v heads] on the last dim (TRM's
+layout, num_key_value_heads == num_heads); cos/sin [L, D] float32 tables, halves not assumed equal.
 
-The reference (`attention_reference`) is the TRM path: split q/k/v, RoPE in float32 rounded back to
-the input dtype, transpose to [N, H, L, D], torch SDPA (scale 1/sqrt(D)), transpose back. The Triton
-path computes the same function with no layout copies around it:
+The reference is the TRM path: split q/k/v, RoPE in float32 rounded to the input dtype, torch SDPA
+(scale 1/sqrt(D)) over [N, H, L, D]. The Triton path, with no layout copies around it:
 
-  _rope_qk         pre-pass, one program per BLOCK_T tokens (all heads): q and k rotated once, in
-                   float32, rounded to the input dtype where the reference rounds, written to a packed
-                   [N, L, 2*H*D] buffer. The attention kernels then read plain tiles: no RoPE table
-                   traffic per tile (a per-tile rotation reloads four float32 table tiles for every
-                   bf16 key tile, in the forward and in the backward). The backward runs the pre-pass
-                   again instead of saving its output: one more read+write of q and k (about 0.25 ms at
-                   the ARC shape by bandwidth, an estimate) against 2/3 of qkv kept alive per call.
+  _rope_qk         pre-pass, one program per BLOCK_T tokens (all heads): q, k rotated once in fp32,
+                   rounded where the reference rounds, into a packed [N, L, 2*H*D] buffer, so the
+                   attention kernels read plain tiles (a per-tile rotation reloads four fp32 table
+                   tiles per bf16 key tile). The backward reruns it rather than save its output:
+                   one more read+write of q, k (~0.25 ms at the ARC shape by bandwidth, estimated)
+                   against 2/3 of qkv kept alive per call.
   _attn_fwd        FlashAttention-2 forward (Dao 2023, Algorithm 1): online softmax, float32
-                   statistics, exp2 with the scale folded in; writes o [N, L, H*D] and the natural-log
-                   log-sum-exp of the scaled scores, [N*H, L] float32.
-  _attn_bwd_delta  delta = rowsum(dO * O), [N*H, L] float32 (the softmax-backward correction term).
-  _attn_bwd        FlashAttention-2 backward (Algorithm 2): one program per key block, looping over all
-                   query blocks, five matmuls per tile pair (S, dV, dP, dK, dQ). dK and dV accumulate in
-                   registers and are written once (RoPE backward applied to dK on the way out); dQ is
-                   added with float32 atomics into a zeroed [N, L, H*D] buffer. Each key block starts
-                   its loop on a different query block so the atomics of one head spread out.
+                   statistics, exp2 with the scale folded in; writes o [N, L, H*D] and the
+                   natural-log log-sum-exp of the scaled scores, [N*H, L] float32.
+  _attn_bwd_delta  delta = rowsum(dO * O), [N*H, L] float32 (the softmax-backward correction).
+  _attn_bwd        FlashAttention-2 backward (Algorithm 2): one program per key block, looping
+                   over all query blocks, five matmuls per tile pair (S, dV, dP, dK, dQ). dK, dV
+                   accumulate in registers, written once (dK through the RoPE backward); dQ is
+                   added with fp32 atomics into a zeroed [N, L, H*D] buffer, each key block
+                   starting on another query block so one head's atomics spread out.
   _attn_bwd_dq     dQ buffer -> scale, RoPE backward, rounding -> the q third of dqkv.
-The two-pass alternative (dK/dV pass, then a dQ pass) needs 7 matmuls and recomputes P twice; the
-price of 5 is a float32 dQ buffer (zero fill plus one read) and a non-deterministic sum order in dQ.
-Nothing L x L is ever materialized.
+Two passes (dK/dV, then dQ) would need 7 matmuls and compute P twice; the price of 5 is a float32
+dQ buffer (zero fill, one read) and a non-deterministic sum order in dQ. Nothing L x L is stored.
 
 Grids are 1-D: program id -> (head n*H + h, block), block fastest, so the programs of one head run
-together (their shared K, V or Q, dO tiles stay in L2) and N*H never lands on a grid axis that CUDA
-caps at 65,535 (axes 1 and 2; PRR with about 1,024 puzzles per rank would pass that on axis 1).
+together (their shared K, V or Q, dO tiles stay in L2) and N*H never lands on a grid axis that
+CUDA caps at 65,535 (axes 1 and 2; PRR with about 1,024 puzzles per rank would pass that on axis 1).
 
 RoPE in halves. rotate_half(x) = cat(-x2, x1), so with x = (x1, x2) and per-half tables c, s:
     y1 = x1*c1 - x2*s1,    y2 = x2*c2 + x1*s2                       (forward)
     dx1 = dy1*c1 + dy2*s2, dx2 = dy2*c2 - dy1*s1                    (backward = transpose)
-The rounding of the rotated q, k to bf16 is a straight-through step in the backward, exactly as autograd
-treats `.to()`.
+Rounding the rotated q, k to bf16 is a straight-through step in the backward, as autograd's `.to()`.
 
 Numerics: float32 accumulators and softmax statistics; P and dS are cast to the input dtype before
 their dots (as in FlashAttention-2), so bf16 results differ from the reference at bf16 precision.
 fp32 inputs use input_precision="ieee" on the GPU (Triton's default for fp32 dots is TF32).
 
-Interpreter (TRITON_INTERPRET=1, CPU tests): bf16 tl.dot gives garbage there, so DOT_FP32 upcasts the
-(already bf16-rounded) tiles to fp32 before every dot; multi-config autotune fails there (it asks the
-driver for a benchmarker), so one config per kernel. The interpreter rounds fp32 -> bf16 toward zero
-(probed: about half the values differ by one ulp from torch's round-to-nearest-even); the GPU rounds
-to nearest-even.
-
-torch.compile: the forward and the backward are registered as torch.library custom ops with fake
-(shape-only) implementations, so a compiled training step traces through them without a graph break.
+Interpreter (TRITON_INTERPRET=1, CPU tests): bf16 tl.dot gives garbage, so DOT_FP32 upcasts the
+(already bf16-rounded) tiles before every dot; multi-config autotune fails (it asks the driver for
+a benchmarker), so one config per kernel; fp32 -> bf16 rounds toward zero (about half the values
+one ulp off the round-to-nearest-even of torch and the GPU).
 """
 import math
 from typing import Optional
@@ -67,9 +58,8 @@ from . import INTERPRET
 LOG2E = tl.constexpr(1.4426950408889634)  # a global read inside @triton.jit must be a constexpr
 
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Reference
-
 
 def rotate_half(x):
     x1, x2 = x.chunk(2, dim=-1)
@@ -77,7 +67,7 @@ def rotate_half(x):
 
 
 def apply_rope(x, cos, sin):
-    # x [N, L, H, D]; cos, sin [L, D]. In float32, then rounded back to x.dtype (the reference rounds here).
+    # x [N, L, H, D]; cos, sin [L, D]. In float32, then rounded back to x.dtype (as the reference)
     xf = x.float()
     return (xf * cos[:, None, :].float() + rotate_half(xf) * sin[:, None, :].float()).to(x.dtype)
 
@@ -88,11 +78,12 @@ def attention_reference(qkv, num_heads, cos=None, sin=None):
     q, k, v = qkv.view(N, L, 3, num_heads, D).unbind(2)  # each [N, L, H, D]
     if cos is not None:
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-    o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))  # [N, H, L, D]
+    o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2),
+                                       v.transpose(1, 2))  # [N, H, L, D]
     return o.transpose(1, 2).reshape(N, L, num_heads * D)
 
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Triton kernels
 
 @triton.jit
@@ -107,33 +98,33 @@ def _rope_tables(COS, SIN, l, mask, stride_cs, HALF: tl.constexpr):
 @triton.jit
 def _rope_qk(QKV, QK, COS, SIN, T, L, H, stride_n, stride_l, stride_cs,
              HEAD_DIM: tl.constexpr, BLOCK_T: tl.constexpr):
-    """QK[t, j*D:(j+1)*D] = RoPE(qkv[t, j*D:(j+1)*D]) for the 2H q and k heads j; t runs over N*L tokens."""
+    """QK[t, j*D:(j+1)*D] = RoPE(qkv[t, j*D:(j+1)*D]) for the 2H q, k heads j; t over N*L tokens."""
     HALF: tl.constexpr = HEAD_DIM // 2
     t = tl.program_id(0).to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T)
     mask = t < T
     n = t // L
     pos = t % L
-    c1, c2, s1, s2 = _rope_tables(COS, SIN, pos, mask, stride_cs, HALF)  # loaded once for all 2H heads
+    c1, c2, s1, s2 = _rope_tables(COS, SIN, pos, mask, stride_cs, HALF)  # once for all 2H heads
     offs_h = tl.arange(0, HALF)[None, :]
     src = QKV + n[:, None] * stride_n + pos[:, None] * stride_l + offs_h
     dst = QK + t[:, None] * (2 * H * HEAD_DIM) + offs_h
     m = mask[:, None]
-    dt = QK.dtype.element_ty
+    dt = QK.dtype.element_ty  # the stores round where the reference rounds
     for j in range(2 * H):  # q heads then k heads: the same column j*D in both buffers
         x1 = tl.load(src + j * HEAD_DIM, mask=m, other=0.0).to(tl.float32)
         x2 = tl.load(src + j * HEAD_DIM + HALF, mask=m, other=0.0).to(tl.float32)
-        tl.store(dst + j * HEAD_DIM, (x1 * c1 - x2 * s1).to(dt), mask=m)  # rounded where the reference rounds
+        tl.store(dst + j * HEAD_DIM, (x1 * c1 - x2 * s1).to(dt), mask=m)
         tl.store(dst + j * HEAD_DIM + HALF, (x2 * c2 + x1 * s2).to(dt), mask=m)
 
 
 @triton.jit
 def _store_rope_bwd(base, g, row_off, pos, mask, COS, SIN, stride_cs,
                     BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, ROPE: tl.constexpr):
-    """Store the gradient w.r.t. the pre-RoPE tile, from g [BLOCK, D] float32 (w.r.t. the rotated tile).
-    Row i goes to base + row_off[i] and uses table row pos[i]."""
+    """Store the gradient w.r.t. the pre-RoPE tile, from g [BLOCK, D] float32 (w.r.t. the rotated
+    tile). Row i goes to base + row_off[i] and uses table row pos[i]."""
     HALF: tl.constexpr = HEAD_DIM // 2
-    if ROPE:
-        g1, g2 = tl.split(tl.permute(tl.reshape(g, [BLOCK, 2, HALF]), [0, 2, 1]))  # the two column halves
+    if ROPE:  # g1, g2: the two column halves
+        g1, g2 = tl.split(tl.permute(tl.reshape(g, [BLOCK, 2, HALF]), [0, 2, 1]))
         c1, c2, s1, s2 = _rope_tables(COS, SIN, pos, mask, stride_cs, HALF)
         ptr = base + row_off[:, None] + tl.arange(0, HALF)[None, :]
         dt = base.dtype.element_ty
@@ -144,24 +135,22 @@ def _store_rope_bwd(base, g, row_off, pos, mask, COS, SIN, stride_cs,
         tl.store(ptr, g.to(base.dtype.element_ty), mask=mask[:, None])
 
 
-# Block sizes. GPU (sm_90, H100/H200): autotuned per (L, HEAD_DIM, ROPE, PRECISION) plus the tensor
-# dtypes (the autotuner adds those); never per N, so every batch size reuses one choice. Forward
-# candidates follow the Triton fused-attention tutorial's Hopper ranges: 128-row query tiles (two
-# warpgroups of 64 rows for wgmma with 8 warps, or one warpgroup looping with 4), 64-128 key columns,
-# 3-4 stages; 64-row tiles for short L such as Sudoku's 81, where a 128-row tile is 37% padding.
-# Backward: the dK, dV accumulators are 2 x BLOCK_N x D float32 (64 KB at 128 x 64), so 128-key
-# tiles get 8 warps (64 registers a thread for them) and 64-key tiles 4. wgmma needs BLOCK_M >= 64 on
-# the M side of each dot and warps in multiples of 4; configs that overflow shared memory are
-# skipped by the autotuner. Few configs on purpose: each one compiles (seconds) on the first call of
-# each (HEAD_DIM, ROPE, dtype). Interpreter: one config, BLOCK_M != BLOCK_N so that index mix-ups show,
-# and few programs (its cost scales with the program count).
+# Block sizes. GPU (sm_90): autotuned per (L, HEAD_DIM, ROPE, PRECISION) and dtypes, never per N.
+# Forward: the Triton fused-attention tutorial's Hopper ranges, 128-row query tiles (two wgmma
+# warpgroups with 8 warps, or one looping with 4), 64-128 key columns, 3-4 stages; 64-row tiles for
+# short L (Sudoku's 81: a 128-row tile is 37% padding). Backward: the dK, dV accumulators are
+# 2 x BLOCK_N x D float32 (64 KB at 128 x 64), so 128-key tiles get 8 warps, 64-key tiles 4. Few
+# configs: each compiles (seconds) on the first call of each (HEAD_DIM, ROPE, dtype); those that
+# overflow shared memory are skipped. Interpreter: one config, BLOCK_M != BLOCK_N so that index
+# mix-ups show, and few programs (its cost scales with the program count).
 def _configs(pairs, names):
-    return [triton.Config({names[0]: a, names[1]: b}, num_warps=w, num_stages=s) for a, b, w, s in pairs]
+    return [triton.Config({names[0]: a, names[1]: b}, num_warps=w, num_stages=s)
+            for a, b, w, s in pairs]
 
 
 if INTERPRET:
     _FWD_CONFIGS = _configs([(64, 32, 4, 1)], ("BLOCK_M", "BLOCK_N"))
-    _BWD_CONFIGS = _configs([(32, 64, 4, 1)], ("BLOCK_N", "BLOCK_M"))  # key block, inner query block
+    _BWD_CONFIGS = _configs([(32, 64, 4, 1)], ("BLOCK_N", "BLOCK_M"))  # key, inner query block
 else:
     _FWD_CONFIGS = _configs([(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (128, 64, 4, 4),
                              (64, 64, 4, 3), (64, 32, 4, 4)], ("BLOCK_M", "BLOCK_N"))
@@ -171,8 +160,8 @@ _BLOCK_T = 64  # tokens per program of the per-token passes (pre-pass, delta, dQ
 
 
 def _prune(configs, named_args, **kwargs):
-    """float32 inputs (tests, not training) keep only the small tiles: their big-tile variants need up to
-    225 KB of shared memory and 15-30 s of compile each (an sm_90 compile with triton 3.9 on a CPU)."""
+    """float32 inputs (tests, not training) keep only the small tiles: their big-tile variants
+    need up to 225 KB of shared memory and 15-30 s of compile each (sm_90, triton 3.9)."""
     if named_args["V"].dtype == torch.float32:
         small = [c for c in configs if c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= 64 * 64]
         return small or configs[:1]
@@ -199,7 +188,8 @@ def _attn_fwd(QK, V, O, LSE, sm_scale, L, H, stride_qk_n, stride_qk_l, stride_v_
     offs_d = tl.arange(0, HEAD_DIM)
     mask_m = offs_m < L
 
-    q = tl.load(q_base + offs_m[:, None] * stride_qk_l + offs_d[None, :], mask=mask_m[:, None], other=0.0)
+    q = tl.load(q_base + offs_m[:, None] * stride_qk_l + offs_d[None, :], mask=mask_m[:, None],
+                other=0.0)
     if DOT_FP32:
         q = q.to(tl.float32)
     qk_scale = sm_scale * LOG2E  # scores in log2 units: exp(x) = exp2(x * log2 e), exp2 is native
@@ -209,14 +199,16 @@ def _attn_fwd(QK, V, O, LSE, sm_scale, L, H, stride_qk_n, stride_qk_l, stride_v_
     for start_n in range(0, L, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         mask_n = offs_n < L
-        k = tl.load(k_base + offs_n[:, None] * stride_qk_l + offs_d[None, :], mask=mask_n[:, None], other=0.0)
-        v = tl.load(v_base + offs_n[:, None] * stride_v_l + offs_d[None, :], mask=mask_n[:, None], other=0.0)
+        k = tl.load(k_base + offs_n[:, None] * stride_qk_l + offs_d[None, :],
+                    mask=mask_n[:, None], other=0.0)
+        v = tl.load(v_base + offs_n[:, None] * stride_v_l + offs_d[None, :],
+                    mask=mask_n[:, None], other=0.0)
         if DOT_FP32:
             k = k.to(tl.float32)
             v = v.to(tl.float32)
         s = tl.dot(q, tl.trans(k), input_precision=PRECISION)  # [BLOCK_M, BLOCK_N]
-        # keys past L -> -inf before the row max (the first key block always holds a valid key, so m stays
-        # finite); as an additive bias the mask rides on the scale multiply (one FMA, no select per score)
+        # keys past L -> -inf before the row max (the first key block always holds a valid key, so
+        # m stays finite); an additive bias rides on the scale multiply (one FMA, no select)
         s = s * qk_scale + tl.where(mask_n, 0.0, float("-inf"))[None, :]
         m_new = tl.maximum(m_i, tl.max(s, 1))
         alpha = tl.exp2(m_i - m_new)
@@ -231,7 +223,8 @@ def _attn_fwd(QK, V, O, LSE, sm_scale, L, H, stride_qk_n, stride_qk_l, stride_v_
     o = acc / l_i[:, None]
     tl.store(O + n * stride_o_n + h * HEAD_DIM + offs_m[:, None] * stride_o_l + offs_d[None, :],
              o.to(O.dtype.element_ty), mask=mask_m[:, None])
-    tl.store(LSE + nh * L + offs_m, (m_i + tl.log2(l_i)) * 0.6931471805599453, mask=mask_m)  # natural log
+    tl.store(LSE + nh * L + offs_m, (m_i + tl.log2(l_i)) * 0.6931471805599453,  # natural log
+             mask=mask_m)
 
 
 @triton.jit
@@ -250,14 +243,14 @@ def _attn_bwd_delta(O, DO, DELTA, T, L, H, stride_o_n, stride_o_l, stride_do_n, 
         tl.store(DELTA + (n * H + h) * L + pos, tl.sum(o * do, 1), mask=mask)
 
 
-@triton.autotune(configs=_BWD_CONFIGS, key=["L", "HEAD_DIM", "ROPE", "PRECISION"], reset_to_zero=["DQ"],
-                 prune_configs_by={"early_config_prune": _prune})
+@triton.autotune(configs=_BWD_CONFIGS, key=["L", "HEAD_DIM", "ROPE", "PRECISION"],
+                 reset_to_zero=["DQ"], prune_configs_by={"early_config_prune": _prune})
 @triton.jit
 def _attn_bwd(QK, V, DO, LSE, DELTA, DQ, DQKV, COS, SIN, sm_scale, L, H,
               stride_qk_n, stride_qk_l, stride_v_n, stride_v_l, stride_do_n, stride_do_l,
               stride_dq_n, stride_dq_l, stride_dqkv_n, stride_dqkv_l, stride_cs,
-              HEAD_DIM: tl.constexpr, ROPE: tl.constexpr, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
-              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+              HEAD_DIM: tl.constexpr, ROPE: tl.constexpr, DOT_FP32: tl.constexpr,
+              PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     n_n = tl.cdiv(L, BLOCK_N)
     n_m = tl.cdiv(L, BLOCK_M)
     pid = tl.program_id(0).to(tl.int64)
@@ -275,8 +268,10 @@ def _attn_bwd(QK, V, DO, LSE, DELTA, DQ, DQKV, COS, SIN, sm_scale, L, H,
     offs_d = tl.arange(0, HEAD_DIM)
     mask_n = offs_n < L
 
-    k = tl.load(k_base + offs_n[:, None] * stride_qk_l + offs_d[None, :], mask=mask_n[:, None], other=0.0)
-    v = tl.load(v_base + offs_n[:, None] * stride_v_l + offs_d[None, :], mask=mask_n[:, None], other=0.0)
+    k = tl.load(k_base + offs_n[:, None] * stride_qk_l + offs_d[None, :], mask=mask_n[:, None],
+                other=0.0)
+    v = tl.load(v_base + offs_n[:, None] * stride_v_l + offs_d[None, :], mask=mask_n[:, None],
+                other=0.0)
     if DOT_FP32:
         k = k.to(tl.float32)
         v = v.to(tl.float32)
@@ -284,21 +279,23 @@ def _attn_bwd(QK, V, DO, LSE, DELTA, DQ, DQKV, COS, SIN, sm_scale, L, H,
     dk = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
     dv = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
     for i in range(0, n_m):
-        start_m = ((i + pid_n) % n_m) * BLOCK_M  # staggered start: spreads the dQ atomics of one head
+        start_m = ((i + pid_n) % n_m) * BLOCK_M  # staggered start: spreads one head's dQ atomics
         offs_m = start_m + tl.arange(0, BLOCK_M)
         mask_m = offs_m < L
-        q = tl.load(q_base + offs_m[:, None] * stride_qk_l + offs_d[None, :], mask=mask_m[:, None], other=0.0)
-        do = tl.load(do_base + offs_m[:, None] * stride_do_l + offs_d[None, :], mask=mask_m[:, None], other=0.0)
+        q = tl.load(q_base + offs_m[:, None] * stride_qk_l + offs_d[None, :],
+                    mask=mask_m[:, None], other=0.0)
+        do = tl.load(do_base + offs_m[:, None] * stride_do_l + offs_d[None, :],
+                     mask=mask_m[:, None], other=0.0)
         if DOT_FP32:
             q = q.to(tl.float32)
             do = do.to(tl.float32)
-        # query rows past L: lse = +inf gives p = 0 (their q, dO and delta are 0 too, so nothing leaks)
+        # query rows past L: lse = +inf gives p = 0 (their q, dO and delta are 0 too: nothing leaks)
         lse2 = tl.load(LSE + nh * L + offs_m, mask=mask_m, other=float("inf")) * LOG2E
         delta = tl.load(DELTA + nh * L + offs_m, mask=mask_m, other=0.0)
         sT = tl.dot(k, tl.trans(q), input_precision=PRECISION)  # (1) S^T [BLOCK_N, BLOCK_M]
         pT = tl.exp2(sT * qk_scale - lse2[None, :])
-        # key rows past L load as 0, and exp(0 - lse) can overflow when every real score is very negative;
-        # dQ sums over key rows, so those rows of P must be exactly 0 (inf * 0 would be NaN)
+        # key rows past L load as 0, and exp(0 - lse) can overflow when every real score is very
+        # negative; dQ sums over key rows, so those rows of P must be exactly 0 (inf * 0 is NaN)
         pT = tl.where(mask_n[:, None], pT, 0.0)
         ppT = pT.to(dt)
         if DOT_FP32:
@@ -309,19 +306,21 @@ def _attn_bwd(QK, V, DO, LSE, DELTA, DQ, DQKV, COS, SIN, sm_scale, L, H,
         if DOT_FP32:
             dsT = dsT.to(tl.float32)
         dk = tl.dot(dsT, q, dk, input_precision=PRECISION)  # (4) dK += dS^T Q
-        dq = tl.dot(tl.trans(dsT), k, input_precision=PRECISION)  # (5) dQ += dS K, summed over key blocks
-        tl.atomic_add(dq_base + offs_m[:, None] * stride_dq_l + offs_d[None, :], dq, mask=mask_m[:, None],
-                      sem="relaxed")  # only the sum matters: no ordering (acq_rel, the default, adds fences)
+        dq = tl.dot(tl.trans(dsT), k, input_precision=PRECISION)  # (5) dQ += dS K, over key blocks
+        tl.atomic_add(dq_base + offs_m[:, None] * stride_dq_l + offs_d[None, :], dq,
+                      mask=mask_m[:, None], sem="relaxed")  # only the sum matters (acq_rel fences)
 
-    _store_rope_bwd(DQKV + n * stride_dqkv_n + (H + h) * HEAD_DIM, dk * sm_scale, offs_n * stride_dqkv_l, offs_n,
-                    mask_n, COS, SIN, stride_cs, BLOCK_N, HEAD_DIM, ROPE)
-    tl.store(DQKV + n * stride_dqkv_n + (2 * H + h) * HEAD_DIM + offs_n[:, None] * stride_dqkv_l + offs_d[None, :],
-             dv.to(DQKV.dtype.element_ty), mask=mask_n[:, None])
+    _store_rope_bwd(DQKV + n * stride_dqkv_n + (H + h) * HEAD_DIM, dk * sm_scale,
+                    offs_n * stride_dqkv_l, offs_n, mask_n, COS, SIN, stride_cs,
+                    BLOCK_N, HEAD_DIM, ROPE)
+    tl.store(DQKV + n * stride_dqkv_n + (2 * H + h) * HEAD_DIM + offs_n[:, None] * stride_dqkv_l
+             + offs_d[None, :], dv.to(DQKV.dtype.element_ty), mask=mask_n[:, None])
 
 
 @triton.jit
-def _attn_bwd_dq(DQ, DQKV, COS, SIN, sm_scale, T, L, H, stride_dq_n, stride_dq_l, stride_dqkv_n, stride_dqkv_l,
-                 stride_cs, HEAD_DIM: tl.constexpr, ROPE: tl.constexpr, BLOCK_T: tl.constexpr):
+def _attn_bwd_dq(DQ, DQKV, COS, SIN, sm_scale, T, L, H, stride_dq_n, stride_dq_l,
+                 stride_dqkv_n, stride_dqkv_l, stride_cs,
+                 HEAD_DIM: tl.constexpr, ROPE: tl.constexpr, BLOCK_T: tl.constexpr):
     t = tl.program_id(0).to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T)
     mask = t < T
     n = t // L
@@ -329,33 +328,33 @@ def _attn_bwd_dq(DQ, DQKV, COS, SIN, sm_scale, T, L, H, stride_dq_n, stride_dq_l
     offs_d = tl.arange(0, HEAD_DIM)[None, :]
     row_off = n * stride_dqkv_n + pos * stride_dqkv_l
     for h in range(H):
-        g = tl.load(DQ + n[:, None] * stride_dq_n + pos[:, None] * stride_dq_l + h * HEAD_DIM + offs_d,
-                    mask=mask[:, None], other=0.0)
-        _store_rope_bwd(DQKV + h * HEAD_DIM, g * sm_scale, row_off, pos, mask, COS, SIN, stride_cs,
-                        BLOCK_T, HEAD_DIM, ROPE)
+        g = tl.load(DQ + n[:, None] * stride_dq_n + pos[:, None] * stride_dq_l + h * HEAD_DIM
+                    + offs_d, mask=mask[:, None], other=0.0)
+        _store_rope_bwd(DQKV + h * HEAD_DIM, g * sm_scale, row_off, pos, mask, COS, SIN,
+                        stride_cs, BLOCK_T, HEAD_DIM, ROPE)
 
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Host launch
-
 
 def _precision(dtype):
     return "ieee" if dtype == torch.float32 else "tf32"  # tf32 is ignored for 16-bit inputs
 
 
 def _rotated_qk(qkv, H, D, cos, sin):
-    """(buffer, stride_n, stride_l) holding q, k at columns h*D and (H+h)*D: the RoPE'd copy, or qkv itself."""
+    """(buffer, stride_n, stride_l) with q, k at columns h*D, (H+h)*D: the RoPE'd copy, or qkv."""
     if cos is None:
         return qkv, qkv.stride(0), qkv.stride(1)
     N, L, _ = qkv.shape
     qk = torch.empty(N, L, 2 * H * D, device=qkv.device, dtype=qkv.dtype)
-    _rope_qk[(triton.cdiv(N * L, _BLOCK_T),)](qkv, qk, cos, sin, N * L, L, H, qkv.stride(0), qkv.stride(1),
-                                              cos.stride(0), HEAD_DIM=D, BLOCK_T=_BLOCK_T)
+    _rope_qk[(triton.cdiv(N * L, _BLOCK_T),)](
+        qkv, qk, cos, sin, N * L, L, H, qkv.stride(0), qkv.stride(1), cos.stride(0),
+        HEAD_DIM=D, BLOCK_T=_BLOCK_T)
     return qk, qk.stride(0), qk.stride(1)
 
 
 def attention_fwd(qkv, num_heads, cos, sin):
-    """-> o [N, L, H*D], lse [N*H, L] float32. qkv [N, L, 3*H*D] with unit last stride, cos/sin float32 or None."""
+    """qkv [N, L, 3*H*D] (unit last stride), cos/sin fp32 or None -> o [N, L, H*D], lse [N*H, L]."""
     N, L, _ = qkv.shape
     H = num_heads
     D = qkv.shape[-1] // (3 * H)
@@ -363,13 +362,14 @@ def attention_fwd(qkv, num_heads, cos, sin):
     lse = torch.empty(N * H, L, device=qkv.device, dtype=torch.float32)
     qk, s_n, s_l = _rotated_qk(qkv, H, D, cos, sin)
     grid = lambda meta: (N * H * triton.cdiv(L, meta["BLOCK_M"]),)  # noqa: E731
-    _attn_fwd[grid](qk, qkv, o, lse, 1.0 / math.sqrt(D), L, H, s_n, s_l, qkv.stride(0), qkv.stride(1),
-                    o.stride(0), o.stride(1), HEAD_DIM=D, DOT_FP32=INTERPRET, PRECISION=_precision(qkv.dtype))
+    _attn_fwd[grid](qk, qkv, o, lse, 1.0 / math.sqrt(D), L, H, s_n, s_l,
+                    qkv.stride(0), qkv.stride(1), o.stride(0), o.stride(1),
+                    HEAD_DIM=D, DOT_FP32=INTERPRET, PRECISION=_precision(qkv.dtype))
     return o, lse
 
 
 def attention_bwd(do, qkv, o, lse, num_heads, cos, sin):
-    """-> dqkv [N, L, 3*H*D] (contiguous), from the upstream gradient do [N, L, H*D] (any row strides)."""
+    """-> dqkv [N, L, 3*H*D] (contiguous) from the upstream gradient do [N, L, H*D]."""
     N, L, _ = qkv.shape
     H = num_heads
     D = qkv.shape[-1] // (3 * H)
@@ -379,27 +379,27 @@ def attention_bwd(do, qkv, o, lse, num_heads, cos, sin):
         do = do.contiguous()
     T = N * L
     delta = torch.empty_like(lse)
-    _attn_bwd_delta[(triton.cdiv(T, _BLOCK_T),)](o, do, delta, T, L, H, o.stride(0), o.stride(1),
-                                                 do.stride(0), do.stride(1), HEAD_DIM=D, BLOCK_T=_BLOCK_T)
-    qk, s_n, s_l = _rotated_qk(qkv, H, D, cos, sin)  # recomputed, not saved (see the module docstring)
+    _attn_bwd_delta[(triton.cdiv(T, _BLOCK_T),)](
+        o, do, delta, T, L, H, o.stride(0), o.stride(1), do.stride(0), do.stride(1),
+        HEAD_DIM=D, BLOCK_T=_BLOCK_T)
+    qk, s_n, s_l = _rotated_qk(qkv, H, D, cos, sin)  # recomputed, not saved (module docstring)
     dq = torch.zeros(N, L, H * D, device=qkv.device, dtype=torch.float32)
-    dqkv = torch.empty(qkv.shape, device=qkv.device, dtype=qkv.dtype)  # every element is written below
-    cs = (cos, sin, cos.stride(0)) if rope else (qkv, qkv, 0)  # dummies: never read when ROPE is False
+    dqkv = torch.empty(qkv.shape, device=qkv.device, dtype=qkv.dtype)  # all written below
+    cs = (cos, sin, cos.stride(0)) if rope else (qkv, qkv, 0)  # dummies: unread when not ROPE
     sm_scale = 1.0 / math.sqrt(D)
     grid = lambda meta: (N * H * triton.cdiv(L, meta["BLOCK_N"]),)  # noqa: E731
     _attn_bwd[grid](qk, qkv, do, lse, delta, dq, dqkv, cs[0], cs[1], sm_scale, L, H, s_n, s_l,
-                    qkv.stride(0), qkv.stride(1), do.stride(0), do.stride(1), dq.stride(0), dq.stride(1),
-                    dqkv.stride(0), dqkv.stride(1), cs[2],
+                    qkv.stride(0), qkv.stride(1), do.stride(0), do.stride(1),
+                    dq.stride(0), dq.stride(1), dqkv.stride(0), dqkv.stride(1), cs[2],
                     HEAD_DIM=D, ROPE=rope, DOT_FP32=INTERPRET, PRECISION=_precision(qkv.dtype))
-    _attn_bwd_dq[(triton.cdiv(T, _BLOCK_T),)](dq, dqkv, cs[0], cs[1], sm_scale, T, L, H, dq.stride(0), dq.stride(1),
-                                              dqkv.stride(0), dqkv.stride(1), cs[2],
-                                              HEAD_DIM=D, ROPE=rope, BLOCK_T=_BLOCK_T)
+    _attn_bwd_dq[(triton.cdiv(T, _BLOCK_T),)](
+        dq, dqkv, cs[0], cs[1], sm_scale, T, L, H, dq.stride(0), dq.stride(1),
+        dqkv.stride(0), dqkv.stride(1), cs[2], HEAD_DIM=D, ROPE=rope, BLOCK_T=_BLOCK_T)
     return dqkv
 
 
-# ----------------------------------------------------------------------------------------------------
-# Custom ops (the autograd.Function of this file: forward, backward, and shape-only fakes for torch.compile)
-
+# --------------------------------------------------------------------------------------------------
+# Custom ops (this file's autograd.Function: forward, backward, shape-only fakes for torch.compile)
 
 @torch.library.custom_op("nanotrm::attention_fwd", mutates_args=())
 def _attention_fwd_op(qkv: torch.Tensor, num_heads: int, cos: Optional[torch.Tensor],
@@ -414,8 +414,9 @@ def _(qkv, num_heads, cos, sin):
 
 
 @torch.library.custom_op("nanotrm::attention_bwd", mutates_args=())
-def _attention_bwd_op(do: torch.Tensor, qkv: torch.Tensor, o: torch.Tensor, lse: torch.Tensor, num_heads: int,
-                      cos: Optional[torch.Tensor], sin: Optional[torch.Tensor]) -> torch.Tensor:
+def _attention_bwd_op(do: torch.Tensor, qkv: torch.Tensor, o: torch.Tensor, lse: torch.Tensor,
+                      num_heads: int, cos: Optional[torch.Tensor],
+                      sin: Optional[torch.Tensor]) -> torch.Tensor:
     return attention_bwd(do, qkv, o, lse, num_heads, cos, sin)
 
 
@@ -440,18 +441,16 @@ def _backward(ctx, do, dlse):
 _attention_fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Public function
 
-
 def attention_triton(qkv, num_heads, cos=None, sin=None):
-    """qkv [N, L, 3*H*D] packed [q heads | k heads | v heads] -> [N, L, H*D]; RoPE on q, k when cos/sin given.
-
-    Same function as `attention_reference`; cos/sin get no gradient (they are fixed tables).
-    """
+    """qkv [N, L, 3*H*D] packed [q heads | k heads | v heads] -> [N, L, H*D]; RoPE on q, k when
+    cos/sin are given. Same function as `attention_reference`; the fixed cos/sin get no grad."""
     assert qkv.dim() == 3, f"qkv must be [N, L, 3*H*D], got {tuple(qkv.shape)}"
     N, L, three_hd = qkv.shape
-    assert three_hd % (3 * num_heads) == 0, f"last dim {three_hd} is not 3 * num_heads({num_heads}) * D"
+    assert three_hd % (3 * num_heads) == 0, \
+        f"last dim {three_hd} is not 3 * num_heads({num_heads}) * D"
     D = three_hd // (3 * num_heads)
     assert D in (16, 32, 64, 128), f"head dim {D} not supported (16, 32, 64, 128)"
     assert (cos is None) == (sin is None), "give both cos and sin, or neither"
@@ -459,6 +458,7 @@ def attention_triton(qkv, num_heads, cos=None, sin=None):
         qkv = qkv.contiguous()
     if cos is not None:
         assert cos.shape == (L, D) and sin.shape == (L, D), f"cos/sin must be [L, D] = [{L}, {D}]"
-        assert cos.device == qkv.device and sin.device == qkv.device, "cos/sin must be on qkv's device"
+        assert cos.device == qkv.device and sin.device == qkv.device, \
+            "cos/sin must be on qkv's device"
         cos, sin = cos.detach().float().contiguous(), sin.detach().float().contiguous()
     return _attention_fwd_op(qkv, num_heads, cos, sin)[0]

@@ -1,25 +1,22 @@
 """Fused RMSNorm without weight, and the post-norm form rms(x + residual) (TRM's post-norm block).
 
     rms_norm_reference(x, residual=None, eps=1e-5)   pure PyTorch, the definition
-    rms_norm_triton(x, residual=None, eps=1e-5)      the same function in one Triton pass each way
+    rms_norm_triton(x, residual=None, eps=1e-5)      the same function, one Triton pass each way
 
-y = s * rstd with s = x + residual (rounded to x.dtype, as the reference does) and
-rstd = rsqrt(mean(s^2) + eps) in float32. TRM's norm has no weight, so there is no dW reduction and
-both passes are purely row-parallel (no persistent-grid dW reduction as in Liger-Kernel's RMSNorm).
+y = s * rstd, s = x + residual rounded to x.dtype (as the reference), rstd = rsqrt(mean(s^2) + eps)
+in float32. TRM's norm has no weight: no dW reduction, both passes are purely row-parallel.
 
 Forward (`_rms_fwd`): reads x (and residual) once, writes y once, plus rstd [M] float32 (4 bytes a
 row, 0.4% of the traffic at hidden 512 bf16). Backward (`_rms_bwd`): with y = s * rstd,
     ds = rstd * (dy - y * mean(dy * y))
-so it reads dy, the saved output y and rstd, and writes ds once; for the post-norm form the gradient
-of x and of the residual is that same tensor, returned for both (autograd never adds into a buffer
-it does not own, so the aliasing is safe; tests/test_kernels.py checks the h -> rms(h, f(h)) case).
-Saving y rather than s costs nothing (y is written anyway) where saving s would be an extra write;
-the price is that y is rounded to bf16, which moves ds by about one bf16 ulp (inside test tolerance).
+so it reads dy, the saved output y and rstd, and writes ds once, returned as the gradient of both
+x and the residual (autograd never adds into a buffer it does not own, so the aliasing is safe;
+tests/test_kernels.py checks h -> rms(h, f(h))). Saving y (written anyway) rather than s (an
+extra write) rounds it to bf16, moving ds by about one bf16 ulp (inside test tolerance).
 
-Numerics: every load is upcast to float32 right away (needed under TRITON_INTERPRET=1, where bf16
-arithmetic is silently NaN), eps is cast to float32 in the kernel (an fp64 scalar would promote the chain).
-The residual sum is rounded to the input dtype before the statistics, exactly as the reference.
-A residual with another shape or dtype (broadcasting, promotion) goes to the reference instead.
+Numerics: every load is upcast to float32 right away (under TRITON_INTERPRET=1 bf16 arithmetic is
+silently NaN); eps reaches the kernel as float32 (an fp64 scalar would promote the chain). A
+residual with another shape or dtype (broadcasting, promotion) goes to the reference instead.
 """
 from typing import Optional
 
@@ -27,10 +24,10 @@ import torch
 import triton
 import triton.language as tl
 
-from . import INTERPRET
+from . import INTERPRET, _rows
 
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Reference
 
 def rms_norm_reference(x, residual=None, eps=1e-5):
@@ -42,13 +39,13 @@ def rms_norm_reference(x, residual=None, eps=1e-5):
     return (xf * torch.rsqrt(xf.square().mean(-1, keepdim=True) + eps)).to(x.dtype)
 
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Triton kernels: one [BLOCK_M, BLOCK_N] tile of whole rows per program (BLOCK_N >= N)
 
 @triton.jit
 def _rms_fwd(X, R, Y, RSTD, M, N, stride_x, stride_r, stride_y, eps,
              HAS_RES: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    pid = tl.program_id(0).to(tl.int64)  # int64 before the stride multiply (int32 overflows past 2^31 elements)
+    pid = tl.program_id(0).to(tl.int64)  # int64 before the stride multiply: int32 overflows at 2^31
     rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.arange(0, BLOCK_N)
     mask = (rows[:, None] < M) & (cols[None, :] < N)
@@ -71,7 +68,8 @@ def _rms_bwd(DY, Y, RSTD, DX, M, N, stride_dy, stride_y, stride_dx,
     rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.arange(0, BLOCK_N)
     mask = (rows[:, None] < M) & (cols[None, :] < N)
-    dy = tl.load(DY + rows[:, None] * stride_dy + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    dy = tl.load(DY + rows[:, None] * stride_dy + cols[None, :], mask=mask,
+                 other=0.0).to(tl.float32)
     y = tl.load(Y + rows[:, None] * stride_y + cols[None, :], mask=mask, other=0.0).to(tl.float32)
     rstd = tl.load(RSTD + rows, mask=rows < M, other=0.0)
     c = tl.sum(dy * y, axis=1) / N  # mean(dy * y), [BLOCK_M]
@@ -79,27 +77,20 @@ def _rms_bwd(DY, Y, RSTD, DX, M, N, stride_dy, stride_y, stride_dx,
     tl.store(DX + rows[:, None] * stride_dx + cols[None, :], dx.to(DX.dtype.element_ty), mask=mask)
 
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Host launch
 
 def _settings(N):
     """(BLOCK_M, BLOCK_N, num_warps) from the row width only (the row count may be a symbolic size
-    under torch.compile, so no heuristic depends on it). Whole rows per tile; about 8K elements per
-    program on the GPU: a 512-wide bf16 row is only 1 KB, so one row per program (Liger-style, made for
-    wide LLM rows) leaves 4 warps with 8-byte loads; 16 rows x 512 gives 16-byte vectors and 16 KB in
-    flight per program. Not yet tuned on the H100 (no GPU in the session that wrote this). Under the interpreter the
-    cost is per program, not per byte, so tiles are 4x larger there."""
+    under torch.compile). Whole rows per tile; about 8K elements per program on the GPU: a
+    512-wide bf16 row is only 1 KB, so one row per program (Liger-style, made for wide LLM rows)
+    leaves 4 warps with 8-byte loads; 16 rows x 512 gives 16-byte vectors and 16 KB in flight per
+    program. The interpreter's cost is per program, not per byte: tiles 4x larger there."""
     BLOCK_N = 1 << (N - 1).bit_length()  # next power of two
     budget = 32768 if INTERPRET else 8192
     BLOCK_M = max(1, min(budget // BLOCK_N, 64))
     num_warps = 4 if BLOCK_M * BLOCK_N <= 4096 else 8
     return BLOCK_M, BLOCK_N, num_warps
-
-
-def _rows(t, N):
-    """2-D [M, N] view with a unit last stride (copies only when it must)."""
-    t2 = t.reshape(-1, N)
-    return t2 if t2.stride(-1) == 1 else t2.contiguous()
 
 
 def rms_norm_fwd(x2, r2, eps):
@@ -127,11 +118,12 @@ def rms_norm_bwd(dy, y, rstd):
     return dx
 
 
-# ----------------------------------------------------------------------------------------------------
-# Custom ops (the autograd.Function of this file: forward, backward, and shape-only fakes for torch.compile)
+# --------------------------------------------------------------------------------------------------
+# Custom ops (this file's autograd.Function: forward, backward, shape-only fakes for torch.compile)
 
 @torch.library.custom_op("nanotrm::rms_norm_fwd", mutates_args=())
-def _rms_norm_fwd_op(x: torch.Tensor, residual: Optional[torch.Tensor], eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _rms_norm_fwd_op(x: torch.Tensor, residual: Optional[torch.Tensor],
+                     eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     return rms_norm_fwd(x, residual, eps)
 
 
@@ -168,8 +160,10 @@ _rms_norm_fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 def rms_norm_triton(x, residual=None, eps=1e-5):
     """rms(x + residual) in one fused pass; same function as rms_norm_reference."""
-    if x.numel() == 0 or (residual is not None and (residual.shape != x.shape or residual.dtype != x.dtype)):
+    if x.numel() == 0 or (residual is not None
+                          and (residual.shape != x.shape or residual.dtype != x.dtype)):
         return rms_norm_reference(x, residual, eps)
     N = x.shape[-1]
-    y, _ = _rms_norm_fwd_op(_rows(x, N), _rows(residual, N) if residual is not None else None, float(eps))
+    y, _ = _rms_norm_fwd_op(_rows(x, N), _rows(residual, N) if residual is not None else None,
+                            float(eps))
     return y.view(x.shape)

@@ -14,19 +14,19 @@ d(gate_up) [..., 2I] buffer (no cat):
     dg = dc * u * sig(g) * (1 + g * (1 - sig(g))),    du = dc * silu(g)
 Only gate_up is saved for the backward (it is the matmul's output and is alive anyway).
 
-Numerics: loads upcast to float32 right away (the interpreter needs it: bf16 arithmetic there is silently NaN), sigmoid in
-float32, one rounding to the output dtype. The reference rounds twice in bf16 (silu, then the
-product), so bf16 results differ from it by about one ulp.
+Numerics: loads upcast to float32 right away (in the interpreter bf16 arithmetic is silently NaN),
+sigmoid in float32, one rounding to the output dtype. The reference rounds twice in bf16 (silu,
+then the product), so bf16 results differ from it by about one ulp.
 """
 import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from . import INTERPRET
+from . import INTERPRET, _rows
 
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Reference
 
 def swiglu_reference(gate_up):
@@ -34,7 +34,7 @@ def swiglu_reference(gate_up):
     return F.silu(gate) * up
 
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Triton kernels: grid (row tiles, column tiles of the inner width I)
 
 @triton.jit
@@ -59,7 +59,8 @@ def _swiglu_bwd(DC, GU, DGU, M, I, stride_dc, stride_gu, stride_dgu,
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask = (rows[:, None] < M) & (cols[None, :] < I)
-    dc = tl.load(DC + rows[:, None] * stride_dc + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    dc = tl.load(DC + rows[:, None] * stride_dc + cols[None, :], mask=mask,
+                 other=0.0).to(tl.float32)
     p = GU + rows[:, None] * stride_gu + cols[None, :]
     g = tl.load(p, mask=mask, other=0.0).to(tl.float32)
     u = tl.load(p + I, mask=mask, other=0.0).to(tl.float32)
@@ -72,16 +73,15 @@ def _swiglu_bwd(DC, GU, DGU, M, I, stride_dc, stride_gu, stride_dgu,
     tl.store(q + I, du.to(DGU.dtype.element_ty), mask=mask)
 
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Host launch
 
 def _settings(I):
     """(BLOCK_M, BLOCK_N, num_warps) from the inner width only (the row count may be symbolic under
-    torch.compile). Column tiles of at most 1024 that divide I where possible:
-    I = 1536 at ARC, and one 2048 tile would leave 25% of the lanes idle, so it gets three 512 tiles.
-    About 4K elements of output per program on the GPU (the forward moves 3x that,
-    the backward 5x); not yet tuned on the H100. Under the interpreter, cost is per program
-    (not per byte), so tiles are 8x larger there."""
+    torch.compile). Column tiles of at most 1024 that divide I where possible: at ARC's I = 1536
+    one 2048 tile would leave 25% of the lanes idle, so it gets three of 512. About 4K output
+    elements per program on the GPU (the forward moves 3x that, the backward 5x). The
+    interpreter's cost is per program, not per byte: tiles 8x larger there."""
     BLOCK_N = min(1 << (I - 1).bit_length(), 1024)
     for b in (1024, 512, 256):
         if I % b == 0 and b <= BLOCK_N:
@@ -91,12 +91,6 @@ def _settings(I):
     BLOCK_M = max(1, min(budget // BLOCK_N, 64))
     num_warps = 4 if BLOCK_M * BLOCK_N <= 4096 else 8
     return BLOCK_M, BLOCK_N, num_warps
-
-
-def _rows(t, W):
-    """2-D [M, W] view with a unit last stride (copies only when it must)."""
-    t2 = t.reshape(-1, W)
-    return t2 if t2.stride(-1) == 1 else t2.contiguous()
 
 
 def swiglu_fwd(gu):
@@ -123,8 +117,8 @@ def swiglu_bwd(dc, gu):
     return dgu
 
 
-# ----------------------------------------------------------------------------------------------------
-# Custom ops (the autograd.Function of this file: forward, backward, and shape-only fakes for torch.compile)
+# --------------------------------------------------------------------------------------------------
+# Custom ops (this file's autograd.Function: forward, backward, shape-only fakes for torch.compile)
 
 @torch.library.custom_op("nanotrm::swiglu_fwd", mutates_args=())
 def _swiglu_fwd_op(gu: torch.Tensor) -> torch.Tensor:

@@ -1,8 +1,8 @@
-"""What every builder shares: the error type, input reading and checking, and the writers of the dataset layout.
+"""What every builder shares: the error type, input reading and checking, the layout's writers.
 
-The layout (the reference TRM/HRM one; data.py's docstring describes it field by field) is written through
-`AtomicDir` (build into a temporary folder beside the output, rename it into place at the end), so a failed or
-interrupted build leaves nothing behind, and an existing path is replaced only when it is a dataset folder.
+The layout (the reference TRM/HRM one, described in data.py) is written through `AtomicDir`, so a
+failed or interrupted build leaves nothing behind, and an existing path is replaced only when it
+is a dataset folder.
 """
 import csv
 import json
@@ -14,16 +14,13 @@ import time
 
 import numpy as np
 
+from cli import DataError  # noqa: F401  (raised here; every command reports it in one line)
 from puzzles.grids import GRID
 
 DATASET_ENTRIES = {"identifiers.json", "test_puzzles.json", "train", "test"}
 
 
-class DataError(ValueError):
-    """Bad input data; the message is one line naming the file (and task, row or key) and the fault."""
-
-
-# ---------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Reading and checking inputs
 
 def read_json(path):
@@ -56,7 +53,7 @@ def check_grid(g, where, canvas=GRID):
 
 
 def read_csv(path, width, charset):
-    """Rows (question, answer, rating) of a source,question,answer,rating CSV with `width`-character boards."""
+    """Checked rows (question, answer, rating) of a source,question,answer,rating CSV."""
     rows = []
     try:
         with open(path, newline="", encoding="utf-8") as f:
@@ -72,46 +69,47 @@ def read_csv(path, width, charset):
                                         "(source,question,answer,rating)")
                     for col, s in (("question", row[1]), ("answer", row[2])):
                         if len(s) != width:
-                            raise DataError(f"{path}: row {n}: {col} has {len(s)} characters, expected {width}")
+                            raise DataError(f"{path}: row {n}: {col} has {len(s)} characters, "
+                                            f"expected {width}")
                         if set(s) - set(charset):
-                            raise DataError(f"{path}: row {n}: {col} has characters outside {charset!r}")
+                            raise DataError(f"{path}: row {n}: {col} has characters outside "
+                                            f"{charset!r}")
                     try:
                         rows.append((row[1], row[2], float(row[3] or 0)))
                     except ValueError:
-                        raise DataError(f"{path}: row {n}: rating {row[3]!r} is not a number") from None
+                        raise DataError(
+                            f"{path}: row {n}: rating {row[3]!r} is not a number") from None
             except UnicodeDecodeError:
-                raise DataError(f"{path}: not UTF-8 text (near line {reader.line_num + 1})") from None
+                raise DataError(
+                    f"{path}: not UTF-8 text (near line {reader.line_num + 1})") from None
             except csv.Error as e:
                 raise DataError(f"{path}: row {reader.line_num}: not valid CSV ({e})") from None
     except FileNotFoundError:
-        raise DataError(f"{path}: no such file (a source folder holds train.csv and test.csv)") from None
+        raise DataError(
+            f"{path}: no such file (a source folder holds train.csv and test.csv)") from None
     if not rows:
         raise DataError(f"{path}: no rows after the header")
     return rows
 
 
-def check_count(name, value, least=0):
-    """A count option (num_aug, num_train, ...) must be an integer >= least."""
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
-        raise DataError(f"{name}={value!r}: expected an integer >= {least}")
-
-
-# ---------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Writing
 
 def check_out(out):
-    """Refuse an output path that exists and is not a dataset folder: a user's file is never replaced."""
+    """Refuse an output path that exists and is not a dataset folder: a user's file stays."""
     if os.path.lexists(out) and not os.path.isdir(out):
-        raise DataError(f"{out}: exists and is not a folder; refusing to replace it (choose another --out)")
+        raise DataError(f"{out}: exists and is not a folder; refusing to replace it "
+                        "(choose another --out)")
     if os.path.isdir(out):
         foreign = sorted(set(os.listdir(out)) - DATASET_ENTRIES)
         if foreign:
-            raise DataError(f"{out}: exists and holds {', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''}, "
-                            "which is not a dataset folder; refusing to replace it (choose another --out)")
+            raise DataError(f"{out}: exists and holds {', '.join(foreign[:3])}"
+                            f"{' ...' if len(foreign) > 3 else ''}, which is not a dataset folder; "
+                            "refusing to replace it (choose another --out)")
 
 
 class AtomicDir:
-    """Build into a temporary folder beside `out`; rename it over `out` on success, delete it on failure."""
+    """Build into a temporary folder beside `out`; rename it over `out` on success, else delete."""
 
     def __init__(self, out):
         self.out = os.path.abspath(out)
@@ -128,7 +126,7 @@ class AtomicDir:
             shutil.rmtree(self.tmp, ignore_errors=True)
             return False
         try:
-            if os.path.exists(self.out):               # a dataset folder (check_out): replaced as a whole
+            if os.path.exists(self.out):  # a dataset folder (check_out): replaced as a whole
                 old = f"{self.out}.old-{os.getpid()}"
                 os.rename(self.out, old)
                 shutil.rmtree(old)
@@ -140,19 +138,20 @@ class AtomicDir:
 
 
 def _named(e, path):
-    """The OSError of a failed write (disk full, file too large) with the file's name, for the one-line message."""
+    """The OSError of a failed write (disk full, file too large) with the file's name in it."""
     return OSError(e.errno, e.strerror or str(e), path) if e.filename is None else e
 
 
 class NpyWriter:
-    """Writes a .npy of known final shape row block by row block (header first, then the rows in order), so a
-    6.5 GB array never sits in memory. Same bytes as np.save."""
+    """Writes a .npy of known final shape block by block of rows (header first, then the rows in
+    order), so a 6.5 GB array never sits in memory. Same bytes as np.save."""
 
     def __init__(self, path, dtype, shape):
         self.path, self.f = path, open(path, "wb")
         self.dtype, self.shape, self.rows = np.dtype(dtype), shape, 0
-        self._do(np.lib.format.write_array_header_1_0, self.f, {"descr": np.lib.format.dtype_to_descr(self.dtype),
-                                                                "fortran_order": False, "shape": shape})
+        self._do(np.lib.format.write_array_header_1_0, self.f,
+                 {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False,
+                  "shape": shape})
 
     def _do(self, fn, *args):
         try:
@@ -194,12 +193,14 @@ def write_json(path, obj, **kw):
         raise _named(e, path) from None
 
 
-def write_split(out, split, inputs, labels, puzzle_ids, puzzle_indices, group_indices, meta, is_demo=None):
+def write_split(out, split, inputs, labels, puzzle_ids, puzzle_indices, group_indices, meta,
+                is_demo=None):
     """Write one in-memory split (the small datasets)."""
     d = os.path.join(out, split)
     os.makedirs(d, exist_ok=True)
     for field, arr in (("inputs", inputs), ("labels", labels), ("puzzle_identifiers", puzzle_ids),
-                       ("puzzle_indices", puzzle_indices), ("group_indices", group_indices), ("is_demo", is_demo)):
+                       ("puzzle_indices", puzzle_indices), ("group_indices", group_indices),
+                       ("is_demo", is_demo)):
         if arr is not None:
             dtype = np.uint8 if field in ("inputs", "labels", "is_demo") else np.int32
             save_npy(os.path.join(d, f"all__{field}.npy"), np.asarray(arr, dtype=dtype))
@@ -207,8 +208,8 @@ def write_split(out, split, inputs, labels, puzzle_ids, puzzle_indices, group_in
 
 
 class Progress:
-    """A progress line on stderr: rewritten in place on a terminal; in a log file a plain line every `every`
-    seconds and the last one."""
+    """A progress line on stderr: rewritten in place on a terminal; in a log file a plain line
+    every `every` seconds and the last one."""
 
     def __init__(self, every=30.0):
         self.tty, self.every, self.last = sys.stderr.isatty(), every, time.time()
@@ -222,15 +223,16 @@ class Progress:
 
 
 def generate_csv(path, worker, jobs, workers, label, chunksize=1):
-    """Run `worker` over `jobs` in a process pool and cache the (question, answer, rating) rows it returns as a
-    source,question,answer,rating CSV (None results and repeated questions dropped); written atomically."""
+    """Run `worker` over `jobs` in a process pool; cache the (question, answer, rating) rows it
+    returns atomically as a source,question,answer,rating CSV (no Nones, no repeated questions)."""
     rows, seen, t0, progress = [], set(), time.time(), Progress()
     with multiprocessing.Pool(workers or os.cpu_count()) as pool:
         for k, res in enumerate(pool.imap(worker, jobs, chunksize=chunksize), 1):
             if res is not None and res[0] not in seen:
                 seen.add(res[0])
                 rows.append(("generated",) + tuple(res))
-            progress(f"[{label}] generated {len(rows)}/{len(jobs)} ({time.time() - t0:.0f}s)", final=k == len(jobs))
+            progress(f"[{label}] generated {len(rows)}/{len(jobs)} ({time.time() - t0:.0f}s)",
+                     final=k == len(jobs))
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     try:
         with open(path + ".tmp", "w", newline="") as f:

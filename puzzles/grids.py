@@ -1,9 +1,9 @@
 """ARC grid helpers: the dihedral group, augmentation names, the token canvas and its crop.
 
-Tokens: PAD 0, EOS 1, colour c -> c + 2. A grid is drawn on a square canvas (side 30 for ARC, smaller for the
-laptop-sized ARC set) at an offset (r0, c0), followed by an EOS row under it and an EOS column right of it; the
-corner cell stays PAD and a grid touching the canvas border gets no EOS on that side. The model thus has to
-predict the output's size through where it puts the EOS border.
+Tokens: PAD 0, EOS 1, colour c -> c + 2. A grid is drawn on a square canvas (side 30 for ARC,
+smaller for the laptop-sized ARC set) at an offset (r0, c0), followed by an EOS row under it and an
+EOS column right of it; the corner cell stays PAD and a grid touching the canvas border gets no EOS
+on that side. The model thus predicts the output's size through where it puts the EOS border.
 """
 import functools
 import hashlib
@@ -18,8 +18,8 @@ SWAPS_SHAPE = (1, 3, 6, 7)       # dihedral ids that exchange rows and columns
 
 
 def dihedral(grid, t):
-    """Dihedral transform t in 0..7 with numpy semantics (rot90 is counter-clockwise): 0 identity, 1-3 rotations,
-    4 left-right flip, 5 up-down flip, 6 transpose, 7 anti-transpose (out[i, j] = in[n-1-j, n-1-i])."""
+    """Dihedral transform t in 0..7, numpy semantics (rot90 counter-clockwise): 0 identity, 1-3
+    rotations, 4 left-right flip, 5 up-down, 6 transpose, 7 anti-transpose (in[n-1-j, n-1-i])."""
     if t == 0: return grid
     if t == 1: return np.rot90(grid, 1)
     if t == 2: return np.rot90(grid, 2)
@@ -42,7 +42,7 @@ def grid_hash(grid):
 
 
 def aug_name(task_id, t, colour_map):
-    """'<id>|||t<t>|||<ten digits>'; the identity keeps the bare id (TRM's naming of augmented puzzles)."""
+    """'<id>|||t<t>|||<ten digits>', the bare id for the identity (TRM's augmented puzzle names)."""
     m = [int(c) for c in colour_map]
     if t == 0 and m == list(range(10)):
         return task_id
@@ -70,7 +70,7 @@ def invert_aug(grid, name):
 
 @functools.lru_cache(maxsize=4096)
 def layout(h, w, stride):
-    """Flat positions of an h x w grid then its EOS row and EOS column on a canvas with row stride `stride`."""
+    """Flat positions of an h x w grid, then its EOS row and column, on a canvas of row `stride`."""
     r, c = np.divmod(np.arange(h * w), w)
     eos_row = h * stride + np.arange(w)
     eos_col = np.arange(h) * stride + w
@@ -78,11 +78,11 @@ def layout(h, w, stride):
 
 
 def encode_grid_pair(inp, out, r0=0, c0=0, canvas=GRID):
-    """(input, output) grids -> two uint8 [canvas^2] token rows at offset (r0, c0), each with its EOS border."""
+    """(input, output) grids -> two uint8 [canvas^2] token rows at offset (r0, c0), EOS-bordered."""
     res, s = [], canvas + 1
     for g in (np.asarray(inp, dtype=np.uint8), np.asarray(out, dtype=np.uint8)):
         h, w = g.shape
-        # one extra row and column of scratch, so an EOS border that falls off the canvas is simply cut away
+        # one extra row and column of scratch: an EOS border that falls off the canvas is cut away
         scratch = np.zeros(s * s, np.uint8)
         vals = np.concatenate([g.ravel() + 2, np.full(h + w, EOS, np.uint8)])
         scratch[r0 * s + c0 + layout(h, w, s)] = vals
@@ -91,9 +91,9 @@ def encode_grid_pair(inp, out, r0=0, c0=0, canvas=GRID):
 
 
 def crop_grid(tokens):
-    """Square token canvas (side^2 tokens) -> grid: the largest top-left block of colour tokens, minus 2.
-    Rows are scanned with a running width limit (a ragged prediction gives the largest top-left 'staircase'
-    rectangle, the first one on ties); a PAD or EOS at (0, 0) gives an empty 0 x 0 grid."""
+    """Square token canvas (side^2 tokens) -> grid: the largest top-left block of colour tokens,
+    minus 2. Rows are scanned with a running width limit (a ragged prediction gives the largest
+    top-left 'staircase' rectangle, the first on ties); PAD or EOS at (0, 0) gives a 0 x 0 grid."""
     t = np.asarray(tokens).reshape(-1)
     side = math.isqrt(t.size)
     if side * side != t.size:

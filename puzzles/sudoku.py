@@ -1,13 +1,13 @@
-"""Sudoku-Extreme builder: a local copy of the Hugging Face CSVs (sapientinc/sudoku-extreme), or puzzles generated
-here in the same spirit (minimal puzzles with a unique solution, made harder by hill climbing on the number of
-backtracks a fixed solver needs).
+"""Sudoku-Extreme builder: the Hugging Face CSVs (sapientinc/sudoku-extreme), or puzzles made here
+in the same spirit (minimal, unique solution, hill-climbed on a fixed solver's backtracks).
 
-Tokens: PAD 0, blank 1, digit d -> d + 1 (vocab 11, seq_len 81). Every puzzle is its own group: the original plus
-num_aug validity-preserving copies (train split only), one example each, all with puzzle identifier 0. As in the
-reference, total_puzzles in dataset.json equals total_groups. The subsample of a CSV is seeded (the reference's
-is not). The generator's difficulty: the solver propagates naked and hidden singles, branches on the cell with the
-fewest candidates with digits in increasing order, and counts dead ends; on the Magictour top1465 list it needs 24.6
-backtracks on average (the HRM paper quotes a mean of 22 for Sudoku-Extreme).
+Tokens: PAD 0, blank 1, digit d -> d + 1 (vocab 11, seq_len 81). Every puzzle is its own group:
+the original plus num_aug validity-preserving copies (train split only), one example each, all
+with puzzle identifier 0. As in the reference, total_puzzles in dataset.json equals total_groups.
+The subsample of a CSV is seeded (the reference's is not). Difficulty: the solver propagates naked
+and hidden singles, branches on the cell with the fewest candidates, digits in increasing order,
+and counts dead ends; on the Magictour top1465 list it needs 24.6 backtracks on average (the HRM
+paper quotes a mean of 22 for Sudoku-Extreme).
 """
 import os
 import sys
@@ -15,10 +15,13 @@ import time
 
 import numpy as np
 
-from puzzles.common import AtomicDir, DataError, generate_csv, metadata, read_csv, write_json, write_split
+from puzzles.common import (AtomicDir, DataError, generate_csv, metadata, read_csv, write_json,
+                            write_split)
 
-_UNITS = ([[r * 9 + c for c in range(9)] for r in range(9)] + [[r * 9 + c for r in range(9)] for c in range(9)] +
-          [[(br + i) * 9 + bc + j for i in range(3) for j in range(3)] for br in (0, 3, 6) for bc in (0, 3, 6)])
+_UNITS = ([[r * 9 + c for c in range(9)] for r in range(9)]  # rows, columns, boxes
+          + [[r * 9 + c for r in range(9)] for c in range(9)]
+          + [[(br + i) * 9 + bc + j for i in range(3) for j in range(3)]
+             for br in (0, 3, 6) for bc in (0, 3, 6)])
 _PEERS = [sorted({p for u in _UNITS if c in u for p in u} - {c}) for c in range(81)]
 _BIT_DIGIT = {1 << d: d + 1 for d in range(9)}
 _POP = [bin(m).count("1") for m in range(512)]
@@ -28,7 +31,6 @@ def _sd_place(vals, cand, c, bit):
     vals[c], cand[c] = _BIT_DIGIT[bit], 0
     for p in _PEERS[c]:
         cand[p] &= ~bit
-    return True
 
 
 def _sd_propagate(vals, cand):
@@ -55,7 +57,7 @@ def _sd_propagate(vals, cand):
                     more |= once & cand[c]
                     once |= cand[c]
             if (once | placed) != 511:
-                return False                                 # a digit has no place left in this unit
+                return False  # a digit has no place left in this unit
             hidden = once & ~more & ~placed
             while hidden:
                 bit = hidden & -hidden
@@ -70,7 +72,7 @@ def _sd_propagate(vals, cand):
 
 def _sd_search(vals, cand, limit, sols, stats, rng):
     if not _sd_propagate(vals, cand):
-        stats[0] += 1                                        # dead end = one backtrack
+        stats[0] += 1  # dead end = one backtrack
         return
     best, fewest = -1, 10
     for c in range(81):
@@ -90,13 +92,13 @@ def _sd_search(vals, cand, limit, sols, stats, rng):
 
 
 def sudoku_solve(board, limit=2, rng=None):
-    """board: 81 ints (0 blank) -> (solutions (up to `limit`), backtracks). Fixed order (digits increasing,
-    fewest-candidate cell) so the backtrack count is a difficulty rating; rng randomises digit order."""
+    """board: 81 ints (0 blank) -> (solutions (up to `limit`), backtracks). Fixed order (digits
+    increasing, fewest-candidate cell): the backtrack count rates difficulty. rng: random digits."""
     vals, cand = [0] * 81, [511] * 81
     for c, v in enumerate(board):
         if v:
             if not cand[c] & (1 << (v - 1)) and vals[c] == 0:
-                return [], 0                                 # givens contradict each other
+                return [], 0  # givens contradict each other
             _sd_place(vals, cand, c, 1 << (v - 1))
     sols, stats = [], [0]
     _sd_search(vals, cand, limit, sols, stats, rng)
@@ -117,8 +119,9 @@ def _sd_minimize(board, rng):
 
 
 def _sd_generate(args):
-    """One puzzle: random full grid, minimal puzzle, then hill climbing on the backtrack count until >= target:
-    remove a clue, add two from the solution, re-add clues until unique, re-minimise; keep if not easier."""
+    """One puzzle: random full grid, minimal puzzle, then hill climbing on the backtrack count to
+    >= target: remove a clue, add two from the solution, re-add until unique, re-minimise, keep if
+    not easier."""
     seed, target, max_steps = args
     rng = np.random.default_rng(seed)
     solution = sudoku_solve([0] * 81, 1, rng)[0][0]
@@ -146,23 +149,25 @@ def _sd_generate(args):
 
 
 def generate_sudoku_csv(path, n, seed, target_backtracks=None, workers=None, max_steps=3000):
-    """Write n generated puzzles as a Sudoku-Extreme-style CSV. target None: a per-puzzle target drawn from an
-    exponential with mean 22 capped at 80, a mix of easy and hard puzzles like the original set."""
-    seed = list(np.atleast_1d(seed))                         # e.g. [build seed, split]
+    """Write n generated puzzles as a Sudoku-Extreme-style CSV. target None: a per-puzzle target
+    drawn from an exponential with mean 22 capped at 80, easy and hard mixed like the original."""
+    seed = list(np.atleast_1d(seed))  # e.g. [build seed, split]
     rng = np.random.default_rng(seed + [7])
     targets = (np.minimum(rng.exponential(22, n), 80).astype(int) if target_backtracks is None
                else np.full(n, target_backtracks))
     # measured: ~12 CPU s per puzzle at target 30, 0.04 s for target 0; cached, so once per setting
-    print(f"[sudoku] generating {n} puzzles into {path} (targets mean {targets.mean():.1f} backtracks)",
-          file=sys.stderr)
-    generate_csv(path, _sd_generate, [(seed + [8, i], int(targets[i]), max_steps) for i in range(n)], workers,
-                 "sudoku")
+    print(f"[sudoku] generating {n} puzzles into {path} "
+          f"(targets mean {targets.mean():.1f} backtracks)", file=sys.stderr)
+    generate_csv(path, _sd_generate,
+                 [(seed + [8, i], int(targets[i]), max_steps) for i in range(n)], workers, "sudoku")
 
 
 def _sudoku_augment(board, solution, n, rng):
-    """n validity-preserving copies: transpose (p 1/2) first, band/row and stack/column shuffles, digit map."""
+    """n validity-preserving copies: transpose (p 1/2) first, band/row and stack/column
+    shuffles, digit map."""
     k = np.arange(n)[:, None]
-    digits = np.concatenate([np.zeros((n, 1), np.int64), rng.permuted(np.tile(np.arange(1, 10), (n, 1)), axis=1)], 1)
+    digits = np.concatenate([np.zeros((n, 1), np.int64),
+                             rng.permuted(np.tile(np.arange(1, 10), (n, 1)), axis=1)], 1)
     transpose = rng.random(n) < 0.5
 
     def line_perm():
@@ -179,11 +184,11 @@ def _sudoku_augment(board, solution, n, rng):
     return out
 
 
-def build_sudoku(out_dir, source=None, num_train=1000, num_test=1000, num_aug=1000, seed=0, min_difficulty=None,
-                 target_backtracks=None, workers=None):
-    """Sudoku-Extreme (9x9, 81 tokens): from its CSVs, or generated minimal puzzles of similar difficulty.
-    source: folder with train.csv/test.csv (Hugging Face sapientinc/sudoku-extreme), or None to generate puzzles
-    (slow for hard targets; cached in <out>/../.cache). num_test 0 or None keeps every test row."""
+def build_sudoku(out_dir, source=None, num_train=1000, num_test=1000, num_aug=1000, seed=0,
+                 min_difficulty=None, target_backtracks=None, workers=None):
+    """Sudoku-Extreme (9x9, 81 tokens) from its CSVs, or generated minimal puzzles of similar
+    difficulty. source: folder with train.csv/test.csv (Hugging Face sapientinc/sudoku-extreme), or
+    None to generate (slow for hard targets; cached in <out>/../.cache); num_test 0/None: all."""
     t0 = time.time()
     if source is None:
         source = os.path.join(os.path.dirname(os.path.abspath(out_dir)), ".cache",
@@ -196,12 +201,14 @@ def build_sudoku(out_dir, source=None, num_train=1000, num_test=1000, num_aug=10
     with AtomicDir(out_dir) as tmp:
         for split, n in (("train", num_train), ("test", num_test)):
             path = os.path.join(source, f"{split}.csv")
-            rows = [r for r in read_csv(path, 81, ".0123456789") if min_difficulty is None or r[2] >= min_difficulty]
+            rows = [r for r in read_csv(path, 81, ".0123456789")
+                    if min_difficulty is None or r[2] >= min_difficulty]
             if not rows:
                 raise DataError(f"{path}: no rows with rating >= {min_difficulty}")
-            if n and n < len(rows):               # 0 / None: every row
+            if n and n < len(rows):  # 0 / None: every row
                 rows = [rows[i] for i in np.sort(rng.choice(len(rows), n, replace=False))]
-            q = np.frombuffer("".join(r[0] for r in rows).replace(".", "0").encode(), np.uint8).reshape(-1, 81) - 48
+            q = np.frombuffer("".join(r[0] for r in rows).replace(".", "0").encode(),
+                              np.uint8).reshape(-1, 81) - 48
             a = np.frombuffer("".join(r[1] for r in rows).encode(), np.uint8).reshape(-1, 81) - 48
             versions = num_aug + 1 if split == "train" else 1
             inputs, labels = [], []
@@ -212,11 +219,12 @@ def build_sudoku(out_dir, source=None, num_train=1000, num_test=1000, num_aug=10
                     qa, aa = _sudoku_augment(q[i], a[i], num_aug, rng)
                     inputs.append(qa)
                     labels.append(aa)
-            inputs = np.concatenate(inputs) + 1                # blank -> 1, digit d -> d + 1
+            inputs = np.concatenate(inputs) + 1  # blank -> 1, digit d -> d + 1
             labels = np.concatenate(labels) + 1
             P = len(inputs)
-            write_split(tmp, split, inputs, labels, np.zeros(P), np.arange(P + 1), np.arange(0, P + 1, versions),
-                        metadata(81, 11, 1, len(rows), P, P, total_puzzles=len(rows)))   # the reference's quirk
+            write_split(tmp, split, inputs, labels, np.zeros(P), np.arange(P + 1),
+                        np.arange(0, P + 1, versions),  # total_puzzles: the reference's quirk
+                        metadata(81, 11, 1, len(rows), P, P, total_puzzles=len(rows)))
         write_json(os.path.join(tmp, "identifiers.json"), ["<blank>"])
     print(f"[sudoku] done in {time.time() - t0:.0f}s", file=sys.stderr)
     return out_dir

@@ -13,9 +13,14 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # One thread per process: the models are tiny, the 2-process tests already fill both cores, and OpenMP's
-# spinning threads slowed tiny steps 13x when the cores were shared (measured in this sandbox).
+# spinning threads slowed tiny steps 13x when the cores were shared.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(1)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: a learning run, a CLI process or a fault drill; the fast "
+                            "tier (python -m pytest -m 'not slow' tests) leaves them out")
 
 
 def tiny_batch(B=6, L=8, V=12, ids=5, seed=0):
@@ -43,22 +48,19 @@ def saved_and_reloaded(make_model):
 
 
 def hand_train(model, batches, lr=3e-3, emb_lr=1e-2):
-    """The training step written out, one per batch from a fresh carry: Adam on the weights, and sign-SGD on
-    the batch's puzzle-embedding rows (a buffer, as train.py updates it); loss_scale passed as train.py does.
-    Returns metrics["lm_loss"] / B per step."""
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    """train.train_step once per batch, each from a fresh carry: AdamATan2 on the weights (no weight
+    decay), sign-SGD on the batch's puzzle-embedding rows. Returns metrics["lm_loss"] per sample."""
+    import optim
+    import train
+    s = train.State(model, optim.AdamATan2(model.parameters(), lr=lr, weight_decay=0.0))
     losses = []
     for batch in batches:
         B = batch["inputs"].shape[0]
-        _, loss, metrics, _ = model(model.initial_carry(batch), batch, loss_scale=1 / B)
-        (loss / B).backward()
-        opt.step()
-        opt.zero_grad()
-        emb = getattr(model, "puzzle_emb", None)
-        if emb is not None and emb.local_weights is not None and emb.local_weights.grad is not None:
-            with torch.no_grad():
-                emb.weights.index_add_(0, emb.local_ids.long(), -emb_lr * emb.local_weights.grad.sign())
-        losses.append(metrics["lm_loss"].item() / B)
+        tcfg = train.TrainConfig(global_batch_size=B, lr=lr, lr_warmup_steps=0, puzzle_emb_lr=emb_lr,
+                                 puzzle_emb_weight_decay=0.0, ema=False)
+        s.carry = None
+        stats, _ = train.train_step(s, batch, tcfg)
+        losses.append(stats["lm_loss"] / B)
     return losses
 
 

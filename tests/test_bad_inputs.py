@@ -1,10 +1,11 @@
-"""Bad input to train.py and evaluate.py through the real command line: every case is one clear line on
-stderr starting "error: " and naming the key, value or file, exit code 2, no traceback, and nothing written,
-moved or left behind, in the working tree or in the folders the command was pointed at.
+"""Bad input to train.py, evaluate.py and solve.py through the real command line: every case is one
+clear line on stderr starting "error: " and naming the key, value or file, exit code 2, no traceback,
+and nothing written, moved or left behind.
 
 Run: python -m pytest -q tests/test_bad_inputs.py     (CPU; about a minute on 2 cores: one process per case)
-Checks against: a listing (path, size, mtime) of the repository and of the case's folders before and after.
-One toy dataset and one trained checkpoint are built once for the whole table; every case differs from a
+Checks against: a listing (path, size, mtime) of the test's own folder before and after; every command
+runs inside it (its working directory), so default paths such as data/ and runs/ land there too.
+One toy dataset and trained checkpoints are built once for the whole table; every case differs from a
 working command in one thing.
 """
 import concurrent.futures
@@ -24,7 +25,9 @@ import torch
 import data
 import train
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = pytest.mark.slow  # the full tier (python -m pytest tests); see README
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # where the scripts are
 TINY = ["hidden_size=32", "num_heads=2", "L_layers=1", "H_cycles=1", "L_cycles=1", "halt_max_steps=2",
         "puzzle_emb_ndim=32", "puzzle_emb_len=1", "global_batch_size=16"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
@@ -38,6 +41,11 @@ def world(tmp_path_factory):
     toy = data.build_toy(str(root / "toy"), num_train=128, num_test=32)
     train.main(["--model", "trm", "--out", str(root / "run"), "--config", f"data={toy}", *TINY, "max_steps=1",
                 "eval_batches=1"])
+    maze = data.build("maze_small", str(root / "maze"), num_train=16, num_test=16)  # not an ARC task
+    train.main(["--model", "trm", "--out", str(root / "mazerun"), "--config", f"data={maze}", *TINY,
+                "max_steps=1", "eval_batches=1"])
+    (root / "tasks.json").write_text(json.dumps({"a": {"train": [{"input": [[1]], "output": [[2]]}],
+                                                      "test": [{"input": [[3]]}]}}))
     blob = open(root / "run" / "checkpoint.pt", "rb").read()
     (root / "truncated.pt").write_bytes(blob[: len(blob) // 2])
     torch.save({"model.inner.lm_head.weight": torch.zeros(2, 2)}, root / "reference.pt")
@@ -83,8 +91,8 @@ def cases(r):
         # config keys: names, types, ranges, choices
         (["train.py", "--model", "gpt"], "unknown model 'gpt'"),
         (t + ["--config", "lr_warmup=5"], "unknown config key 'lr_warmup'.*did you mean 'lr_warmup_steps'"),
-        (t + ["--config", "H_cycles=three"], r"'H_cycles' for model 'trm' takes a int \(default 3\), got 'three'"),
-        (t + ["--config", "hidden_size=32", "hidden_size=x"], r"takes a int \(default 512\)"),
+        (t + ["--config", "H_cycles=three"], r"'H_cycles' for model 'trm' takes an int \(default 3\), got 'three'"),
+        (t + ["--config", "hidden_size=32", "hidden_size=x"], r"takes an int \(default 512\)"),
         (t + ["--config", "H_cycles"], "--config takes key=value, got 'H_cycles'"),
         (t + ["--config", *ok, "global_batch_size=0"], "'global_batch_size' must be an integer >= 1, got 0"),
         (t + ["--config", *ok, "global_batch_size=-16"], "'global_batch_size' must be an integer >= 1, got -16"),
@@ -107,9 +115,9 @@ def cases(r):
         (t + ["--config", *ok, "forward_dtype=fp32"], "'forward_dtype' .*one of auto, bfloat16, float32, got 'fp32'"),
         (t + ["--config", *ok, "pos_encodings=alibi"], "'pos_encodings' .*one of rope, learned, none, got 'alibi'"),
         (t + ["--config", *ok, "loss_type=crossentropy"], "'loss_type' .*one of stablemax, softmax"),
-        (t + ["--config", *ok, "halt_exploration_prob=2.0"], "'halt_exploration_prob' .*a probability in"),
+        (t + ["--config", *ok, "halt_exploration_prob=2.0"], r"'halt_exploration_prob' .*must be in \[0, 1\]"),
         (t + ["--model", "etrm", "--config", f"data={r}/toy", "max_steps=1", "encoder_type=bogus"],
-         "model 'etrm' .*encoder_type must be one of standard.*got 'bogus'"),
+         "'encoder_type' for model 'etrm' must be one of standard.*got 'bogus'"),
         (t + ["--model", "deep_recursive", "--config", f"data={r}/toy", "max_steps=1", "n_outer=0"],
          "'n_outer' for model 'deep_recursive' must be an integer >= 1"),
         (t + ["--model", "prr", "--config", f"data={r}/toy", "max_steps=1", "tau=-0.1"],
@@ -130,7 +138,11 @@ def cases(r):
         (t + ["--config", *ok, f"init_from={r}/missing.pt"], "no checkpoint at .*missing.pt"),
         (t + ["--config", *ok, f"init_from={r}/truncated.pt"], "truncated.pt is not a readable checkpoint"),
         (t + ["--config", *ok, f"init_from={r}/reference.pt"], "reference.pt is not a nanoTRM checkpoint"),
-        (t + ["--config", f"data={r}/wide", f"init_from={run}/checkpoint.pt", *tiny], r"seq_len=16 \(this run: 20\)"),
+        (t + ["--config", f"data={r}/wide", f"init_from={run}/checkpoint.pt", *tiny],
+         r"wide has seq_len=20, but .*run/checkpoint.pt was trained with seq_len=16"),
+        (t + ["--config", f"data={r}/vocab14", f"init_from={run}/checkpoint.pt", *tiny],
+         r"vocab14 has vocab_size=14, but .*run/checkpoint.pt was trained with vocab_size=12"),
+        (["train.py"], r"dataset 'arc1' is about 6\.\d GB .*run `python data.py arc1 --out data/arc1` first"),
         # resume
         (["train.py", "--resume"], "--resume needs --out"),
         (["train.py", "--out", f"{r}/empty", "--resume"], "empty holds no checkpoint.pt and no config.json"),
@@ -152,25 +164,32 @@ def cases(r):
         (ev + ["--data", f"{r}/vocab14"], "vocab14 has vocab_size=14, but .* was trained with vocab_size=12"),
         (ev + ["--data", f"{r}/moreids"], "moreids has 50 puzzle identifiers, but the puzzle-embedding table .* 9 rows"),
         (["evaluate.py", "--checkpoint", f"{r}/moved"], "was trained on .*gone, which is gone.*pass --data"),
+        (ev + ["--show", "-2"], "--show must be >= 0, got -2"),
+        (ev + ["--shwo", "2"], "unrecognized arguments: --shwo 2"),
+        # solve.py: a checkpoint of a task that is not ARC
+        (["solve.py", "--checkpoint", f"{run}/checkpoint.pt", "--tasks", f"{r}/tasks.json"],
+         r"run/checkpoint.pt was trained on .*toy \(vocab_size=12, seq_len=16\), not on ARC tasks"),
+        (["solve.py", "--checkpoint", f"{r}/mazerun/checkpoint.pt", "--tasks", f"{r}/tasks.json"],
+         r"mazerun/checkpoint.pt was trained on .*maze \(vocab_size=6, seq_len=121\), not on ARC"),
+        (["solve.py", "--checkpoint", f"{run}/checkpoint.pt", "--tasks", f"{r}/tasks.json", "--data",
+          f"{r}/wide"], r"wide has seq_len=20, but .*run/checkpoint.pt was trained with seq_len=16"),
         (ev + ["--config", "hidden_size=64"], "--config hidden_size cannot change at evaluation"),
         (ev + ["--config", "halt_max_steps=0"], "'halt_max_steps' for model 'trm' must be an integer >= 1, got 0"),
         (ev + ["--config", "forward_dtype=fp8"], "'forward_dtype' .*one of auto, bfloat16, float32"),
-        (ev + ["--config", "H_cycles=x"], r"'H_cycles' for model 'trm' takes a int \(default 3\)"),
+        (ev + ["--config", "H_cycles=x"], r"'H_cycles' for model 'trm' takes an int \(default 3\)"),
     ]
     if os.geteuid() != 0:  # root writes anywhere
         table.append((["train.py", "--out", f"{r}/locked/run", "--config", *ok], "locked is not writable"))
     return table
 
 
-def listing(*folders):
-    """Every file and folder under `folders` (the repository without .git and caches): path, size, mtime."""
+def listing(folder):
+    """Every file and folder under `folder`: path, size, mtime."""
     out = {}
-    for folder in folders:
-        for d, subdirs, files in os.walk(folder):
-            subdirs[:] = [s for s in subdirs if s not in (".git", "__pycache__", ".pytest_cache")]
-            for name in subdirs + files:
-                st = os.stat(os.path.join(d, name))
-                out[os.path.join(d, name)] = (st.st_size, st.st_mtime_ns)
+    for d, subdirs, files in os.walk(folder):
+        for name in subdirs + files:
+            st = os.stat(os.path.join(d, name))
+            out[os.path.join(d, name)] = (st.st_size, st.st_mtime_ns)
     return out
 
 
@@ -178,7 +197,8 @@ def run_case(args, expect, before, world):
     """One case; returns what went wrong, or None. Nothing on disk may differ from `before` (taken once for the
     whole table: no case may change anything, so two cases can run side by side)."""
     try:
-        proc = subprocess.run([sys.executable, *args], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
+        proc = subprocess.run([sys.executable, os.path.join(ROOT, args[0]), *args[1:]], cwd=world, env=ENV,
+                              capture_output=True, text=True, timeout=120)
     except subprocess.TimeoutExpired:
         return args, "still running after 120 s: the bad input was not caught"
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
@@ -187,7 +207,7 @@ def run_case(args, expect, before, world):
             or not re.search(expect, errors[0]):
         return args, proc.returncode, proc.stderr[-800:]
     with LOCK:
-        after = listing(ROOT, world)
+        after = listing(world)
         if after != before:  # reported once: the new state is the baseline of the cases after it
             changed = sorted(set(after.items()) ^ set(before.items()))
             before.clear()
@@ -199,7 +219,7 @@ def run_case(args, expect, before, world):
 def test_bad_inputs_fail_cleanly(world):
     table = cases(world)
     assert len(table) >= 40
-    before = listing(ROOT, world)
+    before = listing(world)
     with concurrent.futures.ThreadPoolExecutor(2) as pool:  # each case is mostly the start-up of torch
         failures = [f for f in pool.map(lambda case: run_case(*case, before, world), table) if f]
     assert not failures, "\n\n".join(map(str, failures))

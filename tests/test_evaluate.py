@@ -10,10 +10,14 @@ import json
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import data
+import draw
 import evaluate
 import train
+import trm
+from puzzles import grids
 
 A_IN, A_OUT, A_WRONG = [[1, 2, 0], [0, 3, 4]], [[4, 3, 0], [0, 2, 1]], [[4, 4, 4], [0, 2, 1]]
 B_IN1, B_OUT1 = [[5]], [[6]]
@@ -21,12 +25,12 @@ B_IN2, B_OUT2 = [[7, 7]], [[8, 8]]
 
 
 def augment(grid, t, cmap):
-    return data.dihedral(np.asarray(cmap, dtype=np.uint8)[np.asarray(grid, dtype=np.uint8)], t)
+    return grids.dihedral(np.asarray(cmap, dtype=np.uint8)[np.asarray(grid, dtype=np.uint8)], t)
 
 
 def make_dataset(tmp_path):
     cmap = [0, 2, 3, 4, 5, 6, 7, 8, 9, 1]
-    names = ["<blank>", "A", data.aug_name("A", 1, cmap), data.aug_name("A", 6, cmap), "B"]
+    names = ["<blank>", "A", grids.aug_name("A", 1, cmap), grids.aug_name("A", 6, cmap), "B"]
     tests = {"A": {"train": [{"input": A_IN, "output": A_OUT}], "test": [{"input": A_IN, "output": A_OUT}]},
              "B": {"train": [{"input": B_IN1, "output": B_OUT1}],
                    "test": [{"input": B_IN1, "output": B_OUT1}, {"input": B_IN2, "output": B_OUT2}]}}
@@ -36,7 +40,7 @@ def make_dataset(tmp_path):
 
 
 def encoded(inp, out):
-    i, o = data.encode_grid_pair(np.asarray(inp, dtype=np.uint8), np.asarray(out, dtype=np.uint8))
+    i, o = grids.encode_grid_pair(np.asarray(inp, dtype=np.uint8), np.asarray(out, dtype=np.uint8))
     return torch.as_tensor(i.astype(np.int64)), torch.as_tensor(o.astype(np.int64))
 
 
@@ -75,7 +79,7 @@ def test_ties_broken_by_mean_q_and_missing_inputs_get_fallback(tmp_path):
 
 def test_render_task_writes_png(tmp_path):
     task = {"train": [{"input": A_IN, "output": A_OUT}], "test": [{"input": A_IN, "output": A_OUT}]}
-    evaluate.render_task(task, [{"attempt_1": A_OUT, "attempt_2": A_WRONG}], str(tmp_path / "t.png"), "A")
+    draw.render_task(task, [{"attempt_1": A_OUT, "attempt_2": A_WRONG}], str(tmp_path / "t.png"), "A")
     assert (tmp_path / "t.png").stat().st_size > 1000
 
 
@@ -106,3 +110,33 @@ def test_deeper_recursion_at_test_time_and_another_folder(trained):
         evaluate.main(["--checkpoint", run, "--config", "hidden_size=64"])
     with pytest.raises(SystemExit, match=r"'halt_max_steps' for model 'trm' must be an integer >= 1, got 0"):
         evaluate.main(["--checkpoint", run, "--config", "halt_max_steps=0"])
+
+
+def test_a_canvas_free_model_is_rebuilt_for_another_canvas(trained, monkeypatch):
+    """--data of another seq_len: refused for a model tied to its canvas, scored with the same weights
+    for one that sets any_canvas (TRM with RoPE has no weight that depends on seq_len)."""
+    run, wide = str(trained / "run"), str(trained / "wide")
+    with pytest.raises(SystemExit, match="wide has seq_len=20, but .* seq_len=16; the model is not"):
+        evaluate.main(["--checkpoint", run, "--data", wide])
+    monkeypatch.setattr(trm.Model, "any_canvas", True, raising=False)
+    result = evaluate.main(["--checkpoint", run, "--data", wide, "--batch-size", "16"])
+    assert result["count"] == 16 and 0 <= result["accuracy"] <= 1
+
+
+def test_show_draws_every_step(trained, tmp_path, capsys, monkeypatch):
+    run, out = str(trained / "run"), tmp_path / "show"
+    shown = evaluate.main(["--checkpoint", run, "--show", "2", "--out", str(out),
+                           "--config", "halt_max_steps=3"])
+    assert shown["steps"] == [3, 3]  # one answer per ACT step
+    text = capsys.readouterr().out
+    assert text.count("test puzzle") == 2 and text.count("step 3") == 2 and "target" in text
+    assert text.count("\033[48;2;") >= 2 * 5 * 14  # 2 puzzles x 5 panels x 14 coloured cells
+    assert Image.open(out / "show.gif").n_frames == 3 and Image.open(out / "show.png").size[0] > 400
+    real = trm.Model.forward
+
+    def forward(self, carry, batch, *args, **kwargs):  # a model that reports 2 steps per call
+        carry, loss, metrics, outputs = real(self, carry, batch, *args, **kwargs)
+        return carry, loss, metrics, {**outputs, "step_preds": torch.stack([outputs["preds"]] * 2, 1)}
+    monkeypatch.setattr(trm.Model, "forward", forward)
+    assert evaluate.main(["--checkpoint", run, "--show", "1", "--out", str(out)])["steps"] == [4]
+    assert Image.open(out / "show.gif").n_frames == 4

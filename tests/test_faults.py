@@ -11,6 +11,8 @@ Faults are injected from outside train.py: this file is also a launcher, `python
     write_rank:N   SIGKILL half-way through writing the temporary file of rank 0's state at step N
     save_rank:N    SIGKILL after that temporary file is complete, before it is renamed into place
     write_ckpt:N / save_ckpt:N   the same for checkpoint.pt at step N
+    after_ckpt:N   SIGKILL right after checkpoint.pt of step N is in place
+    sigint:N       Ctrl-C (SIGINT) during optimisation step N
     nan_loss:N / nan_gradient:N  the loss (or one weight's gradient) of the N-th training call becomes NaN
 """
 import io
@@ -27,9 +29,12 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+import cli  # noqa: E402
 import config  # noqa: E402
 import data  # noqa: E402
 import train  # noqa: E402
+
+pytestmark = pytest.mark.slow  # the full tier (python -m pytest tests); see README
 
 COMMON = ["global_batch_size=16", "lr=1e-3", "lr_warmup_steps=5", "eval_interval=1000", "eval_batches=1",
           "weight_decay=0.01", "ema=True", "log_interval=1"]
@@ -55,12 +60,14 @@ SELF = os.path.abspath(__file__)
 def arm(fault, argv):
     kind, n = fault.rsplit(":", 1)
     n, die = int(n), lambda: os.kill(os.getpid(), signal.SIGKILL)
-    if kind == "step":
+    if kind in ("step", "sigint"):
         step = train.train_step
 
         def train_step(s, *args):
+            if kind == "sigint" and s.step == n - 1:
+                os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C during step n: the loop stops after it
             out = step(s, *args)
-            if s.step == n:
+            if kind == "step" and s.step == n:
                 die()
             return out
         train.train_step = train_step
@@ -90,7 +97,10 @@ def arm(fault, argv):
         def os_replace(src, dst, *args, **kwargs):
             if kind == f"save_{which(str(dst))}":
                 die()
-            return replace(src, dst, *args, **kwargs)
+            out = replace(src, dst, *args, **kwargs)
+            if kind == f"after_{which(str(dst))}":
+                die()
+            return out
         torch.save, os.replace = torch_save, os_replace
 
 
@@ -98,15 +108,13 @@ def poison(mod, at_call, where):
     """Make the model's loss (or one weight's gradient) non-finite on its `at_call`-th training call."""
     original, calls = mod.Model.forward, {"n": 0}
 
-    def forward(self, carry, batch, loss_scale=1.0):
-        carry, loss, metrics, out = original(self, carry, batch, loss_scale=loss_scale)
-        if self.training:
+    def forward(self, carry, batch):
+        carry, loss, metrics, out = original(self, carry, batch)
+        if self.training and len(batch["inputs"]) > 2:  # train.py's memory probe: 1 and 2 samples
             calls["n"] += 1
             if calls["n"] == at_call:
-                if where == "loss":  # the whole objective, also where the model reports it itself
+                if where == "loss":
                     loss = loss * float("nan")
-                    if "total_loss" in metrics:
-                        metrics = {**metrics, "total_loss": metrics["total_loss"] * float("nan")}
                 else:  # the loss stays finite; one weight's gradient becomes NaN in backward
                     x = next(self.parameters()).sum()
                     x.register_hook(lambda g: g * float("nan"))
@@ -116,9 +124,8 @@ def poison(mod, at_call, where):
 
 
 if __name__ == "__main__":
-    os.chdir(ROOT)
     arm(sys.argv[1], sys.argv[2:])
-    sys.exit(data.one_line_errors(train.main, sys.argv[2:]))
+    sys.exit(cli.one_line_errors(train.main, sys.argv[2:]))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -133,8 +140,14 @@ def argv(model, toy, out, *extra):
     return ["--model", model, "--out", str(out), "--config", f"data={toy}", *COMMON, *TINY[model], *extra]
 
 
+@pytest.fixture(autouse=True)
+def in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # commands run in the test's own folder, never in the checkout
+
+
 def python(*args, check=True):
-    proc = subprocess.run([sys.executable, *args], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    args = [os.path.join(ROOT, a) if a == "train.py" else a for a in args]
+    proc = subprocess.run([sys.executable, *args], env=ENV, capture_output=True, text=True, timeout=600)
     if check:
         assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
@@ -227,7 +240,8 @@ def test_ctrl_c_checkpoints_and_resume_continues(toy, tmp_path):
     """SIGINT after the first step: the step finishes, a checkpoint is written, the exit code is 130 and the
     message says how to resume; the resumed run goes on from there."""
     out = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "train.py", *argv("trm", toy, out, "max_steps=100000")], cwd=ROOT, env=ENV,
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "train.py"),
+                             *argv("trm", toy, out, "max_steps=100000")], env=ENV,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     for line in proc.stdout:  # blocks until train.py prints; no sleeps
         if line.startswith("step 1/"):
@@ -242,6 +256,58 @@ def test_ctrl_c_checkpoints_and_resume_continues(toy, tmp_path):
     assert checkpoint(out)["step"] == stopped + 2
 
 
+@pytest.fixture(scope="module")
+def small_toy(tmp_path_factory):
+    """24 puzzles of 4 examples: a data iteration (eval_interval=1 epoch) is 6 steps of 16."""
+    return data.build_toy(str(tmp_path_factory.mktemp("data") / "toy"), num_train=96, num_test=16)
+
+
+def assert_same_run(a, b):
+    """Weights, EMA and the metrics log (evaluations included) equal bit for bit."""
+    ca, cb = checkpoint(a), checkpoint(b)
+    assert ca["step"] == cb["step"]
+    for key in ("model", "ema"):
+        for k, v in ca[key].items():
+            assert torch.equal(cb[key][k], v), f"{key} {k} differs after resume"
+    assert metrics(a) == metrics(b)
+
+
+# first run's fault or max_steps -> the boundary it stops at; 6 and 18 end data iterations
+BOUNDARIES = {"iteration_end": ["max_steps=6"], "checkpoint_interval": ["after_ckpt:6", "checkpoint_interval=6"],
+              "ctrl_c_on_an_iteration's_last_batch": ["sigint:6"], "ctrl_c_on_the_last_step": ["sigint:18"]}
+
+
+@pytest.mark.parametrize("boundary", list(BOUNDARIES))
+def test_resume_from_every_boundary_equals_no_stop(boundary, small_toy, tmp_path):
+    """The checkpoint a run leaves at each kind of boundary resumes into the uninterrupted run: the loader
+    at the end of a data iteration starts the next one, an evaluation a stop skipped is made first."""
+    keys = [*COMMON[1:], "global_batch_size=16", "eval_interval=1", "epochs=3"]
+    python("train.py", *argv("trm", small_toy, tmp_path / "ref", *keys))
+    run = argv("trm", small_toy, tmp_path / "run", *keys)
+    fault, *extra = BOUNDARIES[boundary]
+    if ":" not in fault:
+        python("train.py", *run, fault, *extra)
+    else:
+        proc = python(SELF, fault, *run, *extra, check=False)
+        code = 130 if fault.startswith("sigint") else -9
+        assert proc.returncode == code, (fault, proc.stderr[-2000:])
+    python("train.py", "--out", str(tmp_path / "run"), "--resume", "--config", "max_steps=0")
+    assert_same_run(tmp_path / "ref", tmp_path / "run")
+    evals = [r["step"] for r in metrics(tmp_path / "run") if "eval/accuracy" in r]
+    assert evals == [6, 12, 18]
+
+
+def test_resume_at_the_end_of_the_schedule_says_how_to_train_on(small_toy, tmp_path):
+    out = tmp_path / "run"
+    python("train.py", *argv("trm", small_toy, out, *COMMON[1:], "global_batch_size=16", "eval_interval=1",
+                             "epochs=2"))
+    before = {f: os.stat(out / f).st_mtime_ns for f in os.listdir(out)}
+    proc = python("train.py", "--out", str(out), "--resume", "--config", "max_steps=100")
+    assert f"{out} is finished: step 12 is the end of its schedule (2 epochs)" in proc.stdout
+    assert f"init_from={out}" in proc.stdout
+    assert {f: os.stat(out / f).st_mtime_ns for f in os.listdir(out)} == before
+
+
 # ----------------------------------------------------------------------------------------------------
 # 3. Non-finite loss and gradient
 
@@ -251,7 +317,7 @@ def test_non_finite_stops_through_the_command_line(where, toy, tmp_path):
                   check=False)
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
-    expect = "loss 'total_loss'" if where == "loss" else "gradient of "
+    expect = "loss 'loss'" if where == "loss" else "gradient of "
     assert lines[-1].startswith(f"error: non-finite {expect}") and "at step 3" in lines[-1], lines[-1]
     assert checkpoint(tmp_path / "r")["step"] == 2  # the last good checkpoint stays
 
@@ -262,7 +328,7 @@ def test_non_finite_stops_and_names_the_tensor(model, where, toy, tmp_path, monk
     mod = config.model_module(model)
     monkeypatch.setattr(mod.Model, "forward", mod.Model.forward)  # undone after the test
     poison(mod, 3, where)
-    expect = "non-finite loss 'total_loss' at step 3" if where == "loss" else "non-finite gradient of .* at step 3"
+    expect = "non-finite loss 'loss' at step 3" if where == "loss" else "non-finite gradient of .* at step 3"
     with pytest.raises(SystemExit, match=expect):
         train.main(argv(model, toy, tmp_path / "r", "max_steps=5", "checkpoint_interval=2"))
     assert checkpoint(tmp_path / "r")["step"] == 2

@@ -1,11 +1,12 @@
-"""HRM model tests: parameter count, forward/backward, ACT with the Q-learning target, the one-step gradient,
-checkpoints, and a tiny HRM that learns the toy task through train.py / evaluate.py.
+"""HRM model tests: parameter count, forward/backward, ACT with the Q-learning target, the one-step
+gradient, checkpoints, the 2-D mixer, and a tiny HRM that learns the toy task through train.py /
+evaluate.py.
 
 Run: python -m pytest -q tests/test_hrm.py   (CPU, float32, well under a minute)
-Checks against: the reference's parameter count (27,276,290 at the ARC config); HRM's one-step-gradient
-schedule written out by hand (the last L and H update alone, started from the no-grad states, must give the
-same gradients, and the autograd graph must not grow with the cycles); the ACT rules (Q-learning halting in
-training, exactly halt_max_steps in evaluation).
+Checks against: the reference's parameter count (27,276,290 at the ARC config); HRM's
+one-step-gradient schedule written out by hand (the last L and H update alone, started from the
+no-grad states, must give the same gradients, and the autograd graph must not grow with the
+cycles); the ACT rules (Q-learning halting in training, exactly halt_max_steps in evaluation).
 """
 import os
 
@@ -18,15 +19,17 @@ from conftest import hand_train, saved_and_reloaded, tiny_batch
 
 
 def tiny_config(**kw):
-    base = dict(hidden_size=32, num_heads=2, H_cycles=2, L_cycles=2, H_layers=1, L_layers=1, vocab_size=12,
-                seq_len=8, num_puzzle_identifiers=5, puzzle_emb_ndim=32, halt_max_steps=4, forward_dtype="float32")
+    base = dict(hidden_size=32, num_heads=2, H_cycles=2, L_cycles=2, H_layers=1, L_layers=1,
+                vocab_size=12, seq_len=8, num_puzzle_identifiers=5, puzzle_emb_ndim=32,
+                halt_max_steps=4, forward_dtype="float32")
     base.update(kw)
     return hrm.Config(**base)
 
 
 def test_defaults_and_parameter_count_match_reference_at_arc_config():
     c = hrm.Config(num_puzzle_identifiers=3, forward_dtype="float32")
-    assert (c.hidden_size, c.H_cycles, c.L_cycles, c.H_layers, c.L_layers, c.no_ACT_continue) == (512, 2, 2, 4, 4, False)
+    got = (c.hidden_size, c.H_cycles, c.L_cycles, c.H_layers, c.L_layers, c.no_ACT_continue)
+    assert got == (512, 2, 2, 4, 4, False)
     model = hrm.Model(c)
     assert sum(p.numel() for p in model.parameters()) == 27_276_290
     assert model.puzzle_emb_len == 1  # ceil(512 / 512): HRM has no puzzle_emb_len key
@@ -59,7 +62,7 @@ def test_halting_q_learning_in_training_and_fixed_steps_in_eval():
     model = hrm.Model(tiny_config(halt_max_steps=5, halt_exploration_prob=0.0))
     batch = tiny_batch()
     with torch.no_grad():
-        model.q_head.bias.copy_(torch.tensor([1.0, 2.0]))  # q_halt > 0 but < q_continue: HRM does not halt
+        model.q_head.bias.copy_(torch.tensor([1.0, 2.0]))  # 0 < q_halt < q_continue: no halt
     carry, _, _, _ = model.train()(model.initial_carry(batch), batch)
     assert not carry.halted.any()
     with torch.no_grad():
@@ -70,7 +73,8 @@ def test_halting_q_learning_in_training_and_fixed_steps_in_eval():
     carry = model.initial_carry(batch)
     for step in range(1, 6):
         carry, _, metrics, _ = model(carry, batch)
-        assert bool(carry.halted.all()) == (step == 5) and metrics["count"].item() == (6 if step == 5 else 0)
+        assert bool(carry.halted.all()) == (step == 5)
+        assert metrics["count"].item() == (6 if step == 5 else 0)
 
 
 def graph_size(t):
@@ -86,8 +90,8 @@ def graph_size(t):
 
 @pytest.mark.parametrize("cycles", [(1, 1), (2, 3), (3, 2)])
 def test_one_step_gradient(cycles):
-    """Gradients equal those of the last L and H update alone from the no-grad states; the graph does not
-    grow with H_cycles x L_cycles."""
+    """Gradients equal those of the last L and H update alone from the no-grad states; the graph
+    does not grow with H_cycles x L_cycles."""
     H, Lc = cycles
     torch.manual_seed(0)
     model = hrm.Model(tiny_config(H_cycles=H, L_cycles=Lc)).train()
@@ -102,7 +106,7 @@ def test_one_step_gradient(cycles):
     x.grad = None
 
     cos, sin = model.rope()
-    with torch.no_grad():  # the schedule written out: H*Lc - 1 L updates and H - 1 H updates, interleaved
+    with torch.no_grad():  # written out: H*Lc - 1 L updates and H - 1 H updates, interleaved
         zh, zl = z_H0, z_L0
         for i in range(H * Lc - 1):
             zl = model.L_level(zl, zh + x, cos, sin)
@@ -131,7 +135,7 @@ def test_checkpoint_roundtrip_and_reference_keys():
         assert torch.equal(a[k], b[k]), k
     # The reference's keys: wrapped in the loss head (model.inner.) and maybe compiled (_orig_mod.).
     ref = {"_orig_mod.model.inner." + k: v for k, v in model.state_dict().items()}
-    assert any(k.startswith("_orig_mod.model.inner.H_level.layers.0.self_attn.qkv_proj") for k in ref)
+    assert "_orig_mod.model.inner.H_level.layers.0.self_attn.qkv_proj.weight" in ref
     third = hrm.Model(tiny_config())
     third.load_state_dict(hrm.convert_reference_state_dict(ref))
     assert all(torch.equal(v, third.state_dict()[k]) for k, v in model.state_dict().items())
@@ -139,22 +143,47 @@ def test_checkpoint_roundtrip_and_reference_keys():
 
 
 def test_tiny_hrm_learns_a_fixed_batch():
-    """Overfitting 8 fixed samples (a per-puzzle recolouring) with Adam: the loss must fall by 4x."""
+    """Overfitting 8 fixed samples (a per-puzzle recolouring) with Adam: the loss falls by 4x."""
     torch.manual_seed(0)
     model = hrm.Model(tiny_config(halt_max_steps=1)).train()
     batch = tiny_batch(B=8)
-    batch["labels"] = torch.where(batch["labels"] == -100, -100, (batch["inputs"] + batch["puzzle_identifiers"][:, None]) % 12)
+    recoloured = (batch["inputs"] + batch["puzzle_identifiers"][:, None]) % 12
+    batch["labels"] = torch.where(batch["labels"] == -100, -100, recoloured)
     losses = hand_train(model, [batch] * 60)
     assert losses[-1] < 0.25 * losses[0], losses[::10]
 
 
+@pytest.mark.slow
 def test_train_and_evaluate_run_hrm_with_only_model_changed(tmp_path):
-    data, train, evaluate = pytest.importorskip("data"), pytest.importorskip("train"), pytest.importorskip("evaluate")
+    data, train = pytest.importorskip("data"), pytest.importorskip("train")
+    evaluate = pytest.importorskip("evaluate")
     toy = data.build_toy(str(tmp_path / "toy"), num_train=256, num_test=64)
-    result = train.main(["--model", "hrm", "--out", str(tmp_path / "run"), "--config", f"data={toy}", "hidden_size=32",
-                         "num_heads=2", "H_layers=1", "L_layers=1", "halt_max_steps=2", "puzzle_emb_ndim=32",
-                         "global_batch_size=16", "max_steps=6", "log_interval=2", "eval_batches=2", "ema=True"])
+    result = train.main([
+        "--model", "hrm", "--out", str(tmp_path / "run"), "--config", f"data={toy}",
+        "hidden_size=32", "num_heads=2", "H_layers=1", "L_layers=1", "halt_max_steps=2",
+        "puzzle_emb_ndim=32", "global_batch_size=16", "max_steps=6", "log_interval=2",
+        "eval_batches=2", "ema=True"])
     assert result["step"] == 6
-    # evaluate.py rebuilds the model from the checkpoint alone and scores the same test batches the same.
-    again = evaluate.main(["--checkpoint", os.path.join(result["out_dir"], "checkpoint.pt"), "--max-batches", "2"])
+    # evaluate.py rebuilds the model from the checkpoint alone and scores the same batches the same.
+    checkpoint = os.path.join(result["out_dir"], "checkpoint.pt")
+    again = evaluate.main(["--checkpoint", checkpoint, "--max-batches", "2"])
     assert abs(again["accuracy"] - result["accuracy"]) < 1e-6, (again, result)
+
+
+def test_mixer_in_both_levels_and_exactly_the_paper_model_at_init():
+    """conv_kernel reaches the blocks of H_level and L_level (trm.Block); zero-initialised, the
+    model computes exactly what the paper's does, and the conv weights get gradients."""
+    torch.manual_seed(0)
+    paper = hrm.Model(tiny_config(seq_len=9)).eval()
+    torch.manual_seed(0)
+    mixer = hrm.Model(tiny_config(seq_len=9, conv_kernel=3)).eval()
+    assert set(mixer.state_dict()) - set(paper.state_dict()) == {
+        "H_level.layers.0.mlp.conv.weight", "L_level.layers.0.mlp.conv.weight"}
+    batch = tiny_batch(L=9)
+    a = paper(paper.initial_carry(batch), batch)[3]
+    b = mixer(mixer.initial_carry(batch), batch)[3]
+    assert torch.equal(a["logits"], b["logits"])
+    assert torch.equal(a["q_halt_logits"], b["q_halt_logits"])
+    mixer.train()(mixer.initial_carry(batch), batch)[1].backward()
+    convs = [p for n, p in mixer.named_parameters() if n.endswith("conv.weight")]
+    assert all(p.grad.abs().sum() > 0 for p in convs)

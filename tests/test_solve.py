@@ -83,6 +83,7 @@ def run(world, out, *config, tasks="all", solutions=True):
     return solve.main(argv + (["--solutions", str(root / f"{tasks}_solutions.json")] if solutions else []))
 
 
+@pytest.mark.slow
 def test_adaptation_beats_the_mean_embedding(world):
     assert world["train_result"]["exact_accuracy"] >= 0.9, world["train_result"]   # the seen tasks are learned
     base = run(world, "none", "mode=none")
@@ -244,6 +245,7 @@ def test_bad_input_is_one_line(world, tmp_path, capsys, name, files, args, words
     assert _tree(tmp_path) == before and _tree(world["root"] / "run") == ckpt_before
 
 
+@pytest.mark.slow
 def test_bad_input_through_the_real_process(world, tmp_path):
     import subprocess
     import sys

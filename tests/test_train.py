@@ -16,6 +16,7 @@ import sys
 import pytest
 import torch
 
+import checkpoint
 import config
 import data
 import train
@@ -39,6 +40,7 @@ def rows(out):
     return [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
 
 
+@pytest.mark.slow
 def test_tiny_trm_learns_toy_task(toy, tmp_path):
     result = run(toy, tmp_path / "run", "max_steps=400", "log_interval=50")
     train_rows = [r for r in rows(tmp_path / "run") if "loss" in r]
@@ -47,6 +49,7 @@ def test_tiny_trm_learns_toy_task(toy, tmp_path):
     assert os.path.exists(tmp_path / "run" / "curves.png") and os.path.exists(tmp_path / "run" / "config.json")
 
 
+@pytest.mark.slow
 def test_resume_continues_the_same_run(toy, tmp_path):
     common = ("log_interval=1", "halt_exploration_prob=0.5", "ema=True")
     run(toy, tmp_path / "a", "max_steps=8", *common)
@@ -61,28 +64,28 @@ def test_resume_continues_the_same_run(toy, tmp_path):
 def test_resume_refuses_other_model_and_changed_config(toy, tmp_path):
     run(toy, tmp_path / "r", "max_steps=1", "eval_batches=1")
     with pytest.raises(SystemExit, match="checkpoint of model 'trm', not 'prr'"):
-        config.read_checkpoint(str(tmp_path / "r" / "checkpoint.pt"), "prr")
+        checkpoint.read_checkpoint(str(tmp_path / "r" / "checkpoint.pt"), "prr")
     with pytest.raises(SystemExit, match="cannot change lr"):
         train.main(["--model", "trm", "--out", str(tmp_path / "r"), "--resume", "--config", "lr=0.5"])
     cfg = config.model_module("trm").Config(hidden_size=32)
     with pytest.raises(SystemExit, match="hidden_size=64 .this run: 32."):
-        config.read_checkpoint(str(tmp_path / "r" / "checkpoint.pt"), "trm", cfg)
+        checkpoint.read_checkpoint(str(tmp_path / "r" / "checkpoint.pt"), "trm", cfg)
 
 
 def test_config_errors_name_key_and_value():
     with pytest.raises(SystemExit, match="unknown config key 'lr_warmup' for model 'trm'; did you mean 'lr_warmup_steps'"):
         train.main(["--model", "trm", "--config", "lr_warmup=5"])
-    with pytest.raises(SystemExit, match="'H_cycles' for model 'trm' takes a int .default 3., got 'three'"):
+    with pytest.raises(SystemExit, match="'H_cycles' for model 'trm' takes an int .default 3., got 'three'"):
         train.main(["--model", "trm", "--config", "H_cycles=three"])
     # the default shown is the dataclass's, not the value an earlier pair set
-    with pytest.raises(SystemExit, match="'hidden_size' for model 'trm' takes a int .default 512., got 'x'"):
+    with pytest.raises(SystemExit, match="'hidden_size' for model 'trm' takes an int .default 512., got 'x'"):
         train.main(["--model", "trm", "--config", "hidden_size=32", "hidden_size=x"])
     with pytest.raises(SystemExit, match="unknown model 'gpt'"):
         train.main(["--model", "gpt"])
 
 
-def test_help_lists_models_datasets_and_keys():
-    out = subprocess.run([sys.executable, "train.py", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+def test_help_lists_models_datasets_and_keys(tmp_path):
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0
     for word in ("models: trm", "datasets:", "H_cycles", "T: answer updates", "puzzle_emb_lr", "global_batch_size"):
         assert word in out.stdout, word
@@ -134,7 +137,7 @@ def listing(folder):
 def test_model_recipe_applied_unless_the_user_sets_the_key(monkeypatch):
     import trm
     monkeypatch.setattr(trm, "TRAIN_DEFAULTS", {"grad_clip": 1.0, "ema_rate": 0.99}, raising=False)
-    resolve = lambda *a: config.resolve_configs(train.parse_args(["--model", "trm", *a]), train.TrainConfig,
+    resolve = lambda *a: checkpoint.resolve_configs(train.parse_args(["--model", "trm", *a]), train.TrainConfig,
                                                 train.RESUMABLE_KEYS)[2]
     assert (resolve().grad_clip, resolve().ema_rate) == (1.0, 0.99)
     assert resolve("--config", "grad_clip=0.5").grad_clip == 0.5 and train.TrainConfig().grad_clip == 0.0
@@ -213,3 +216,73 @@ def test_an_in_process_run_leaves_no_signal_handler_behind(toy, tmp_path):
     before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     run(toy, tmp_path / "r", "max_steps=2")
     assert {sig: signal.getsignal(sig) for sig in before} == before
+
+
+def test_progress_rows_average_over_the_samples_that_halted(toy, tmp_path, capsys):
+    """A progress row covers every step since the previous one: losses per sample over those steps, the
+    other metrics over the samples that halted in them, and `-` (null) when none did (here step 1: the Q
+    head starts far below halting, so every sample runs both of its ACT steps)."""
+    keys = ("max_steps=6", "halt_exploration_prob=0.0", "eval_batches=1")
+    run(toy, tmp_path / "one", "log_interval=1", *keys)
+    first = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("step 1/6"))
+    assert "| acc - exact - |" in first, first
+    run(toy, tmp_path / "three", "log_interval=3", *keys)
+    one = [r for r in rows(tmp_path / "one") if "loss" in r]
+    three = [r for r in rows(tmp_path / "three") if "loss" in r]
+    assert one[0]["count"] == 0 and one[0]["accuracy"] is None
+    assert [r["step"] for r in three] == [3, 6]
+    for r in three:
+        part = one[r["step"] - 3:r["step"]]
+        count = sum(p["count"] for p in part)
+        assert r["count"] == count > 0
+        assert math.isclose(r["loss"], sum(p["loss"] for p in part) / 3, rel_tol=1e-6)
+        for k in ("accuracy", "exact_accuracy", "lm_loss"):
+            expect = (sum(p[k] for p in part) / 3 if k.endswith("loss") else
+                      sum(p[k] * p["count"] for p in part if p["count"]) / count)
+            assert math.isclose(r[k], expect, rel_tol=1e-6), (k, r, part)
+
+
+def test_a_batch_too_big_for_memory_is_refused_in_one_line(toy, tmp_path):
+    """Through the command line, under a 3 GB address-space limit: the activations of a step, measured on
+    1 and 2 samples, refuse the batch before it is allocated; exit code 2, no run folder."""
+    import resource
+    limit = lambda: resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))  # noqa: E731
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), "--out", str(tmp_path / "r"),
+                           "--config", f"data={toy}", *TINY, "global_batch_size=100000"], cwd=tmp_path,
+                          preexec_fn=limit, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-3000:]
+    assert lines[0].startswith("error: config key 'global_batch_size' = 100000 does not fit in memory")
+    assert os.listdir(tmp_path) == []
+
+
+def test_the_allocator_failing_at_a_step_is_one_line(toy, tmp_path, monkeypatch):
+    import trm
+    monkeypatch.setattr(train, "check_memory", lambda *a: None)  # as if the estimate had missed
+
+    def no_room(self, carry, batch):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory")
+    monkeypatch.setattr(trm.Model, "forward", no_room)
+    with pytest.raises(SystemExit, match=r"^error: config key 'global_batch_size' = 32 \(step 1\) does not "
+                                         r"fit in memory \(\[enforce fail"):
+        run(toy, tmp_path / "r", "max_steps=2")
+    assert not os.path.exists(tmp_path / "r")
+    def broken(self, carry, batch):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+    monkeypatch.setattr(trm.Model, "forward", broken)
+    with pytest.raises(RuntimeError, match="shapes cannot"):  # not dressed up as memory
+        run(toy, tmp_path / "r", "max_steps=2")
+
+
+def test_compile_on_a_cpu_only_for_runs_long_enough_and_threads_in_the_header(toy, tmp_path, capsys):
+    cpu, cuda, model = torch.device("cpu"), torch.device("cuda"), torch.nn.Linear(2, 2)
+    cfg = train.TrainConfig()
+    assert train.compiled(model, cfg, cpu, train.CPU_COMPILE_STEPS - 1) is None
+    assert train.compiled(model, cfg, cpu, train.CPU_COMPILE_STEPS) is not None  # lazy: no compile yet
+    assert train.compiled(model, cfg, cuda, 1) is not None
+    assert train.compiled(model, train.TrainConfig(compile=False), cuda, 10 ** 9) is None
+    run(toy, tmp_path / "r", "max_steps=1", "eval_batches=1", "threads=1")
+    assert "1 process(es) on cpu, 1 thread(s)\n" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="'threads' must be an integer >= 0, got -1"):
+        run(toy, tmp_path / "s", "threads=-1")
