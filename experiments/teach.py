@@ -25,7 +25,7 @@ weights).
 Tasks, built into --data-root on first use (`python data.py --help`): `maze_small` (7x7 mazes on an
 11x11 wall canvas, mark the unique shortest path), `maze_small_big` (the same training mazes, tested
 on 11x11 mazes), `maze_small_15`/`_21` (bigger mazes on bigger canvases), `sudoku6` (6x6 minimal
-Sudoku), `arc_small` (ARC-AGI-1 tasks on a 10x10 canvas, evaluation tasks held out).
+Sudoku), `grid_programs` (colour-permutation programs; the test split's programs are held out).
 
 Outputs in --out: results.json (the headline), details.json (everything measured), table.md,
 teach_models.png, teach_depth.png, teach_extrapolation.png, a folder and a log per run. Each
@@ -51,32 +51,40 @@ import cli
 import data
 import evaluate
 
-# Sizes: experiments.TINY (width 64, one block). Each run's learning-rate schedule spans its steps.
-MAZE = ["puzzle_emb_ndim=0", "global_batch_size=32", "lr=1e-3", "lr_min_ratio=0.1",
-        "lr_warmup_steps=100"]
+# Sizes: experiments.TINY (width 64, one block). Each run's learning-rate schedule spans its steps;
+# compile=False: a CPU compile costs ~100 s per run, about what it saves at these lengths.
+# Mazes: the 2-D mixer (conv_kernel=3), lr 2e-3, warm-up, a cosine to 0.1 (docs/teach.md).
+MAZE = ["puzzle_emb_ndim=0", "global_batch_size=32", "lr=2e-3", "lr_min_ratio=0.1",
+        "lr_warmup_steps=100", "weight_decay=0.1", "compile=False"]
 SUDOKU = ["puzzle_emb_ndim=0", "global_batch_size=32", "lr=3e-3", "mlp_t=True"]  # TRM-MLP
 RECURSIVE = ["H_cycles=2", "L_cycles=2", "halt_max_steps=4"]
 ONE_PASS = ["H_cycles=1", "L_cycles=1", "halt_max_steps=1"]
-CONV = ["n_inner=2", "n_outer=3", "eval_n_steps=6"]
-# The recipes, longest first so that two workers end together. Provisional: measured recipes replace
-# them line by line. name: (model, task, steps, keys, control, the control's keys on top of the
-# recipe's; None: the same checkpoint with another task's demonstrations)
+CONV = ["trunk=conv", "base_channels=32", "n_res_blocks=2", "n_inner=2", "n_outer=6",
+        "eval_n_steps=16", "lr=1e-3", "lr_warmup_steps=50", "lr_min_ratio=1.0", "weight_decay=0.01"]
+PROGRAMS = ["hidden_size=64", "num_heads=4", "L_layers=1", "H_cycles=1", "L_cycles=1",
+            "halt_max_steps=1", "encoder_num_layers=1", "puzzle_emb_len=4", "global_batch_size=64",
+            "lr=1e-3", "lr_warmup_steps=20", "weight_decay=0.01", "loss_type=softmax"]
+# The recipes, longest first so that two workers end together. name: (model, task, steps, keys,
+# control, the control's keys on top of the recipe's; None: the same checkpoint with another
+# task's demonstrations)
 RECIPES = {
-    "trm": ("trm", "maze_small", 2000, MAZE + RECURSIVE + ["conv_kernel=3"], "one pass", ONE_PASS),
-    "hrm": ("hrm", "maze_small", 1200, MAZE + RECURSIVE + ["conv_kernel=3"], "one timescale",
-            ["H_cycles=3", "L_cycles=1"]),
+    "hrm": ("hrm", "maze_small", 1500, MAZE + RECURSIVE + ["conv_kernel=3", "grad_clip=1.0"],
+            "one timescale", ["H_cycles=3", "L_cycles=1"]),
     "prr": ("prr", "maze_small", 800, MAZE + ["conv_kernel=3", "num_branches=4"], "K=1",
             ["num_branches=1"]),
-    "deep_recursive": ("deep_recursive", "maze_small", 1000, MAZE + CONV, "one step",
+    "trm": ("trm", "maze_small", 1500, MAZE + RECURSIVE + ["conv_kernel=3"], "one pass", ONE_PASS),
+    "deep_recursive": ("deep_recursive", "maze_small", 800, MAZE + CONV, "one step",
                        ["n_inner=1", "n_outer=1", "eval_n_steps=1"]),
+    "etrm": ("etrm", "grid_programs", 1500, PROGRAMS, "another task's demos", None),
     "sudoku": ("trm", "sudoku6", 1000, SUDOKU + RECURSIVE, "one pass", ONE_PASS),
-    "etrm": ("etrm", "arc_small", 300, ["global_batch_size=16"], "another task's demos", None),
 }
 DEPTH = ("trm", "sudoku", "deep_recursive")  # results "depth": their control is one pass / step
 ATTENTION_MAZES = "trm"                      # results "attention_mazes"
 # The recipe's checkpoint, trained on train_size mazes, run with `key` = each depth on each size.
-EXTRAPOLATION = {"recipe": "deep_recursive", "key": "eval_n_steps", "depths": [1, 2, 4, 8, 16, 32],
-                 "train_size": 7, "sizes": {7: "maze_small", 11: "maze_small_big"}}
+EXTRAPOLATION = {"recipe": "deep_recursive", "key": "eval_n_steps",
+                 "depths": [1, 2, 4, 8, 16, 32, 64],
+                 "train_size": 7, "sizes": {7: "maze_small", 11: "maze_small_big",
+                                            15: "maze_small_15", 21: "maze_small_21"}}
 MAZES = {"num_train": 4000, "num_test": 256}
 DATA = {"maze_small": MAZES, "maze_small_big": MAZES, "maze_small_15": {"num_test": 128},
         "maze_small_21": {"num_test": 128}, "sudoku6": {"num_train": 600, "num_test": 128}}
@@ -84,7 +92,7 @@ SMOKE_MAZES = {"num_train": 64, "num_test": 16}
 SMOKE_DATA = {"maze_small": SMOKE_MAZES, "maze_small_big": SMOKE_MAZES,
               "maze_small_15": {"num_test": 8}, "maze_small_21": {"num_test": 8},
               "sudoku6": {"num_train": 8, "num_test": 8},
-              "arc_small": {"max_tasks": 2, "num_aug": 2}}
+              "grid_programs": {"num_train": 32, "num_test": 8}}
 SMOKE_KEYS = ["hidden_size=16", "num_heads=2", "base_channels=4", "latent_channels=16",
               "global_batch_size=8"]  # on each model that has the key
 SMOKE_STEPS = 2
