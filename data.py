@@ -250,7 +250,9 @@ class PuzzleDataset:
         self.iteration, self.batch_index, self._skip = 0, 0, 0
         self.example_puzzle = np.repeat(np.arange(len(self.arrays["puzzle_identifiers"])),
                                         np.diff(self.arrays["puzzle_indices"]))
-        self.is_query = np.ones(len(self.arrays["inputs"]), bool)
+        flags = self.arrays["is_demo"]  # a test puzzle's demos are given, not asked: every model
+        self.is_query = ~flags if split == "test" and flags is not None else \
+            np.ones(len(self.arrays["inputs"]), bool)  # is scored on the same queries
         if with_demos:
             self._setup_demos()
 
@@ -328,8 +330,7 @@ class PuzzleDataset:
                 batch, room = [], self.global_batch_size
 
     def _test_batches(self):
-        ex = np.nonzero(self.is_query)[0] if self.with_demos else \
-            np.arange(len(self.arrays["inputs"]))
+        ex = np.nonzero(self.is_query)[0]
         for start in range(0, len(ex), self.global_batch_size):
             yield ex[start:start + self.global_batch_size]
 

@@ -427,11 +427,14 @@ def test_loader_batch_contents(toy):
     assert b["inputs"].dtype == torch.int32 and len(b["inputs"]) == 32
     assert (b["labels"][:, 14:] == -100).all() and (b["labels"][:, :14] >= 2).all()
     assert ((b["puzzle_identifiers"] >= 1) & (b["puzzle_identifiers"] <= 8)).all()
-    batches = list(data.PuzzleDataset(toy, "test", 20))     # 48 test examples: 20, 20, then 8 + padding
-    assert [int((b["labels"] != -100).any(1).sum()) for b in batches] == [20, 20, 8]
+    # 48 test examples, 12 puzzles of 3 demos + 1 query: every model is scored on the 12 queries
+    batches = list(data.PuzzleDataset(toy, "test", 5))      # 5, 5, then 2 + padding
+    assert [int((b["labels"] != -100).any(1).sum()) for b in batches] == [5, 5, 2]
     last = batches[-1]
-    assert (last["puzzle_identifiers"][8:] == 0).all() and (last["labels"][8:] == -100).all()
-    assert (last["inputs"][8:] == 0).all() and (last["puzzle_identifiers"][:8] > 0).all()
+    assert (last["puzzle_identifiers"][2:] == 0).all() and (last["labels"][2:] == -100).all()
+    assert (last["inputs"][2:] == 0).all() and (last["puzzle_identifiers"][:2] > 0).all()
+    demos = data.PuzzleDataset(toy, "test", 5, with_demos=True)
+    assert [len(b["inputs"]) for b in batches] == [len(b["inputs"]) for b in demos]
 
 
 def test_loader_resume(toy):
