@@ -264,7 +264,8 @@ def prepare(args):
     tasks = load_tasks(args.tasks, side)
     if args.solutions and not os.path.isfile(args.solutions):
         raise SystemExit(f"error: {args.solutions}: no such file (--solutions)")
-    out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "solve")
+    folder = args.checkpoint if os.path.isdir(args.checkpoint) else os.path.dirname(args.checkpoint)
+    out = args.out or os.path.join(os.path.abspath(folder), "solve")  # beside the checkpoint
     if os.path.lexists(out) and not os.path.isdir(out):
         raise SystemExit(f"error: {out}: exists and is not a folder (--out)")
     return model, cfg, side, names, set(ids.tolist()), tasks, out
