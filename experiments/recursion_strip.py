@@ -3,7 +3,7 @@
     python -m experiments.recursion_strip   # a TRM-MLP solving a 6x6 Sudoku, one ACT step at a time
     python -m experiments.recursion_strip --checkpoint runs/trm-arc1/checkpoint.pt --index 3
 
-Default: the Sudoku TRM-MLP of `python -m experiments.teach` (runs/teach/sudoku_recursive) if it
+Default: the Sudoku TRM-MLP of `python -m experiments.teach` (runs/teach/sudoku) if it
 exists, else the same network trained here on `sudoku6` for --steps (4 ACT steps of 6 network
 calls); the strip runs it for --depth ACT steps (default 8, twice its training depth) on a test
 puzzle, so the digits fill in step by step. For the mazes: --data maze_small_big --checkpoint
@@ -49,7 +49,7 @@ def main(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=__doc__.split("\n", 1)[1])
     p.add_argument("--checkpoint", default="", help="a trained checkpoint (default: "
-                   "runs/teach/sudoku_recursive's, or train a small TRM-MLP on sudoku6 here)")
+                   "runs/teach/sudoku's, or train a small TRM-MLP on sudoku6 here)")
     p.add_argument("--data", default="", help="dataset of the puzzle (default: sudoku6, or the "
                    "checkpoint's when one is given)")
     p.add_argument("--index", type=int, default=0, help="which test example")
@@ -61,7 +61,7 @@ def main(argv=None):
     p.add_argument("--out", default="runs/recursion_strip", help="output folder")
     args = p.parse_args(argv)
     ckpt, default = args.checkpoint, not args.checkpoint and not args.data
-    taught = os.path.join("runs", "teach", "sudoku_recursive", "checkpoint.pt")
+    taught = os.path.join("runs", "teach", "sudoku", "checkpoint.pt")
     if default and os.path.exists(taught):
         ckpt = taught
     if not ckpt:  # the Sudoku recursion of experiments.teach: 6 network calls x 4 ACT steps
