@@ -75,6 +75,7 @@ DATASETS = {
                            "on 7x7 (CPU minutes)", train_size=7, test_size=7, canvas=11),
     "maze_small_big": _variant(build_small_maze, "maze_small's training mazes, tested on 11x11 "
                                "(test-time depth)", train_size=7, test_size=11, canvas=11),
+    "maze_small_aug": _variant(build_small_maze, "maze_small + 8 dihedral versions", aug=True),
     **{f"maze_small_{n}": _variant(build_small_maze, f"{n}x{n} test mazes on a {n}x{n} canvas, "
                                    "for canvas-free models trained on maze_small", train_size=7,
                                    test_size=n, canvas=n, num_train=16) for n in (15, 21)},

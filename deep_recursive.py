@@ -22,9 +22,10 @@ One step, on the side x side canvas (side = sqrt(L), L the batch's sequence leng
 Task: TRM's per-puzzle vector (zero-initialised, sign-SGD in train.py) -> FiLM (1 + gamma) x +
 beta, the identity at init. Training: n_outer segments of n_inner steps, each step differentiated,
 (y, z) detached between segments; `loss` = mean over segments of the per-sample mean CE over
-labelled cells (padding, label -100, gets none), summed over the batch. Every segment is
-supervised from a state the model made itself, as in the progressive loss. Evaluation (or no
-grad): eval_n_steps steps, the last answer scored, outputs["step_preds"] [B, steps, L] the
+labelled cells (padding, label -100, gets none), summed over the batch. `progressive=True`
+instead runs n random steps without gradient and then k random differentiated steps, supervised
+once: Bansal et al.'s progressive loss, what lets trunk=conv solve mazes bigger than its training
+mazes by running more steps (docs/deep_recursive.md). Evaluation (or no grad): eval_n_steps steps, the last answer scored, outputs["step_preds"] [B, steps, L] the
 answer after each step.
   memory_efficient=True: each segment runs under torch.utils.checkpoint (non-reentrant) and is
     recomputed in the backward pass: peak activations are one segment's graph (1/n_outer of the
@@ -68,6 +69,7 @@ class Config:
     n_inner: "int >= 1" = 3             # steps per segment, all differentiated
     n_outer: "int >= 1" = 3             # segments (deep supervision), (y, z) detached between them
     eval_n_steps: "int >= 1" = 9        # steps at evaluation (more may help)
+    progressive: "bool" = False         # train from a random step (Bansal et al. 2022): see forward
     memory_efficient: "bool" = True     # checkpoint each segment (peak memory: one segment)
     trunk: "str in unet|conv" = "unet"  # one step's network: unet | conv (full res., any canvas)
     puzzle_emb_ndim: "int >= 0" = 512   # width of the per-puzzle task vector (0 = none)
@@ -219,10 +221,20 @@ class Model(nn.Module):
         y_emb = torch.einsum("bvhw,vc->bchw", y.float().softmax(1), self.embed_y).to(self.dtype)
         return self.trunk(x_emb + y_emb, z, gamma_beta)
 
-    def segment(self, x_emb, y, z, gamma_beta):
-        for _ in range(self.config.n_inner):
+    def segment(self, x_emb, y, z, gamma_beta, n=None):
+        for _ in range(self.config.n_inner if n is None else n):
             y, z = self.step(x_emb, y, z, gamma_beta)
         return y, z
+
+    def progressive_start(self, x_emb, y, z, gamma_beta):
+        """Bansal et al. 2022, Alg. 1: n ~ U{0..N-1} steps without gradient, N = n_inner x n_outer,
+        then k ~ U{1..N-n} differentiated steps. The network learns to improve any state it makes,
+        not to reach the answer in a fixed number of steps: what carries to longer runs."""
+        N = self.config.n_inner * self.config.n_outer
+        n = int(torch.randint(N, ()))
+        with torch.no_grad():
+            y, z = self.segment(x_emb, y, z, gamma_beta, n)
+        return y.detach(), None if z is None else z.detach(), int(torch.randint(1, N - n + 1, ()))
 
     def embed(self, inputs, task):
         """Canvas [B, L] -> [B, C, S, S]; task [B, ndim] -> FiLM (gamma, beta) [B, ch, 1, 1]."""
@@ -259,16 +271,18 @@ class Model(nn.Module):
             loss, _, metrics = trm.token_loss_and_metrics(logits, labels, halted, c.loss_type)
             extra = {"step_preds": torch.stack(step_preds, 1)}
         else:
-            loss, extra = 0.0, {}
-            for _ in range(c.n_outer):
+            loss, extra, k, segments = 0.0, {}, None, c.n_outer
+            if c.progressive:  # one supervised segment of k steps from a random start
+                (y, z, k), segments = self.progressive_start(x, y, z, gamma_beta), 1
+            for _ in range(segments):
                 if c.memory_efficient:
-                    y, z = checkpoint(self.segment, x, y, z, gamma_beta, use_reentrant=False)
+                    y, z = checkpoint(self.segment, x, y, z, gamma_beta, k, use_reentrant=False)
                 else:
-                    y, z = self.segment(x, y, z, gamma_beta)
+                    y, z = self.segment(x, y, z, gamma_beta, k)
                 logits = to_tokens(y)
                 seg_loss, _, metrics = trm.token_loss_and_metrics(logits, labels, halted,
                                                                   c.loss_type)
-                loss = loss + seg_loss / c.n_outer
+                loss = loss + seg_loss / segments
                 y, z = y.detach(), z.detach()
             metrics["lm_loss"] = loss.detach()  # the whole objective; accuracy: the last segment's
         outputs = {"logits": logits.detach(), "preds": logits.argmax(-1), **extra}

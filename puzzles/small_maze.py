@@ -16,7 +16,10 @@ shortest paths, so exact match is well defined. S and G are two rooms at least `
 apart (default: n, the path crosses the maze). Removing the dead ends one layer per step solves
 such a maze, and the number of steps grows with its size: a job for recursion.
 
-The test split is drawn from its own random stream and every test maze whose input also occurs in
+`aug=True` stores each training maze in its 8 rotations and reflections, one group per maze (the
+loader draws one version per maze and epoch): a maze in the canvas corner then meets the canvas
+border on every side, as a bigger maze does, which a convolution over a zero-padded canvas tells
+apart. The test split is drawn from its own random stream and every test maze whose input also occurs in
 the train split is dropped and redrawn, so the splits are disjoint.
 """
 import os
@@ -24,7 +27,7 @@ import os
 import numpy as np
 
 from puzzles.common import AtomicDir, DataError, metadata, write_json, write_split
-from puzzles.grids import GRID
+from puzzles.grids import GRID, dihedral
 from puzzles.maze import maze_bfs, maze_path
 
 WALL, OPEN, START, GOAL, PATH = 1, 2, 3, 4, 5
@@ -102,10 +105,10 @@ def draw(n, canvas, count, rng, exclude=(), min_path=None):
 
 
 def build_small_maze(out_dir, train_size=7, test_size=7, canvas=11, num_train=2000, num_test=256,
-                     seed=0, min_path=None):
+                     seed=0, min_path=None, aug=False):
     """Train split: num_train train_size-mazes; test split: num_test test_size-mazes (disjoint
     from train); both on a canvas x canvas wall canvas (seq_len canvas^2, vocab 6, no puzzle
-    identifiers). The train split depends only on (seed, train_size, canvas, num_train, min_path),
+    identifiers); aug: each train maze's 8 dihedral versions in one group. The train split depends only on (seed, train_size, canvas, num_train, min_path),
     so builds that differ only in their test size share it: a model trained on one is tested on the
     other's larger mazes."""
     for name, v in (("train_size", train_size), ("test_size", test_size)):
@@ -118,10 +121,14 @@ def build_small_maze(out_dir, train_size=7, test_size=7, canvas=11, num_train=20
     train = draw(train_size, canvas, num_train, stream(1, train_size), min_path=min_path)
     exclude = {row.tobytes() for row in train[0]}
     test = draw(test_size, canvas, num_test, stream(2, test_size), exclude, min_path=min_path)
+    versions = 8 if aug else 1
+    if aug:
+        train = tuple(np.stack([dihedral(g.reshape(canvas, canvas), t).reshape(-1)
+                                for g in grids for t in range(8)]) for grids in train)
     with AtomicDir(out_dir) as tmp:
-        for split, (q, a) in (("train", train), ("test", test)):
-            P = len(q)
-            write_split(tmp, split, q, a, np.zeros(P), np.arange(P + 1), np.arange(P + 1),
-                        metadata(canvas * canvas, 6, 1, P, P, P))
+        for split, (q, a), v in (("train", train, versions), ("test", test, 1)):
+            P, G = len(q), len(q) // v
+            write_split(tmp, split, q, a, np.zeros(P), np.arange(P + 1), np.arange(0, P + 1, v),
+                        metadata(canvas * canvas, 6, 1, G, P, P))
         write_json(os.path.join(tmp, "identifiers.json"), ["<blank>"])
     return out_dir

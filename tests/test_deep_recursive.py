@@ -106,6 +106,52 @@ def test_loss_is_the_whole_objective_in_both_modes():
         assert "total_loss" not in metrics
 
 
+@pytest.mark.parametrize("efficient", [True, False])
+def test_progressive_loss_is_k_differentiated_steps_after_n_steps_without_gradient(efficient):
+    """progressive=True: n ~ U{0..N-1} steps without gradient, then k ~ U{1..N-n} differentiated
+    steps and the loss of the last answer (Bansal et al. 2022, Alg. 1), N = n_inner x n_outer.
+    Written out by hand with the same draws: same loss, same gradients; the prefix gives none."""
+    torch.manual_seed(0)
+    cfg = tiny_config(trunk="conv", n_inner=2, n_outer=3, progressive=True, puzzle_emb_ndim=0,
+                      memory_efficient=efficient)
+    model = randomised_conv(dr.Model(cfg).train())
+    batch = tiny_batch(B=4, L=16)
+    labels = batch["labels"].long()
+    mask = labels != -100
+    for seed in range(4):
+        torch.manual_seed(seed)
+        n = int(torch.randint(6, ()))
+        k = int(torch.randint(1, 6 - n + 1, ()))
+        x, _ = model.embed(batch["inputs"], None)
+        y, z = torch.zeros(4, 12, 4, 4), None
+        with torch.no_grad():
+            for _ in range(n):
+                y, z = model.step(x, y, z, None)
+        for _ in range(k):
+            y, z = model.step(x, y, z, None)
+        logp = y.permute(0, 2, 3, 1).reshape(4, 16, 12).log_softmax(-1)
+        ce = -logp.gather(-1, labels.clamp_min(0)[..., None])[..., 0]
+        want = ((ce * mask).sum(-1) / mask.sum(-1)).sum()
+        model.zero_grad(set_to_none=True)
+        want.backward()
+        want_grads = {name: p.grad.clone() for name, p in model.named_parameters()}
+        torch.manual_seed(seed)
+        model.zero_grad(set_to_none=True)
+        _, loss, _, _ = model(model.initial_carry(batch), batch)
+        loss.backward()
+        assert math.isclose(loss.item(), want.item(), rel_tol=1e-5), (seed, n, k)
+        for name, p in model.named_parameters():
+            torch.testing.assert_close(p.grad, want_grads[name], rtol=1e-4, atol=1e-6)
+
+
+def randomised_conv(model):
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.abs().sum() == 0:
+                p.normal_(0, 0.05)
+    return model
+
+
 class LiveBytes(TorchDispatchMode):
     """Bytes of the tensors the ops inside it create that are still alive, and their peak (storages
     shared with an op's inputs, such as views of the weights, are not new)."""

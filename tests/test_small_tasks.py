@@ -85,6 +85,23 @@ def test_tiny_mazes_fill_their_few_layouts_without_sharing_one_across_splits(tmp
     assert len(train) == len(test) == 8 and not train & test
 
 
+def test_maze_aug_keeps_each_train_maze_in_its_eight_versions_and_the_test_split(tmp_path):
+    plain, aug = (small_maze.build_small_maze(str(tmp_path / f"m{a}"), num_train=6, num_test=4,
+                                              aug=a) for a in (False, True))
+    p, a = arrays(plain, "train"), arrays(aug, "train")
+    assert a["inputs"].shape == (48, 121) and list(a["group_indices"]) == list(range(0, 49, 8))
+    for i, (q, lab) in enumerate(zip(p["inputs"], p["labels"])):
+        versions = {(x.tobytes(), y.tobytes()) for x, y in zip(a["inputs"][8 * i:8 * i + 8],
+                                                               a["labels"][8 * i:8 * i + 8])}
+        want = {(np.rot90(g, r).tobytes(), np.rot90(h, r).tobytes()) for r in range(4)
+                for g, h in ((q.reshape(11, 11), lab.reshape(11, 11)),
+                             (q.reshape(11, 11).T, lab.reshape(11, 11).T))}
+        assert versions == want   # all 8 distinct: a maze's corner moves with it
+    assert (arrays(plain, "test")["inputs"] == arrays(aug, "test")["inputs"]).all()
+    meta = json.load(open(os.path.join(aug, "train", "dataset.json")))
+    assert (meta["total_groups"], meta["total_puzzles"]) == (6, 48)
+
+
 def test_maze_loader_and_bad_sizes(mazes, tmp_path):
     batch = next(iter(data.PuzzleDataset(mazes[1], "test", 8)))
     assert batch["inputs"].shape == (8, 121) and int(batch["labels"].min()) >= 1   # no PAD: every cell supervised
