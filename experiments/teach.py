@@ -16,7 +16,7 @@ count, data, steps and batch (samples); only the model's idea is gone:
   prr             K=4 parallel latent branches with Best-of-K against K=1;
   etrm            its own demonstrations against another task's, on held-out tasks (the same
                   checkpoint, evaluation only);
-  deep_recursive  recursion against one step.
+  deep_recursive  recursion (the progressive loss, up to 20 steps) against one step.
 DEPTH names the recipes whose control is one pass (results "depth", two or more tasks).
 EXTRAPOLATION runs a checkpoint trained on 7x7 mazes for more steps on 11x11 mazes of the same
 canvas and on bigger canvases (a canvas-free model, `any_canvas`, is rebuilt there with the same
@@ -24,7 +24,8 @@ weights).
 
 Tasks, built into --data-root on first use (`python data.py --help`): `maze_small` (7x7 mazes on an
 11x11 wall canvas, mark the unique shortest path), `maze_small_big` (the same training mazes, tested
-on 11x11 mazes), `maze_small_15`/`_21` (bigger mazes on bigger canvases), `sudoku6` (6x6 minimal
+on 11x11 mazes), `maze_small_aug` (maze_small, each training maze in its 8 rotations and
+reflections), `maze_small_15`/`_21` (bigger mazes on bigger canvases), `sudoku6` (6x6 minimal
 Sudoku), `grid_programs` (colour-permutation programs; the test split's programs are held out).
 
 Outputs in --out: results.json (the headline), details.json (everything measured), table.md,
@@ -59,8 +60,11 @@ MAZE = ["puzzle_emb_ndim=0", "global_batch_size=32", "lr=2e-3", "lr_min_ratio=0.
 SUDOKU = ["puzzle_emb_ndim=0", "global_batch_size=32", "lr=3e-3", "mlp_t=True"]  # TRM-MLP
 RECURSIVE = ["H_cycles=2", "L_cycles=2", "halt_max_steps=4"]
 ONE_PASS = ["H_cycles=1", "L_cycles=1", "halt_max_steps=1"]
-CONV = ["trunk=conv", "base_channels=32", "n_res_blocks=2", "n_inner=2", "n_outer=6",
-        "eval_n_steps=16", "lr=1e-3", "lr_warmup_steps=50", "lr_min_ratio=1.0", "weight_decay=0.01"]
+# deep_recursive: the conv trunk trained with the progressive loss on mazes in all 8 orientations
+# (docs/deep_recursive.md): it solves bigger mazes by running more steps.
+CONV = ["trunk=conv", "base_channels=32", "n_res_blocks=1", "n_inner=4", "n_outer=5",
+        "progressive=True", "eval_n_steps=20", "lr=1e-3", "lr_warmup_steps=50", "lr_min_ratio=1.0",
+        "weight_decay=0.01"]
 PROGRAMS = ["hidden_size=64", "num_heads=4", "L_layers=1", "H_cycles=1", "L_cycles=1",
             "halt_max_steps=1", "encoder_num_layers=1", "puzzle_emb_len=4", "global_batch_size=64",
             "lr=1e-3", "lr_warmup_steps=20", "weight_decay=0.01", "loss_type=softmax"]
@@ -73,7 +77,7 @@ RECIPES = {
     "prr": ("prr", "maze_small", 800, MAZE + ["conv_kernel=3", "num_branches=4"], "K=1",
             ["num_branches=1"]),
     "trm": ("trm", "maze_small", 1500, MAZE + RECURSIVE + ["conv_kernel=3"], "one pass", ONE_PASS),
-    "deep_recursive": ("deep_recursive", "maze_small", 800, MAZE + CONV, "one step",
+    "deep_recursive": ("deep_recursive", "maze_small_aug", 2000, MAZE + CONV, "one step",
                        ["n_inner=1", "n_outer=1", "eval_n_steps=1"]),
     "etrm": ("etrm", "grid_programs", 1500, PROGRAMS, "another task's demos", None),
     "sudoku": ("trm", "sudoku6", 1000, SUDOKU + RECURSIVE, "one pass", ONE_PASS),
@@ -82,15 +86,15 @@ DEPTH = ("trm", "sudoku", "deep_recursive")  # results "depth": their control is
 ATTENTION_MAZES = "trm"                      # results "attention_mazes"
 # The recipe's checkpoint, trained on train_size mazes, run with `key` = each depth on each size.
 EXTRAPOLATION = {"recipe": "deep_recursive", "key": "eval_n_steps",
-                 "depths": [1, 2, 4, 8, 16, 32, 64],
+                 "depths": [1, 2, 4, 8, 16, 32, 64, 128],
                  "train_size": 7, "sizes": {7: "maze_small", 11: "maze_small_big",
                                             15: "maze_small_15", 21: "maze_small_21"}}
 MAZES = {"num_train": 4000, "num_test": 256}
-DATA = {"maze_small": MAZES, "maze_small_big": MAZES, "maze_small_15": {"num_test": 128},
+DATA = {"maze_small": MAZES, "maze_small_big": MAZES, "maze_small_aug": MAZES, "maze_small_15": {"num_test": 128},
         "maze_small_21": {"num_test": 128}, "sudoku6": {"num_train": 600, "num_test": 128}}
 SMOKE_MAZES = {"num_train": 64, "num_test": 16}
 SMOKE_DATA = {"maze_small": SMOKE_MAZES, "maze_small_big": SMOKE_MAZES,
-              "maze_small_15": {"num_test": 8}, "maze_small_21": {"num_test": 8},
+              "maze_small_aug": SMOKE_MAZES, "maze_small_15": {"num_test": 8}, "maze_small_21": {"num_test": 8},
               "sudoku6": {"num_train": 8, "num_test": 8},
               "grid_programs": {"num_train": 32, "num_test": 8}}
 SMOKE_KEYS = ["hidden_size=16", "num_heads=2", "base_channels=4", "latent_channels=16",
