@@ -65,8 +65,8 @@ ONE_PASS = ["H_cycles=1", "L_cycles=1", "halt_max_steps=1"]
 CONV = ["trunk=conv", "base_channels=32", "n_res_blocks=1", "n_inner=4", "n_outer=5",
         "progressive=True", "eval_n_steps=20", "lr=1e-3", "lr_warmup_steps=50", "lr_min_ratio=1.0",
         "weight_decay=0.01"]
-# ETRM: held-out exact jumps from ~0 to ~0.7 somewhere after step 2,000 at lr 1e-3 (docs/teach.md,
-# "ETRM held out: reaching the target"); eager, as measured (~0.11 CPU s a step).
+# ETRM: held-out exact jumps from ~0 to ~0.7 between steps 750 and 2,500 (by seed) at lr 1e-3
+# (docs/teach.md, "ETRM held out: reaching the target"); eager, as measured (~0.11 CPU s a step).
 PROGRAMS = ["hidden_size=64", "num_heads=4", "L_layers=1", "H_cycles=1", "L_cycles=1",
             "halt_max_steps=1", "encoder_num_layers=1", "puzzle_emb_len=4", "global_batch_size=64",
             "lr=1e-3", "lr_warmup_steps=20", "weight_decay=0.01", "loss_type=softmax",
@@ -93,12 +93,13 @@ EXTRAPOLATION = {"recipe": "deep_recursive", "key": "eval_n_steps",
                  "train_size": 7, "sizes": {7: "maze_small", 11: "maze_small_big",
                                             15: "maze_small_15", 21: "maze_small_21"}}
 MAZES = {"num_train": 4000, "num_test": 256}
-DATA = {"maze_small": MAZES, "maze_small_big": MAZES, "maze_small_aug": MAZES, "maze_small_15": {"num_test": 128},
-        "maze_small_21": {"num_test": 128}, "sudoku6": {"num_train": 600, "num_test": 128}}
+DATA = {"maze_small": MAZES, "maze_small_big": MAZES, "maze_small_aug": MAZES,
+        "maze_small_15": {"num_test": 128}, "maze_small_21": {"num_test": 128},
+        "sudoku6": {"num_train": 600, "num_test": 128}}
 SMOKE_MAZES = {"num_train": 64, "num_test": 16}
 SMOKE_DATA = {"maze_small": SMOKE_MAZES, "maze_small_big": SMOKE_MAZES,
-              "maze_small_aug": SMOKE_MAZES, "maze_small_15": {"num_test": 8}, "maze_small_21": {"num_test": 8},
-              "sudoku6": {"num_train": 8, "num_test": 8},
+              "maze_small_aug": SMOKE_MAZES, "maze_small_15": {"num_test": 8},
+              "maze_small_21": {"num_test": 8}, "sudoku6": {"num_train": 8, "num_test": 8},
               "grid_programs": {"num_train": 32, "num_test": 8}}
 SMOKE_KEYS = ["hidden_size=16", "num_heads=2", "base_channels=4", "latent_channels=16",
               "global_batch_size=8"]  # on each model that has the key
@@ -208,6 +209,21 @@ def demo_swap_exact(ckpt, path, batch_size=64):
     return scores[0], scores[1], len(set(tasks)) > 1
 
 
+def earlier_runs(out, only):
+    """--only a,b: every run of <out>/details.json but the named recipes' and their controls'."""
+    if not only:
+        return {}
+    names = [n for n in only.split(",") if n]
+    path = os.path.join(out, "details.json")
+    unknown = [n for n in names if n not in RECIPES]
+    if unknown or not os.path.isfile(path):
+        raise SystemExit(f"error: --only {only}: " + (f"no recipe {unknown[0]!r} (RECIPES: "
+                         f"{', '.join(RECIPES)})" if unknown else f"{path} does not exist "
+                         "(run the whole suite first)"))
+    runs = json.load(open(path))["runs"]
+    return {k: v for k, v in runs.items() if v["recipe"] not in names}
+
+
 def extrapolate(ckpt, paths, smoke):
     """Exact accuracy at each depth on each test size (None where the model is tied to its
     canvas)."""
@@ -232,6 +248,8 @@ def main(argv=None):
     p.add_argument("--data-root", default="",
                    help="where datasets are built (default data/, smoke: <out>/data)")
     p.add_argument("--out", default="runs/teach", help="output folder")
+    p.add_argument("--only", default="", help="comma-separated recipes to re-run (with their "
+                   "controls); the other runs are kept from <out>/details.json")
     p.add_argument("--report-only", action="store_true", help="rewrite results.json, table.md and "
                    "the plots from <out>/details.json (no training)")
     args = p.parse_args(argv)
@@ -244,22 +262,26 @@ def main(argv=None):
         raise SystemExit(f"error: --scale {args.scale}: expected a number > 0")
     if args.workers < 0:
         raise SystemExit(f"error: --workers {args.workers}: expected an integer >= 0")
+    before = earlier_runs(args.out, args.only)
     t0, c0 = time.time(), _cpu_seconds()
     os.makedirs(args.out, exist_ok=True)
     root = args.data_root or (os.path.join(args.out, "data") if args.smoke else "data")
     paths = build_data(root, args.smoke)
-    runs, pool = plan(args.smoke, args.scale), Pool(args.workers)
+    runs = {name: r for name, r in plan(args.smoke, args.scale).items() if name not in before}
+    pool = Pool(args.workers)
     jobs = {name: pool.submit(model, os.path.join(args.out, name), paths[task], steps, keys)
             for name, (_, model, task, steps, keys) in runs.items()}
     res = {name: dict(jobs[name].result(), recipe=r[0], model=r[1], task=r[2], keys=r[4])
            for name, r in runs.items()}
+    res = {**before, **res}
     pool.close()
     ckpt = lambda name: os.path.join(res[name]["out_dir"], "checkpoint.pt")
     held_out = next(k for k, r in RECIPES.items() if r[5] is None)
     own, wrong, other_tasks = demo_swap_exact(ckpt(held_out), paths[RECIPES[held_out][1]])
     fields = ("model", "task", "steps", "keys", "control", "control_keys")
     details = {
-        "smoke": args.smoke, "scale": args.scale, "workers": args.workers, "datasets": paths,
+        "smoke": args.smoke, "scale": args.scale, "workers": args.workers, "only": args.only,
+        "datasets": paths,
         "recipes": {name: dict(zip(fields, r)) for name, r in RECIPES.items()}, "runs": res,
         "depth": list(DEPTH), "attention_mazes": ATTENTION_MAZES,
         "extrapolation": extrapolate(ckpt(EXTRAPOLATION["recipe"]), paths, args.smoke),

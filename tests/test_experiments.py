@@ -8,6 +8,7 @@ others, that the files exist and the table has one row per variant / step / N.
 """
 import json
 import os
+import shutil
 
 import pytest
 import torch
@@ -205,9 +206,23 @@ def test_teach_demo_swap_feeds_another_tasks_demos(teach_smoke, monkeypatch):
     assert teach.demo_swap_exact(ckpt, path) == (1.0, 0.0, True)
 
 
+def test_teach_only_reruns_the_named_recipe_and_keeps_every_other_run(teach_smoke, tmp_path):
+    out, _ = teach_smoke
+    copy = tmp_path / "teach"
+    shutil.copytree(out, copy)
+    before = json.load(open(copy / "details.json"))["runs"]
+    teach.main(["--smoke", "--workers", "0", "--out", str(copy), "--only", "sudoku"])
+    after = json.load(open(copy / "details.json"))
+    assert after["only"] == "sudoku" and set(after["runs"]) == set(before)
+    for name, run in before.items():
+        rerun = after["runs"][name]["seconds"] != run["seconds"]
+        assert rerun == (name in ("sudoku", "sudoku_control")), name
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--scale", "0"], "error: --scale 0.0"), (["--workers", "-1"], "error: --workers -1"),
-    (["--report-only"], "error: --report-only: "), ])
+    (["--report-only"], "error: --report-only: "), (["--only", "trm"], "error: --only trm: "),
+    (["--only", "nope"], "error: --only nope: no recipe 'nope'")])
 def test_teach_refuses_bad_flags_in_one_line_before_writing(argv, message, tmp_path):
     with pytest.raises(SystemExit) as e:
         teach.main([*argv, "--out", str(tmp_path / "out")])
