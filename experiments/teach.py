@@ -75,14 +75,18 @@ PROGRAMS = ["hidden_size=64", "num_heads=4", "L_layers=1", "H_cycles=1", "L_cycl
 # control, the control's keys on top of the recipe's; None: the same checkpoint with another
 # task's demonstrations)
 RECIPES = {
-    "hrm": ("hrm", "maze_small", 1500, MAZE + RECURSIVE + ["conv_kernel=3", "grad_clip=1.0"],
-            "one timescale", ["H_cycles=3", "L_cycles=1"]),
-    "prr": ("prr", "maze_small", 800, MAZE + ["conv_kernel=3", "num_branches=4"], "K=1",
-            ["num_branches=1"]),
+    # PRR: 16 core steps (its 4 learnt nothing), a CLS slot for its scorer (slot 0 is a grid cell
+    # without one; len 0 = one slot at width 64), no diversity term (docs/teach.md, "HRM and PRR").
+    "prr": ("prr", "sudoku6", 1000, SUDOKU + ["puzzle_emb_ndim=64", "puzzle_emb_len=0",
+                                             "num_steps=16", "num_branches=4",
+                                             "diversity_weight=0"], "K=1", ["num_branches=1"]),
     "trm": ("trm", "maze_small", 1500, MAZE + RECURSIVE + ["conv_kernel=3"], "one pass", ONE_PASS),
     "deep_recursive": ("deep_recursive", "maze_small_aug", 2000, MAZE + CONV, "one step",
                        ["n_inner=1", "n_outer=1", "eval_n_steps=1"]),
     "etrm": ("etrm", "grid_programs", 3000, PROGRAMS, "another task's demos", None),
+    "hrm": ("hrm", "sudoku6", 2000, SUDOKU + RECURSIVE + ["lr_min_ratio=0.1",
+                                                          "lr_warmup_steps=100"],
+            "one timescale", ["H_cycles=3", "L_cycles=1"]),
     "sudoku": ("trm", "sudoku6", 1000, SUDOKU + RECURSIVE, "one pass", ONE_PASS),
 }
 DEPTH = ("trm", "sudoku", "deep_recursive")  # results "depth": their control is one pass / step
