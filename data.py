@@ -95,7 +95,7 @@ OPTION_RULES = {"num_aug": "int >= 0", "num_train": "int >= 0", "num_test": "int
                 "num_rules": "int >= 1", "length": "int >= 1", "seq_len": "int >= 1",
                 "demos": "int >= 0", "shift": "int >= 0", "held_out": "bool", "aug": "bool",
                 "size": "int >= 1", "colours": "int in [2, 10]", "geometry": "int in [1, 8]",
-                "test_programs": "int >= 1"}
+                "test_programs": "int >= 1", "train_size": "int >= 3", "test_size": "int >= 3"}
 
 
 # --------------------------------------------------------------------------------------------------

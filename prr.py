@@ -62,6 +62,13 @@ def grad_steps_within_steps(c):
         return "grad_steps", f"in [1, num_steps={c.num_steps}]"
 
 
+def scorer_reads_a_summary_slot(c):
+    """The scorer reads slot 0, the puzzle embedding's (a CLS token); without one it would read the
+    first grid cell, so K > 1 branches need it."""
+    if c.num_branches > 1 and c.puzzle_emb_ndim == 0:
+        return "puzzle_emb_ndim", f"> 0 with num_branches={c.num_branches} (the scorer reads it)"
+
+
 @dataclass
 class Config:
     num_branches: "int >= 1" = 8        # K: parallel latent hypotheses
@@ -92,7 +99,7 @@ class Config:
     num_puzzle_identifiers: "int >= 1" = 1  # rows of the puzzle-embedding table (from the dataset)
     forward_dtype: "str in auto|bfloat16|float32" = "auto"  # auto: bfloat16 on CUDA, float32 on CPU
 
-    cross_rules = (trm.heads_fit, grad_steps_within_steps)
+    cross_rules = (trm.heads_fit, grad_steps_within_steps, scorer_reads_a_summary_slot)
 
 
 @dataclass

@@ -114,6 +114,7 @@ def test_config_values_are_coerced_to_the_annotated_type():
     ("trm", dict(hidden_size=32, num_heads=3), "'num_heads' .*a divisor of hidden_size=32, got 3"),
     ("hrm", dict(hidden_size=36, num_heads=4), "'num_heads' for model 'hrm' .*even for RoPE"),
     ("prr", dict(num_steps=4, grad_steps=5), r"'grad_steps' .*in \[1, num_steps=4\], got 5"),
+    ("prr", dict(puzzle_emb_ndim=0), r"'puzzle_emb_ndim' .*> 0 with num_branches=8 .*, got 0"),
     ("etrm", dict(encoder_type="iterative", tto_steps=2), "'tto_steps' .*feed-forward encoder"),
     ("etrm", dict(puzzle_emb_len=0), "'puzzle_emb_len' .*must be an integer >= 1, got 0"),
     ("deep_recursive", dict(n_inner=0), "'n_inner' for model 'deep_recursive' must be an integer"),
@@ -127,6 +128,7 @@ def test_a_rule_between_fields_applies_only_where_it_should():
     hrm = config.model_module("hrm")
     config.check(hrm.Config(hidden_size=36, num_heads=4, pos_encodings="learned"), "hrm")  # no RoPE
     config.check(config.model_module("etrm").Config(tto_steps=2), "etrm")  # a feed-forward encoder
+    config.check(config.model_module("prr").Config(puzzle_emb_ndim=0, num_branches=1), "prr")
 
 
 def test_global_batches_divide_among_the_processes():
