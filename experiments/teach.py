@@ -57,7 +57,8 @@ import evaluate
 # Mazes: the 2-D mixer (conv_kernel=3), lr 2e-3, warm-up, a cosine to 0.1 (docs/teach.md).
 MAZE = ["puzzle_emb_ndim=0", "global_batch_size=32", "lr=2e-3", "lr_min_ratio=0.1",
         "lr_warmup_steps=100", "weight_decay=0.1", "compile=False"]
-SUDOKU = ["puzzle_emb_ndim=0", "global_batch_size=32", "lr=3e-3", "mlp_t=True"]  # TRM-MLP
+SUDOKU = ["puzzle_emb_ndim=0", "global_batch_size=32", "lr=3e-3", "mlp_t=True",  # TRM-MLP
+          "compile=False"]
 RECURSIVE = ["H_cycles=2", "L_cycles=2", "halt_max_steps=4"]
 ONE_PASS = ["H_cycles=1", "L_cycles=1", "halt_max_steps=1"]
 # deep_recursive: the conv trunk trained with the progressive loss on mazes in all 8 orientations
