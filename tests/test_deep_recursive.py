@@ -354,11 +354,14 @@ def corner_exact(tmp_path, aug):
     (aug: in all 8 orientations): exact on 128 unseen mazes there and turned 180 degrees."""
     path = small_maze.build_small_maze(str(tmp_path / f"m{aug}"), train_size=5, test_size=5,
                                        canvas=7, num_train=256, num_test=128, aug=aug)
-    train, test = ({k: torch.from_numpy(np.load(os.path.join(path, split, f"all__{k}.npy"))).int()
-                    for k in ("inputs", "labels", "puzzle_identifiers")} for split in ("train", "test"))
+    read = lambda split, k: torch.from_numpy(  # noqa: E731
+        np.load(os.path.join(path, split, f"all__{k}.npy"))).int()
+    train, test = ({k: read(split, k) for k in ("inputs", "labels", "puzzle_identifiers")}
+                   for split in ("train", "test"))
     torch.manual_seed(0)
-    model = dr.Model(tiny_config(trunk="conv", base_channels=16, n_inner=4, n_outer=2,
-                                 eval_n_steps=8, puzzle_emb_ndim=0, vocab_size=6, seq_len=49)).train()
+    cfg = tiny_config(trunk="conv", base_channels=16, n_inner=4, n_outer=2, eval_n_steps=8,
+                      puzzle_emb_ndim=0, vocab_size=6, seq_len=49)
+    model = dr.Model(cfg).train()
     draw = torch.Generator().manual_seed(0)
     picks = [torch.randint(len(train["inputs"]), (32,), generator=draw) for _ in range(200)]
     hand_train(model, [{k: v[i] for k, v in train.items()} for i in picks])
@@ -366,7 +369,8 @@ def corner_exact(tmp_path, aug):
     scores = []
     for batch in (test, dict(test, inputs=turn(test["inputs"]), labels=turn(test["labels"]))):
         with torch.no_grad():
-            scores.append(model.eval()(model.initial_carry(batch), batch)[2]["exact_accuracy"] / 128)
+            metrics = model.eval()(model.initial_carry(batch), batch)[2]
+        scores.append(metrics["exact_accuracy"].item() / 128)
     return scores
 
 
