@@ -25,8 +25,8 @@ beta, the identity at init. Training: n_outer segments of n_inner steps, each st
 labelled cells (padding, label -100, gets none), summed over the batch. `progressive=True`
 instead runs n random steps without gradient and then k random differentiated steps, supervised
 once: Bansal et al.'s progressive loss, what lets trunk=conv solve mazes bigger than its training
-mazes by running more steps (docs/deep_recursive.md). Evaluation (or no grad): eval_n_steps steps, the last answer scored, outputs["step_preds"] [B, steps, L] the
-answer after each step.
+mazes by running more steps (docs/deep_recursive.md). Evaluation (or no grad): eval_n_steps
+steps, the last answer scored, outputs["step_preds"] [B, steps, L] the answer after each step.
   memory_efficient=True: each segment runs under torch.utils.checkpoint (non-reentrant) and is
     recomputed in the backward pass: peak activations are one segment's graph (1/n_outer of the
     standard mode's), the gradients the standard mode's.

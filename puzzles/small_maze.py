@@ -19,8 +19,8 @@ such a maze, and the number of steps grows with its size: a job for recursion.
 `aug=True` stores each training maze in its 8 rotations and reflections, one group per maze (the
 loader draws one version per maze and epoch): a maze in the canvas corner then meets the canvas
 border on every side, as a bigger maze does, which a convolution over a zero-padded canvas tells
-apart. The test split is drawn from its own random stream and every test maze whose input also occurs in
-the train split is dropped and redrawn, so the splits are disjoint.
+apart. The test split is drawn from its own random stream and every test maze whose input also
+occurs in the train split (any version) is dropped and redrawn, so the splits are disjoint.
 """
 import os
 
@@ -108,9 +108,10 @@ def build_small_maze(out_dir, train_size=7, test_size=7, canvas=11, num_train=20
                      seed=0, min_path=None, aug=False):
     """Train split: num_train train_size-mazes; test split: num_test test_size-mazes (disjoint
     from train); both on a canvas x canvas wall canvas (seq_len canvas^2, vocab 6, no puzzle
-    identifiers); aug: each train maze's 8 dihedral versions in one group. The train split depends only on (seed, train_size, canvas, num_train, min_path),
-    so builds that differ only in their test size share it: a model trained on one is tested on the
-    other's larger mazes."""
+    identifiers); aug: each train maze's 8 dihedral versions in one group. The train split
+    depends only on (seed, train_size, canvas, num_train, min_path, aug), so builds that differ
+    only in their test size share it: a model trained on one is tested on the other's larger
+    mazes."""
     for name, v in (("train_size", train_size), ("test_size", test_size)):
         if not (isinstance(v, int) and 3 <= v <= canvas and v % 2 == 1):
             raise DataError(f"small maze: {name}={v!r}: expected an odd size between 3 and "
@@ -119,12 +120,12 @@ def build_small_maze(out_dir, train_size=7, test_size=7, canvas=11, num_train=20
         raise DataError(f"small maze: canvas={canvas!r}: expected 3..{GRID}")
     stream = lambda split, n: np.random.default_rng([seed, split, n, canvas])  # noqa: E731
     train = draw(train_size, canvas, num_train, stream(1, train_size), min_path=min_path)
-    exclude = {row.tobytes() for row in train[0]}
-    test = draw(test_size, canvas, num_test, stream(2, test_size), exclude, min_path=min_path)
     versions = 8 if aug else 1
-    if aug:
+    if aug:  # a transposed corner maze stays in its corner: test mazes avoid every version
         train = tuple(np.stack([dihedral(g.reshape(canvas, canvas), t).reshape(-1)
                                 for g in grids for t in range(8)]) for grids in train)
+    exclude = {row.tobytes() for row in train[0]}
+    test = draw(test_size, canvas, num_test, stream(2, test_size), exclude, min_path=min_path)
     with AtomicDir(out_dir) as tmp:
         for split, (q, a), v in (("train", train, versions), ("test", test, 1)):
             P, G = len(q), len(q) // v
