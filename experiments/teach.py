@@ -95,7 +95,7 @@ ATTENTION_MAZES = "trm"                      # results "attention_mazes"
 # The recipe's checkpoint, trained on train_size mazes, run with `key` = each depth on each size.
 EXTRAPOLATION = {"recipe": "deep_recursive", "key": "eval_n_steps",
                  "depths": [1, 2, 4, 8, 16, 32, 64, 128],
-                 "train_size": 7, "sizes": {7: "maze_small", 11: "maze_small_big",
+                 "train_size": 7, "sizes": {7: "maze_small_aug", 11: "maze_small_big",
                                             15: "maze_small_15", 21: "maze_small_21"}}
 MAZES = {"num_train": 4000, "num_test": 256}
 DATA = {"maze_small": MAZES, "maze_small_big": MAZES, "maze_small_aug": MAZES,
